@@ -1,0 +1,98 @@
+// Atomic Maildir delivery: write into tmp/, fsync the file, rename into new/, fsync new/.
+// Once deliverToMaildir resolves, the message survives a crash; before, new/ never holds half of it.
+import crypto from 'node:crypto';
+import fs from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+
+let sequence = 0;
+
+/** The host part of a Maildir name, with `/` and `:` escaped as the Maildir convention says. */
+function maildirHost(hostname: string): string {
+  return hostname.replace(/\//g, '\\057').replace(/:/g, '\\072');
+}
+
+/**
+ * A name unique across processes and hosts: `<sec>.M<usec>P<pid>Q<seq>R<random>.<host>`, plus
+ * Dovecot's `,S=<size>,W=<size with CRLF>` so readers can size the message without opening it.
+ */
+export function maildirName(size: number, virtualSize: number, hostname = os.hostname(), nowMs = Date.now()): string {
+  const sec = Math.floor(nowMs / 1000);
+  const usec = (nowMs % 1000) * 1000 + Math.floor(Math.random() * 1000);
+  const rand = crypto.randomBytes(4).toString('hex');
+  sequence = (sequence + 1) % 1_000_000_000;
+  return `${sec}.M${usec}P${process.pid}Q${sequence}R${rand}.${maildirHost(hostname)},S=${size},W=${virtualSize}`;
+}
+
+/** SMTP carries CRLF line ends; a Maildir stores LF (as Dovecot and Postfix do). */
+export function crlfToLf(message: Buffer): Buffer {
+  if (message.indexOf('\r\n') === -1) return message;
+  const out = Buffer.allocUnsafe(message.length);
+  let w = 0;
+  let start = 0;
+  for (;;) {
+    const cr = message.indexOf('\r\n', start);
+    if (cr === -1) break;
+    w += message.copy(out, w, start, cr);
+    out[w++] = 0x0a;
+    start = cr + 2;
+  }
+  w += message.copy(out, w, start);
+  return out.subarray(0, w);
+}
+
+function countLf(b: Buffer): number {
+  let n = 0;
+  for (let i = b.indexOf(0x0a); i !== -1; i = b.indexOf(0x0a, i + 1)) n++;
+  return n;
+}
+
+/** Create `tmp/`, `new/` and `cur/` (mode 0700) if missing. */
+export async function ensureMaildir(maildir: string): Promise<void> {
+  for (const sub of ['tmp', 'new', 'cur']) await fs.mkdir(path.join(maildir, sub), { recursive: true, mode: 0o700 });
+}
+
+async function fsyncDir(dir: string): Promise<void> {
+  const fh = await fs.open(dir, 'r');
+  try {
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+
+export interface DeliverOptions {
+  hostname?: string;
+  /** Create the Maildir's folders when missing (default true). */
+  create?: boolean;
+}
+
+/**
+ * Deliver one message (with CRLF or LF line ends) into `maildir`. Resolves with the path in new/
+ * once the file and the directory entry are on disk; on failure nothing is left in new/ and the
+ * temporary file is removed.
+ */
+export async function deliverToMaildir(maildir: string, message: Buffer, opts: DeliverOptions = {}): Promise<string> {
+  if (opts.create !== false) await ensureMaildir(maildir);
+  const body = crlfToLf(message);
+  const name = maildirName(body.length, body.length + countLf(body), opts.hostname);
+  const tmpPath = path.join(maildir, 'tmp', name);
+  const newPath = path.join(maildir, 'new', name);
+  const fh = await fs.open(tmpPath, 'wx', 0o600);
+  let renamed = false;
+  try {
+    try {
+      await fh.writeFile(body);
+      await fh.sync();
+    } finally {
+      await fh.close();
+    }
+    await fs.rename(tmpPath, newPath);
+    renamed = true;
+    await fsyncDir(path.join(maildir, 'new'));
+  } catch (err) {
+    if (!renamed) await fs.rm(tmpPath, { force: true });
+    throw err;
+  }
+  return newPath;
+}

@@ -1,6 +1,6 @@
 // The one YAML config file: common sections parsed here, each role parses its own section.
 import fs from 'node:fs';
-import yaml from 'js-yaml';
+import * as yaml from 'js-yaml';
 import { ConfigError, ConfigReader } from './reader.ts';
 
 export const CONFIG_ENV = 'KUBE_DRAC_CONFIG';

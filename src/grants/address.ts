@@ -1,0 +1,244 @@
+// The one place that knows what a client address is, how it is canonicalized, and which grant
+// object name belongs to it. Every role imports this; nothing else parses or names addresses.
+
+export type IpFamily = 4 | 6;
+
+export class AddressError extends Error {
+  override readonly name = 'AddressError';
+}
+
+/** A parsed IP address or prefix: 4 or 16 bytes, and the prefix length (32/128 for one address). */
+export interface IpPrefix {
+  family: IpFamily;
+  bytes: Uint8Array;
+  prefixLength: number;
+}
+
+const HEX = '0123456789abcdef';
+
+function parseIpv4Into(text: string, out: Uint8Array, offset: number): boolean {
+  let part = 0;
+  let digits = 0;
+  let index = 0;
+  for (let i = 0; i <= text.length; i++) {
+    const c = i < text.length ? text.charCodeAt(i) : 46; /* '.' terminates the last part */
+    if (c >= 48 && c <= 57) {
+      // No leading zeros: `010.0.0.1` is octal to some parsers and decimal to others.
+      if (digits === 1 && part === 0) return false;
+      part = part * 10 + (c - 48);
+      if (++digits > 3 || part > 255) return false;
+    } else if (c === 46) {
+      if (digits === 0 || index > 3) return false;
+      out[offset + index++] = part;
+      part = 0;
+      digits = 0;
+    } else {
+      return false;
+    }
+  }
+  return index === 4;
+}
+
+function parseIpv6(text: string): Uint8Array | undefined {
+  if (text.length < 2 || text.length > 45) return undefined;
+  const bytes = new Uint8Array(16);
+  const halves = text.split('::');
+  if (halves.length > 2) return undefined;
+  const parseGroups = (s: string, allowIpv4Tail: boolean): number[] | undefined => {
+    if (s === '') return [];
+    const groups = s.split(':');
+    const words: number[] = [];
+    for (let i = 0; i < groups.length; i++) {
+      const g = groups[i] as string;
+      if (allowIpv4Tail && i === groups.length - 1 && g.includes('.')) {
+        const v4 = new Uint8Array(4);
+        if (!parseIpv4Into(g, v4, 0)) return undefined;
+        words.push(((v4[0] as number) << 8) | (v4[1] as number), ((v4[2] as number) << 8) | (v4[3] as number));
+        continue;
+      }
+      if (!/^[0-9a-fA-F]{1,4}$/.test(g)) return undefined;
+      words.push(parseInt(g, 16));
+    }
+    return words;
+  };
+  let words: number[];
+  if (halves.length === 2) {
+    const head = parseGroups(halves[0] as string, false);
+    const tail = parseGroups(halves[1] as string, true);
+    if (!head || !tail || head.length + tail.length > 7) return undefined;
+    words = [...head, ...new Array<number>(8 - head.length - tail.length).fill(0), ...tail];
+  } else {
+    const all = parseGroups(text, true);
+    if (!all || all.length !== 8) return undefined;
+    words = all;
+  }
+  for (let i = 0; i < 8; i++) {
+    bytes[i * 2] = (words[i] as number) >> 8;
+    bytes[i * 2 + 1] = (words[i] as number) & 0xff;
+  }
+  return bytes;
+}
+
+function isIpv4Mapped(b: Uint8Array): boolean {
+  for (let i = 0; i < 10; i++) if (b[i] !== 0) return false;
+  return b[10] === 0xff && b[11] === 0xff;
+}
+
+/**
+ * Parse an IP address strictly: dotted-quad IPv4 without leading zeros, or IPv6 in any RFC 4291
+ * text form. Zone ids (`fe80::1%eth0`) are refused: a zone is not an address. IPv4-mapped IPv6
+ * (`::ffff:a.b.c.d`) is the IPv4 address: a dual-stack socket reports IPv4 clients that way.
+ */
+export function parseIp(text: string): IpPrefix | undefined {
+  if (text.includes(':')) {
+    const bytes = parseIpv6(text);
+    if (!bytes) return undefined;
+    if (isIpv4Mapped(bytes)) return { family: 4, bytes: bytes.slice(12), prefixLength: 32 };
+    return { family: 6, bytes, prefixLength: 128 };
+  }
+  const bytes = new Uint8Array(4);
+  return parseIpv4Into(text, bytes, 0) ? { family: 4, bytes, prefixLength: 32 } : undefined;
+}
+
+/** RFC 5952 text: lowercase, no leading zeros, the longest run (>= 2) of zero groups as `::`. */
+function formatIpv6(b: Uint8Array): string {
+  const words: number[] = [];
+  for (let i = 0; i < 16; i += 2) words.push(((b[i] as number) << 8) | (b[i + 1] as number));
+  let bestStart = -1;
+  let bestLen = 1;
+  for (let i = 0; i < 8; ) {
+    if (words[i] !== 0) {
+      i++;
+      continue;
+    }
+    let j = i;
+    while (j < 8 && words[j] === 0) j++;
+    if (j - i > bestLen) {
+      bestStart = i;
+      bestLen = j - i;
+    }
+    i = j;
+  }
+  const hex = (w: number) => w.toString(16);
+  if (bestStart === -1) return words.map(hex).join(':');
+  return `${words.slice(0, bestStart).map(hex).join(':')}::${words.slice(bestStart + bestLen).map(hex).join(':')}`;
+}
+
+export function formatIp(p: IpPrefix): string {
+  const ip = p.family === 4 ? (p.bytes).join('.') : formatIpv6(p.bytes);
+  return p.prefixLength === (p.family === 4 ? 32 : 128) ? ip : `${ip}/${p.prefixLength}`;
+}
+
+/** Canonical text of a client IP (IPv4-mapped -> IPv4, IPv6 per RFC 5952); throws AddressError. */
+export function canonicalIp(text: string): string {
+  const p = parseIp(text);
+  if (!p) throw new AddressError(`not an IP address: ${JSON.stringify(text)}`);
+  return formatIp(p);
+}
+
+function maskInPlace(bytes: Uint8Array, prefixLength: number): void {
+  for (let i = 0; i < bytes.length; i++) {
+    const keep = Math.max(0, Math.min(8, prefixLength - i * 8));
+    bytes[i] = (bytes[i] as number) & ((0xff << (8 - keep)) & 0xff);
+  }
+}
+
+/** The prefix of `ip` of length `prefixLength` (the network address with its length). */
+export function prefixOf(ip: IpPrefix, prefixLength: number): IpPrefix {
+  const bytes = ip.bytes.slice();
+  maskInPlace(bytes, prefixLength);
+  return { family: ip.family, bytes, prefixLength };
+}
+
+/**
+ * Parse a grant address as stored in `spec.address`: a canonical IP, or a canonical CIDR whose
+ * host bits are zero and whose length is shorter than a single address. Anything else is refused,
+ * so that one address has exactly one spelling and one object name.
+ */
+export function parseGrantAddress(text: string): IpPrefix {
+  const slash = text.indexOf('/');
+  const ipText = slash === -1 ? text : text.slice(0, slash);
+  const p = parseIp(ipText);
+  if (!p || (ipText.includes(':') && p.family === 4)) {
+    throw new AddressError(`not a canonical IP address: ${JSON.stringify(text)}`);
+  }
+  if (slash !== -1) {
+    const lenText = text.slice(slash + 1);
+    const max = p.family === 4 ? 32 : 128;
+    if (!/^(0|[1-9]\d{0,2})$/.test(lenText) || Number(lenText) >= max) {
+      throw new AddressError(`prefix length must be 0 to ${max - 1}: ${JSON.stringify(text)}`);
+    }
+    p.prefixLength = Number(lenText);
+  }
+  const canonical = formatIp(prefixOf(p, p.prefixLength));
+  if (canonical !== text) {
+    throw new AddressError(`not canonical: ${JSON.stringify(text)} (write ${canonical}, host bits zero)`);
+  }
+  return p;
+}
+
+/** The object name of the grant for a prefix: `v4-<dotted quad>` or `v6-<32 hex digits>`, `-<len>` for a prefix. */
+export function grantNameOf(p: IpPrefix): string {
+  let body: string;
+  if (p.family === 4) {
+    body = `v4-${(p.bytes).join('.')}`;
+  } else {
+    let hex = 'v6-';
+    for (let i = 0; i < 16; i++) {
+      const b = p.bytes[i] as number;
+      hex += (HEX[b >> 4] as string) + (HEX[b & 15] as string);
+    }
+    body = hex;
+  }
+  return p.prefixLength === (p.family === 4 ? 32 : 128) ? body : `${body}-${p.prefixLength}`;
+}
+
+const NAME_RE = /^v(4)-(\d{1,3}(?:\.\d{1,3}){3})(?:-(\d{1,3}))?$|^v(6)-([0-9a-f]{32})(?:-(\d{1,3}))?$/;
+
+/** Inverse of grantNameOf: the grant address a name stands for; throws AddressError. */
+export function grantAddressOfName(name: string): string {
+  const m = NAME_RE.exec(name);
+  if (!m) throw new AddressError(`not a RelayGrant name: ${JSON.stringify(name)}`);
+  let ip: string;
+  let len: string | undefined;
+  if (m[1]) {
+    ip = m[2] as string;
+    len = m[3];
+  } else {
+    const hex = m[5] as string;
+    const groups: string[] = [];
+    for (let i = 0; i < 32; i += 4) groups.push(hex.slice(i, i + 4));
+    ip = canonicalIp(groups.join(':'));
+    len = m[6];
+  }
+  const address = len === undefined ? ip : `${ip}/${len}`;
+  const p = parseGrantAddress(address);
+  if (grantNameOf(p) !== name) throw new AddressError(`not a canonical RelayGrant name: ${JSON.stringify(name)}`);
+  return address;
+}
+
+export interface GrantKey {
+  /** `spec.address`: canonical IP, or the aggregated IPv6 prefix. */
+  address: string;
+  /** `metadata.name`. */
+  name: string;
+}
+
+/**
+ * The grant a login from `clientIp` writes. IPv6 clients are aggregated to `ipv6PrefixLength`
+ * (their privacy addresses change within the /64); IPv4 clients are granted exactly.
+ */
+export function grantKeyFor(clientIp: string, ipv6PrefixLength: number): GrantKey {
+  const ip = parseIp(clientIp);
+  if (!ip) throw new AddressError(`not an IP address: ${JSON.stringify(clientIp)}`);
+  const p = ip.family === 6 && ipv6PrefixLength < 128 ? prefixOf(ip, ipv6PrefixLength) : ip;
+  return { address: formatIp(p), name: grantNameOf(p) };
+}
+
+/** Whether prefix `outer` covers address or prefix `inner`. */
+export function covers(outer: IpPrefix, inner: IpPrefix): boolean {
+  if (outer.family !== inner.family || outer.prefixLength > inner.prefixLength) return false;
+  const masked = prefixOf(inner, outer.prefixLength);
+  for (let i = 0; i < outer.bytes.length; i++) if (masked.bytes[i] !== outer.bytes[i]) return false;
+  return true;
+}

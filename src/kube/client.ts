@@ -1,0 +1,251 @@
+// A small Kubernetes REST client: client-node's KubeConfig for every kind of credential, and our
+// own keep-alive HTTP agent for the calls. We keep the request and watch loops in our hands so
+// that timeouts, retries and reconnects are ours to decide (client-node 2.x aborts every watch
+// after 30 s and may back off up to 30 s before reconnecting; a gate cannot wait that long).
+import http from 'node:http';
+import https from 'node:https';
+import { KubeConfig } from '@kubernetes/client-node';
+
+export class KubeApiError extends Error {
+  override readonly name = 'KubeApiError';
+  /** HTTP status, or 0 when the server could not be reached. */
+  readonly status: number;
+  /** The Status object's `reason` (e.g. `NotFound`, `Conflict`, `AlreadyExists`, `Expired`). */
+  readonly reason: string | undefined;
+  constructor(status: number, reason: string | undefined, message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.status = status;
+    this.reason = reason;
+  }
+}
+
+export interface RequestOptions {
+  body?: unknown;
+  contentType?: string;
+  query?: Record<string, string | number | boolean | undefined>;
+  timeoutMs?: number;
+  signal?: AbortSignal;
+}
+
+export interface WatchEvent<T> {
+  type: 'ADDED' | 'MODIFIED' | 'DELETED' | 'BOOKMARK' | 'ERROR';
+  object: T;
+}
+
+export type WatchHandler<T> = (event: WatchEvent<T>) => void;
+
+const AUTH_REFRESH_MS = 60_000;
+const DEFAULT_TIMEOUT_MS = 10_000;
+
+export function loadKubeConfig(path?: string): KubeConfig {
+  const kc = new KubeConfig();
+  if (path) kc.loadFromFile(path);
+  else kc.loadFromDefault(); // $KUBECONFIG, ~/.kube/config, then in-cluster
+  if (!kc.getCurrentCluster()) {
+    throw new Error('no Kubernetes cluster configured: set kubernetes.kubeconfig, $KUBECONFIG, or run in a pod');
+  }
+  return kc;
+}
+
+function queryString(query: RequestOptions['query']): string {
+  if (!query) return '';
+  const params = new URLSearchParams();
+  for (const [k, v] of Object.entries(query)) if (v !== undefined) params.set(k, String(v));
+  const s = params.toString();
+  return s ? `?${s}` : '';
+}
+
+export class KubeClient {
+  readonly kubeConfig: KubeConfig;
+  private readonly server: URL;
+  private readonly agent: http.Agent;
+  private tlsOptions: https.RequestOptions | undefined;
+  private headers: Record<string, string> = {};
+  private headersAt = 0;
+  private pendingAuth: Promise<void> | undefined;
+
+  constructor(kubeConfig: KubeConfig) {
+    this.kubeConfig = kubeConfig;
+    const cluster = kubeConfig.getCurrentCluster();
+    if (!cluster) throw new Error('kubeconfig has no current cluster');
+    this.server = new URL(cluster.server);
+    const isHttps = this.server.protocol === 'https:';
+    // keepAlive: grant writes, live GETs and GC deletes reuse connections instead of a TLS handshake each.
+    this.agent = isHttps
+      ? new https.Agent({ keepAlive: true, maxSockets: 64, maxFreeSockets: 16 })
+      : new http.Agent({ keepAlive: true, maxSockets: 64, maxFreeSockets: 16 });
+  }
+
+  static fromPath(path?: string): KubeClient {
+    return new KubeClient(loadKubeConfig(path));
+  }
+
+  /** Credentials may rotate (exec plugins, projected service-account tokens): refresh them now and then. */
+  private async authenticate(): Promise<void> {
+    if (this.tlsOptions && Date.now() - this.headersAt < AUTH_REFRESH_MS) return;
+    this.pendingAuth ??= (async () => {
+      const opts: https.RequestOptions = {};
+      await this.kubeConfig.applyToHTTPSOptions(opts);
+      const headers: Record<string, string> = {};
+      for (const [k, v] of Object.entries(opts.headers ?? {})) if (typeof v === 'string') headers[k] = v;
+      if (opts.auth) headers.Authorization = `Basic ${Buffer.from(opts.auth).toString('base64')}`;
+      this.headers = headers;
+      this.tlsOptions = {
+        ca: opts.ca,
+        cert: opts.cert,
+        key: opts.key,
+        rejectUnauthorized: opts.rejectUnauthorized,
+        servername: opts.servername,
+      };
+      this.headersAt = Date.now();
+    })().finally(() => {
+      this.pendingAuth = undefined;
+    });
+    await this.pendingAuth;
+  }
+
+  private async open(method: string, path: string, opts: RequestOptions): Promise<{ req: http.ClientRequest; res: http.IncomingMessage }> {
+    await this.authenticate();
+    const body = opts.body === undefined ? undefined : typeof opts.body === 'string' ? opts.body : JSON.stringify(opts.body);
+    const headers: Record<string, string> = { ...this.headers, accept: 'application/json' };
+    if (body !== undefined) {
+      headers['content-type'] = opts.contentType ?? 'application/json';
+      headers['content-length'] = String(Buffer.byteLength(body));
+    }
+    const basePath = this.server.pathname.replace(/\/$/, '');
+    const requestOptions: https.RequestOptions = {
+      ...this.tlsOptions,
+      agent: this.agent,
+      method,
+      protocol: this.server.protocol,
+      hostname: this.server.hostname.replace(/^\[|\]$/g, ''),
+      port: this.server.port || (this.server.protocol === 'https:' ? 443 : 80),
+      path: basePath + path + queryString(opts.query),
+      headers,
+      signal: opts.signal,
+    };
+    const requester = this.server.protocol === 'https:' ? https.request : http.request;
+    return new Promise((resolve, reject) => {
+      const req = requester(requestOptions, (res) => resolve({ req, res }));
+      req.setTimeout(opts.timeoutMs ?? DEFAULT_TIMEOUT_MS, () => {
+        req.destroy(new KubeApiError(0, 'Timeout', `${method} ${path}: no answer within ${opts.timeoutMs ?? DEFAULT_TIMEOUT_MS} ms`));
+      });
+      req.on('error', (err) =>
+        reject(err instanceof KubeApiError ? err : new KubeApiError(0, 'Unreachable', `${method} ${path}: ${err.message}`, { cause: err })),
+      );
+      req.end(body);
+    });
+  }
+
+  /** One request; resolves with the decoded body of a 2xx answer, rejects with KubeApiError otherwise. */
+  async request<T>(method: string, path: string, opts: RequestOptions = {}): Promise<T> {
+    const { req, res } = await this.open(method, path, opts);
+    const chunks: Buffer[] = [];
+    try {
+      for await (const chunk of res) chunks.push(chunk as Buffer);
+    } catch (err) {
+      throw new KubeApiError(0, 'Unreachable', `${method} ${path}: ${(err as Error).message}`, { cause: err });
+    } finally {
+      req.setTimeout(0);
+    }
+    const text = Buffer.concat(chunks).toString('utf8');
+    const status = res.statusCode ?? 0;
+    if (status >= 200 && status < 300) return (text ? JSON.parse(text) : undefined) as T;
+    throw errorFromBody(status, method, path, text);
+  }
+
+  /** GET; resolves undefined on 404. */
+  async get<T>(path: string, opts: RequestOptions = {}): Promise<T | undefined> {
+    try {
+      return await this.request<T>('GET', path, opts);
+    } catch (err) {
+      if (err instanceof KubeApiError && err.status === 404) return undefined;
+      throw err;
+    }
+  }
+
+  create<T>(path: string, body: unknown, opts: RequestOptions = {}): Promise<T> {
+    return this.request<T>('POST', path, { ...opts, body });
+  }
+
+  mergePatch<T>(path: string, body: unknown, opts: RequestOptions = {}): Promise<T> {
+    return this.request<T>('PATCH', path, { ...opts, body, contentType: 'application/merge-patch+json' });
+  }
+
+  /** Server-side apply (create or update) of a whole object. */
+  apply<T>(path: string, body: unknown, fieldManager: string, opts: RequestOptions = {}): Promise<T> {
+    return this.request<T>('PATCH', path, {
+      ...opts,
+      body,
+      contentType: 'application/apply-patch+yaml',
+      query: { ...opts.query, fieldManager, force: true },
+    });
+  }
+
+  /** DELETE, optionally only if the object still has this uid and resourceVersion (409 otherwise). */
+  delete<T>(path: string, preconditions?: { uid?: string; resourceVersion?: string }, opts: RequestOptions = {}): Promise<T> {
+    const body = preconditions ? { kind: 'DeleteOptions', apiVersion: 'v1', preconditions } : undefined;
+    return this.request<T>('DELETE', path, { ...opts, body });
+  }
+
+  /**
+   * One watch request: calls `onEvent` for each event until the server ends the stream (resolves)
+   * or the connection fails (rejects). An `ERROR` event is passed to the handler like any other;
+   * `idleTimeoutMs` ends a stream on which nothing (not even a bookmark) arrived for that long.
+   */
+  async watch<T>(path: string, query: RequestOptions['query'], onEvent: WatchHandler<T>, opts: { signal?: AbortSignal; idleTimeoutMs: number }): Promise<void> {
+    const { req, res } = await this.open('GET', path, {
+      query: { ...query, watch: true },
+      signal: opts.signal,
+      timeoutMs: opts.idleTimeoutMs,
+    });
+    const status = res.statusCode ?? 0;
+    if (status !== 200) {
+      const chunks: Buffer[] = [];
+      for await (const chunk of res) chunks.push(chunk as Buffer);
+      throw errorFromBody(status, 'WATCH', path, Buffer.concat(chunks).toString('utf8'));
+    }
+    // The request timeout keeps running as an idle timeout: it is reset by every chunk received.
+    await new Promise<void>((resolve, reject) => {
+      let buffered = '';
+      res.setEncoding('utf8');
+      res.on('data', (chunk: string) => {
+        buffered += chunk;
+        let nl: number;
+        while ((nl = buffered.indexOf('\n')) !== -1) {
+          const line = buffered.slice(0, nl);
+          buffered = buffered.slice(nl + 1);
+          if (line.trim() === '') continue;
+          try {
+            onEvent(JSON.parse(line) as WatchEvent<T>);
+          } catch (err) {
+            req.destroy(err as Error);
+            return;
+          }
+        }
+      });
+      res.on('end', () => resolve());
+      res.on('error', (err) => reject(err));
+      res.on('aborted', () => reject(new KubeApiError(0, 'Unreachable', `watch ${path}: connection aborted`)));
+      req.on('error', (err) => reject(err));
+      req.on('close', () => resolve());
+    });
+  }
+
+  close(): void {
+    this.agent.destroy();
+  }
+}
+
+function errorFromBody(status: number, method: string, path: string, text: string): KubeApiError {
+  let reason: string | undefined;
+  let message = text.slice(0, 500);
+  try {
+    const status = JSON.parse(text) as { reason?: string; message?: string };
+    reason = status.reason;
+    message = status.message ?? message;
+  } catch {
+    // not a Status object; keep the raw text
+  }
+  return new KubeApiError(status, reason, `${method} ${path}: ${status} ${message}`);
+}

@@ -1,0 +1,165 @@
+// Finds or builds the real control-plane binaries (kube-apiserver, etcd, kubectl, helm).
+// Built once per machine from the Go modules pinned under tools/, through the Go module proxy,
+// into a cache outside the repo. KUBEBUILDER_ASSETS (envtest's convention) overrides the build.
+import { spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export const TOOLS_DIR = fileURLToPath(new URL('../../tools/', import.meta.url));
+
+export interface Binaries {
+  kubeApiserver: string;
+  etcd: string;
+  kubectl: string;
+  helm: string;
+}
+
+type ToolName = keyof Binaries;
+
+/** Which Go module under tools/ builds which binary. */
+const BUILDS: Record<ToolName, { module: string; pkg: string; file: string }> = {
+  kubeApiserver: { module: 'kube', pkg: 'k8s.io/kubernetes/cmd/kube-apiserver', file: 'kube-apiserver' },
+  kubectl: { module: 'kube', pkg: 'k8s.io/kubernetes/cmd/kubectl', file: 'kubectl' },
+  etcd: { module: 'etcd', pkg: 'go.etcd.io/etcd/server/v3', file: 'etcd' },
+  helm: { module: 'helm', pkg: 'helm.sh/helm/v4/cmd/helm', file: 'helm' },
+};
+
+export function cacheRoot(): string {
+  if (process.env.KUBE_DRAC_CACHE) return process.env.KUBE_DRAC_CACHE;
+  const xdg = process.env.XDG_CACHE_HOME || path.join(os.homedir(), '.cache');
+  return path.join(xdg, 'kube-drac');
+}
+
+/** The cache folder for one tools module: keyed by its go.mod and go.sum, so a version bump rebuilds. */
+function moduleCacheDir(module: string): string {
+  const hash = createHash('sha256');
+  for (const f of ['go.mod', 'go.sum']) hash.update(fs.readFileSync(path.join(TOOLS_DIR, module, f)));
+  return path.join(cacheRoot(), 'bin', `${module}-${hash.digest('hex').slice(0, 12)}`);
+}
+
+function isExecutable(file: string): boolean {
+  try {
+    fs.accessSync(file, fs.constants.X_OK);
+    return fs.statSync(file).isFile();
+  } catch {
+    return false;
+  }
+}
+
+export type ProgressFn = (line: string) => void;
+
+/** `go build -v` prints each package as it is compiled: turn that into a progress line now and then. */
+async function goBuild(module: string, pkgs: string[], outDir: string, progress: ProgressFn): Promise<void> {
+  const tmpDir = fs.mkdtempSync(path.join(path.dirname(outDir), `.build-${module}-`));
+  progress(`building ${pkgs.join(', ')} with Go (first use on this machine; this takes several minutes)`);
+  const started = Date.now();
+  let compiled = 0;
+  let lastReport = Date.now();
+  await new Promise<void>((resolve, reject) => {
+    const child = spawn('go', ['build', '-v', '-o', tmpDir + path.sep, ...pkgs], {
+      cwd: path.join(TOOLS_DIR, module),
+      env: { ...process.env, CGO_ENABLED: process.env.CGO_ENABLED ?? '0', GOFLAGS: process.env.GOFLAGS ?? '-buildvcs=false' },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let errors = '';
+    child.stderr.setEncoding('utf8');
+    child.stderr.on('data', (chunk: string) => {
+      for (const line of chunk.split('\n')) {
+        if (line === '') continue;
+        if (/^[\w.-]+(\/[\w.~+-]+)*$/.test(line)) {
+          compiled++;
+        } else {
+          errors += line + '\n';
+        }
+      }
+      if (Date.now() - lastReport > 10_000) {
+        lastReport = Date.now();
+        progress(`  ${module}: ${compiled} packages compiled, ${Math.round((Date.now() - started) / 1000)} s`);
+      }
+    });
+    child.on('error', (err) =>
+      reject(new Error(`cannot run go (${err.message}); install Go >= 1.26, or set KUBEBUILDER_ASSETS to a folder with kube-apiserver and etcd`)),
+    );
+    child.on('exit', (code) => {
+      if (code === 0) resolve();
+      else reject(new Error(`go build in tools/${module} failed (exit ${code}):\n${errors.slice(-4000)}`));
+    });
+  });
+  fs.mkdirSync(outDir, { recursive: true });
+  for (const f of fs.readdirSync(tmpDir)) fs.renameSync(path.join(tmpDir, f), path.join(outDir, f));
+  fs.rmSync(tmpDir, { recursive: true, force: true });
+  progress(`  ${module}: built in ${Math.round((Date.now() - started) / 1000)} s into ${outDir}`);
+}
+
+/** One builder at a time per machine (tests and `npm start` may start together). */
+async function withBuildLock<T>(fn: () => Promise<T>): Promise<T> {
+  const lock = path.join(cacheRoot(), 'bin', '.lock');
+  fs.mkdirSync(path.dirname(lock), { recursive: true });
+  for (;;) {
+    try {
+      fs.mkdirSync(lock);
+      break;
+    } catch {
+      // A lock older than an hour belongs to a build that died.
+      try {
+        if (Date.now() - fs.statSync(lock).mtimeMs > 3_600_000) fs.rmSync(lock, { recursive: true, force: true });
+      } catch {
+        // gone already
+      }
+      await new Promise((r) => setTimeout(r, 1000));
+    }
+  }
+  try {
+    return await fn();
+  } finally {
+    fs.rmSync(lock, { recursive: true, force: true });
+  }
+}
+
+function fromAssets(tool: ToolName): string | undefined {
+  const assets = process.env.KUBEBUILDER_ASSETS;
+  if (!assets) return undefined;
+  const file = path.join(assets, BUILDS[tool].file);
+  return isExecutable(file) ? file : undefined;
+}
+
+/**
+ * Resolve the binaries a caller needs, building the missing ones. With KUBEBUILDER_ASSETS set,
+ * kube-apiserver and etcd must be there (a wrong folder is an error, not a silent build).
+ */
+export async function ensureBinaries(tools: ToolName[], progress: ProgressFn = (l) => process.stderr.write(l + '\n')): Promise<Partial<Binaries>> {
+  const found: Partial<Binaries> = {};
+  const missing = new Map<string, ToolName[]>();
+  for (const tool of tools) {
+    const asset = fromAssets(tool);
+    if (asset) {
+      found[tool] = asset;
+      continue;
+    }
+    if (process.env.KUBEBUILDER_ASSETS && (tool === 'kubeApiserver' || tool === 'etcd')) {
+      throw new Error(`KUBEBUILDER_ASSETS=${process.env.KUBEBUILDER_ASSETS} has no executable ${BUILDS[tool].file}`);
+    }
+    const { module, file } = BUILDS[tool];
+    const cached = path.join(moduleCacheDir(module), file);
+    if (isExecutable(cached)) found[tool] = cached;
+    else missing.set(module, [...(missing.get(module) ?? []), tool]);
+  }
+  if (missing.size > 0) {
+    await withBuildLock(async () => {
+      for (const [module, moduleTools] of missing) {
+        const dir = moduleCacheDir(module);
+        const todo = moduleTools.filter((t) => !isExecutable(path.join(dir, BUILDS[t].file)));
+        if (todo.length > 0) await goBuild(module, todo.map((t) => BUILDS[t].pkg), dir, progress);
+        for (const t of moduleTools) found[t] = path.join(dir, BUILDS[t].file);
+      }
+    });
+  }
+  return found;
+}
+
+export async function ensureControlPlaneBinaries(progress?: ProgressFn): Promise<Binaries> {
+  return (await ensureBinaries(['kubeApiserver', 'etcd', 'kubectl', 'helm'], progress)) as Binaries;
+}

@@ -1,0 +1,122 @@
+import assert from 'node:assert/strict';
+import net from 'node:net';
+import { describe, it } from 'node:test';
+import fc from 'fast-check';
+import {
+  AddressError,
+  canonicalIp,
+  covers,
+  formatIp,
+  grantAddressOfName,
+  grantKeyFor,
+  grantNameOf,
+  parseGrantAddress,
+  parseIp,
+  prefixOf,
+} from '../../src/grants/address.ts';
+
+const ipv4 = fc.tuple(fc.nat(255), fc.nat(255), fc.nat(255), fc.nat(255)).map((b) => b.join('.'));
+const ipv6Bytes = fc.uint8Array({ minLength: 16, maxLength: 16 });
+const ipv6 = ipv6Bytes
+  .filter((b) => !(b.slice(0, 10).every((x) => x === 0) && b[10] === 0xff && b[11] === 0xff))
+  .map((b) => formatIp({ family: 6, bytes: b, prefixLength: 128 }));
+
+describe('canonicalIp', () => {
+  it('keeps canonical IPv4 and refuses leading zeros and junk', () => {
+    assert.equal(canonicalIp('202.99.11.120'), '202.99.11.120');
+    assert.equal(canonicalIp('0.0.0.0'), '0.0.0.0');
+    for (const bad of ['010.0.0.1', '1.2.3', '1.2.3.4.5', '256.1.1.1', '1.2.3.-1', ' 1.2.3.4', '1.2.3.4 ', '', 'a.b.c.d', '1..2.3']) {
+      assert.throws(() => canonicalIp(bad), AddressError, bad);
+    }
+  });
+
+  it('writes IPv6 per RFC 5952', () => {
+    const cases: [string, string][] = [
+      ['2001:DB8::1', '2001:db8::1'],
+      ['2001:0db8:0000:0000:0000:0000:0000:0001', '2001:db8::1'],
+      ['2001:db8:0:0:1:0:0:1', '2001:db8::1:0:0:1'], // first of two equal runs
+      ['2001:db8:0:1:1:1:1:1', '2001:db8:0:1:1:1:1:1'], // a single zero group is not compressed
+      ['::', '::'],
+      ['::1', '::1'],
+      ['fe80::', 'fe80::'],
+      ['2001:db8::0.0.0.1', '2001:db8::1'],
+    ];
+    for (const [input, want] of cases) assert.equal(canonicalIp(input), want, input);
+  });
+
+  it('treats IPv4-mapped IPv6 as IPv4', () => {
+    assert.equal(canonicalIp('::ffff:1.2.3.4'), '1.2.3.4');
+    assert.equal(canonicalIp('::FFFF:0102:0304'), '1.2.3.4');
+    assert.equal(parseIp('::ffff:10.0.0.1')?.family, 4);
+  });
+
+  it('refuses zone ids and malformed IPv6', () => {
+    for (const bad of ['fe80::1%eth0', '1::2::3', '12345::', ':::', '1:2:3:4:5:6:7:8:9', 'g::1', '::ffff:1.2.3.04']) {
+      assert.throws(() => canonicalIp(bad), AddressError, bad);
+    }
+  });
+
+  it('agrees with node:net on what is an IP (without zones)', () => {
+    fc.assert(
+      fc.property(fc.oneof(ipv4, ipv6), (ip) => {
+        assert.ok(net.isIP(ip) !== 0);
+        assert.equal(canonicalIp(ip), ip);
+      }),
+    );
+  });
+});
+
+describe('grant names', () => {
+  it('names addresses and prefixes as the contract says', () => {
+    assert.equal(grantKeyFor('202.99.11.120', 64).name, 'v4-202.99.11.120');
+    assert.equal(grantKeyFor('::ffff:202.99.11.120', 64).name, 'v4-202.99.11.120');
+    assert.deepEqual(grantKeyFor('2001:db8:1:2:aaaa::1', 64), {
+      address: '2001:db8:1:2::/64',
+      name: 'v6-20010db8000100020000000000000000-64',
+    });
+    assert.deepEqual(grantKeyFor('2001:db8::1', 128), { address: '2001:db8::1', name: 'v6-20010db8000000000000000000000001' });
+    assert.equal(grantNameOf(parseGrantAddress('10.0.0.0/8')), 'v4-10.0.0.0-8');
+  });
+
+  it('round-trips every address and prefix through its name', () => {
+    const prefix = fc.oneof(
+      fc.tuple(ipv4, fc.integer({ min: 0, max: 32 })).map(([ip, len]) => prefixOf(parseIp(ip)!, len)),
+      fc.tuple(ipv6, fc.integer({ min: 0, max: 128 })).map(([ip, len]) => prefixOf(parseIp(ip)!, len)),
+    );
+    fc.assert(
+      fc.property(prefix, (p) => {
+        const address = formatIp(p);
+        const name = grantNameOf(p);
+        assert.match(name, /^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/); // a valid object name
+        assert.ok(name.length <= 253);
+        assert.equal(grantAddressOfName(name), address);
+        assert.deepEqual(parseGrantAddress(address), p);
+      }),
+    );
+  });
+
+  it('gives two different addresses two different names', () => {
+    fc.assert(
+      fc.property(fc.oneof(ipv4, ipv6), fc.oneof(ipv4, ipv6), (a, b) => {
+        fc.pre(a !== b);
+        assert.notEqual(grantKeyFor(a, 128).name, grantKeyFor(b, 128).name);
+      }),
+    );
+  });
+
+  it('refuses non-canonical grant addresses and names', () => {
+    for (const bad of ['010.0.0.1', '2001:DB8::1', '::ffff:1.2.3.4', '10.0.0.1/8', '1.2.3.4/32', '2001:db8::/128', '10.0.0.0/08', '10.0.0.0/33']) {
+      assert.throws(() => parseGrantAddress(bad), AddressError, bad);
+    }
+    for (const bad of ['v4-010.0.0.1', 'v4-10.0.0.1-8', 'v6-20010DB8000000000000000000000001', 'v6-2001', 'v4-1.2.3.4-32', 'x-1.2.3.4']) {
+      assert.throws(() => grantAddressOfName(bad), AddressError, bad);
+    }
+  });
+
+  it('covers addresses inside a prefix and nothing outside it', () => {
+    const net64 = parseGrantAddress('2001:db8:1:2::/64');
+    assert.ok(covers(net64, parseIp('2001:db8:1:2:ffff:ffff:ffff:ffff')!));
+    assert.ok(!covers(net64, parseIp('2001:db8:1:3::')!));
+    assert.ok(!covers(net64, parseIp('10.0.0.1')!));
+  });
+});

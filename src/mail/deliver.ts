@@ -67,19 +67,26 @@ export interface DeliverOptions {
   create?: boolean;
 }
 
+/** A message written and fsynced in tmp/, not yet visible: commit() renames it into new/. */
+export interface StagedDelivery {
+  /** Rename into new/ and fsync new/; resolves with the final path. */
+  commit(): Promise<string>;
+  /** Remove the temporary file (a no-op after commit). */
+  abort(): Promise<void>;
+}
+
 /**
- * Deliver one message (with CRLF or LF line ends) into `maildir`. Resolves with the path in new/
- * once the file and the directory entry are on disk; on failure nothing is left in new/ and the
- * temporary file is removed.
+ * Write one message (with CRLF or LF line ends) into `maildir`/tmp and fsync it. Nothing is visible
+ * to readers until commit(); on a write failure the temporary file is removed and the error thrown.
+ * Lets a caller stage local copies, try the smarthost, and only then make them appear (or drop them).
  */
-export async function deliverToMaildir(maildir: string, message: Buffer, opts: DeliverOptions = {}): Promise<string> {
+export async function stageMaildirDelivery(maildir: string, message: Buffer, opts: DeliverOptions = {}): Promise<StagedDelivery> {
   if (opts.create !== false) await ensureMaildir(maildir);
   const body = crlfToLf(message);
   const name = maildirName(body.length, body.length + countLf(body), opts.hostname);
   const tmpPath = path.join(maildir, 'tmp', name);
   const newPath = path.join(maildir, 'new', name);
   const fh = await fs.open(tmpPath, 'wx', 0o600);
-  let renamed = false;
   try {
     try {
       await fh.writeFile(body);
@@ -87,12 +94,39 @@ export async function deliverToMaildir(maildir: string, message: Buffer, opts: D
     } finally {
       await fh.close();
     }
-    await fs.rename(tmpPath, newPath);
-    renamed = true;
-    await fsyncDir(path.join(maildir, 'new'));
   } catch (err) {
-    if (!renamed) await fs.rm(tmpPath, { force: true });
+    await fs.rm(tmpPath, { force: true });
     throw err;
   }
-  return newPath;
+  let state: 'staged' | 'committed' | 'aborted' = 'staged';
+  return {
+    async commit() {
+      if (state !== 'staged') throw new Error(`delivery already ${state}`);
+      try {
+        await fs.rename(tmpPath, newPath);
+      } catch (err) {
+        state = 'aborted';
+        await fs.rm(tmpPath, { force: true });
+        throw err;
+      }
+      state = 'committed';
+      await fsyncDir(path.join(maildir, 'new'));
+      return newPath;
+    },
+    async abort() {
+      if (state !== 'staged') return;
+      state = 'aborted';
+      await fs.rm(tmpPath, { force: true });
+    },
+  };
+}
+
+/**
+ * Deliver one message (with CRLF or LF line ends) into `maildir`. Resolves with the path in new/
+ * once the file and the directory entry are on disk; on failure nothing is left in new/ and the
+ * temporary file is removed.
+ */
+export async function deliverToMaildir(maildir: string, message: Buffer, opts: DeliverOptions = {}): Promise<string> {
+  const staged = await stageMaildirDelivery(maildir, message, opts);
+  return staged.commit();
 }

@@ -4,7 +4,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, describe, it } from 'node:test';
-import { crlfToLf, deliverToMaildir, maildirName } from '../../src/mail/deliver.ts';
+import { crlfToLf, deliverToMaildir, maildirName, stageMaildirDelivery } from '../../src/mail/deliver.ts';
 
 const root = fs.mkdtempSync(path.join(os.tmpdir(), 'deliver-'));
 after(() => fs.rmSync(root, { recursive: true, force: true }));
@@ -49,5 +49,27 @@ void describe('deliverToMaildir', () => {
     assert.equal(crlfToLf(Buffer.from('a\r\nb\rc\n\r\n')).toString(), 'a\nb\rc\n\n');
     const lf = Buffer.from('plain\n');
     assert.equal(crlfToLf(lf), lf);
+  });
+});
+
+void describe('stageMaildirDelivery', () => {
+  void it('keeps the message in tmp/ until commit', async () => {
+    const md = path.join(root, 'dave');
+    const staged = await stageMaildirDelivery(md, Buffer.from('staged\r\n'));
+    assert.equal(fs.readdirSync(path.join(md, 'tmp')).length, 1);
+    assert.deepEqual(fs.readdirSync(path.join(md, 'new')), []);
+    const p = await staged.commit();
+    assert.equal(fs.readFileSync(p, 'utf8'), 'staged\n');
+    assert.deepEqual(fs.readdirSync(path.join(md, 'tmp')), []);
+    await assert.rejects(staged.commit(), /already committed/);
+  });
+
+  void it('abort removes the staged file and never shows it', async () => {
+    const md = path.join(root, 'erin');
+    const staged = await stageMaildirDelivery(md, Buffer.from('dropped\r\n'));
+    await staged.abort();
+    await staged.abort();
+    assert.deepEqual(fs.readdirSync(path.join(md, 'tmp')), []);
+    assert.deepEqual(fs.readdirSync(path.join(md, 'new')), []);
   });
 });

@@ -242,3 +242,14 @@ export function covers(outer: IpPrefix, inner: IpPrefix): boolean {
   for (let i = 0; i < outer.bytes.length; i++) if (masked.bytes[i] !== outer.bytes[i]) return false;
   return true;
 }
+
+/**
+ * The name of the exact grant for a client IP, fast: a strictly parsed IPv4 address is already
+ * canonical (no leading zeros, no spaces), so only IPv6 and IPv4-mapped IPv6 need formatting.
+ */
+export function exactGrantName(ip: string): { name: string; parsed: IpPrefix } | undefined {
+  const parsed = parseIp(ip);
+  if (!parsed) return undefined;
+  if (parsed.family === 4 && !ip.includes(':')) return { name: `v4-${ip}`, parsed };
+  return { name: grantNameOf(parsed), parsed };
+}

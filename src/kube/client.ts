@@ -219,7 +219,9 @@ export class KubeClient {
           try {
             onEvent(JSON.parse(line) as WatchEvent<T>);
           } catch (err) {
-            req.destroy(err as Error);
+            // The handler's error (e.g. a 410 in an ERROR event) is what ends this watch.
+            reject(err as Error);
+            req.destroy();
             return;
           }
         }

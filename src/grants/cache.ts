@@ -1,0 +1,266 @@
+// The grant cache: every reader's view of the RelayGrants of one namespace, fed by list + watch.
+// It keeps a compact index (grant name -> user, expiry), never whole objects, and answers
+// `lookup(ip)` for exact addresses and covering prefixes, checking expiry itself: a grant the
+// operator has not deleted yet never matches once its time is up.
+import { EventEmitter } from 'node:events';
+import { grantAddressOfName, exactGrantName, grantNameOf, parseGrantAddress, prefixOf, type IpFamily } from './address.ts';
+import { grantCacheEntries, grantCacheSynced, grantPropagation, grantRelists, grantWatchRestarts } from './metrics.ts';
+import { grantsPath } from './paths.ts';
+import { ANNOTATION_RENEWED_AT, type GrantLookup, type GrantMatch, type RelayGrant } from './types.ts';
+import { KubeApiError, type KubeClient, type WatchEvent } from '../kube/client.ts';
+import { createLogger, type Logger } from '../observability/log.ts';
+
+export interface GrantEntry {
+  user: string;
+  expiresAtMs: number;
+}
+
+export interface GrantCacheOptions {
+  client: KubeClient;
+  namespace: string;
+  log?: Logger;
+  /** Page size of the initial and repair lists. */
+  listPageSize?: number;
+  /** A watch on which nothing arrived (not even a bookmark) for this long is treated as stalled. */
+  stallTimeoutMs?: number;
+}
+
+interface GrantList {
+  metadata: { resourceVersion: string; continue?: string };
+  items: RelayGrant[];
+}
+
+const MAX_BACKOFF_MS = 2000;
+const sleep = (ms: number, signal: AbortSignal) =>
+  new Promise<void>((resolve) => {
+    const t = setTimeout(resolve, ms);
+    signal.addEventListener('abort', () => {
+      clearTimeout(t);
+      resolve();
+    }, { once: true });
+  });
+
+/**
+ * Events: `upsert` (name, entry), `delete` (name), `synced` (after each full list).
+ * Readers that need more than `lookup` (the operator's scheduler) listen to them.
+ */
+export class GrantCache extends EventEmitter implements GrantLookup {
+  private readonly client: KubeClient;
+  private readonly namespace: string;
+  private readonly log: Logger;
+  private readonly pageSize: number;
+  private readonly stallTimeoutMs: number;
+  private readonly index = new Map<string, GrantEntry>();
+  /** Prefix lengths present per family (length -> number of grants), longest first for lookups. */
+  private readonly prefixCounts: Record<IpFamily, Map<number, number>> = { 4: new Map(), 6: new Map() };
+  private prefixLengths: Record<IpFamily, number[]> = { 4: [], 6: [] };
+  private resourceVersion: string | undefined;
+  private abort = new AbortController();
+  private loop: Promise<void> | undefined;
+  private firstSync: { resolve: () => void; reject: (err: Error) => void } | undefined;
+  private _synced = false;
+
+  constructor(opts: GrantCacheOptions) {
+    super();
+    this.client = opts.client;
+    this.namespace = opts.namespace;
+    this.log = opts.log ?? createLogger('grant-cache');
+    this.pageSize = opts.listPageSize ?? 5000;
+    this.stallTimeoutMs = opts.stallTimeoutMs ?? 90_000;
+  }
+
+  get synced(): boolean {
+    return this._synced;
+  }
+
+  get size(): number {
+    return this.index.size;
+  }
+
+  /** Start listing and watching; resolves after the first full list (or rejects if `signal`-stopped first). */
+  start(): Promise<void> {
+    if (this.loop) throw new Error('GrantCache already started');
+    const first = new Promise<void>((resolve, reject) => (this.firstSync = { resolve, reject }));
+    this.loop = this.run();
+    return first;
+  }
+
+  async stop(): Promise<void> {
+    this.abort.abort();
+    this.firstSync?.reject(new Error('grant cache stopped before its first sync'));
+    await this.loop;
+  }
+
+  get(name: string): GrantEntry | undefined {
+    return this.index.get(name);
+  }
+
+  entries(): IterableIterator<[string, GrantEntry]> {
+    return this.index.entries();
+  }
+
+  lookup(ip: string, nowMs: number = Date.now()): GrantMatch | undefined {
+    const exact = exactGrantName(ip);
+    if (!exact) return undefined;
+    const hit = this.index.get(exact.name);
+    if (hit && hit.expiresAtMs > nowMs) return this.match(exact.name, hit);
+    // Then the covering prefixes, most specific first; usually there is one length (the /64) or none.
+    for (const len of this.prefixLengths[exact.parsed.family]) {
+      const name = grantNameOf(prefixOf(exact.parsed, len));
+      const entry = this.index.get(name);
+      if (entry && entry.expiresAtMs > nowMs) return this.match(name, entry);
+    }
+    return undefined;
+  }
+
+  private match(name: string, entry: GrantEntry): GrantMatch {
+    return { name, address: grantAddressOfName(name), user: entry.user, expiresAtMs: entry.expiresAtMs };
+  }
+
+  private async run(): Promise<void> {
+    const signal = this.abort.signal;
+    let failures = 0;
+    while (!signal.aborted) {
+      try {
+        if (this.resourceVersion === undefined) await this.relist(signal);
+        await this.client.watch<RelayGrant>(
+          grantsPath(this.namespace),
+          // The server ends the watch before our stall timer would; we then resume at once.
+          { resourceVersion: this.resourceVersion, allowWatchBookmarks: true, timeoutSeconds: 240 + Math.floor(Math.random() * 60) },
+          (event) => this.onEvent(event),
+          { signal, idleTimeoutMs: this.stallTimeoutMs },
+        );
+        failures = 0;
+        if (!signal.aborted) grantWatchRestarts.inc({ reason: 'ended' });
+      } catch (err) {
+        if (signal.aborted) break;
+        if (err instanceof KubeApiError && (err.status === 410 || err.reason === 'Expired' || err.reason === 'Gone')) {
+          grantWatchRestarts.inc({ reason: 'expired' });
+          this.resourceVersion = undefined;
+          continue;
+        }
+        const stalled = err instanceof KubeApiError && err.reason === 'Timeout';
+        grantWatchRestarts.inc({ reason: stalled ? 'stalled' : 'error' });
+        failures++;
+        // Jittered exponential backoff, capped low: a gate must catch up quickly once the API is back.
+        const delay = Math.min(MAX_BACKOFF_MS, 100 * 2 ** Math.min(failures, 5)) * (0.5 + Math.random() / 2);
+        if (failures === 1 || failures % 20 === 0) {
+          this.log.warn('grant_watch_failed', { error: (err as Error).message, failures, retryInMs: Math.round(delay) });
+        }
+        await sleep(delay, signal);
+      }
+    }
+  }
+
+  /** A full list: replaces the index, and drops (with `delete` events) grants deleted while we were away. */
+  private async relist(signal: AbortSignal): Promise<void> {
+    const started = Date.now();
+    const seen = new Set<string>();
+    let cont: string | undefined;
+    let resourceVersion = '';
+    do {
+      let page: GrantList;
+      try {
+        page = await this.client.request<GrantList>('GET', grantsPath(this.namespace), {
+          query: { limit: this.pageSize, continue: cont },
+          signal,
+          timeoutMs: 60_000,
+        });
+      } catch (err) {
+        // A continue token that expired mid-list: start the list over.
+        if (err instanceof KubeApiError && err.status === 410 && cont) {
+          seen.clear();
+          cont = undefined;
+          continue;
+        }
+        throw err;
+      }
+      for (const item of page.items) {
+        const name = this.upsert(item);
+        if (name) seen.add(name);
+      }
+      cont = page.metadata.continue || undefined;
+      resourceVersion = page.metadata.resourceVersion;
+    } while (cont);
+    for (const name of [...this.index.keys()]) if (!seen.has(name)) this.remove(name);
+    this.resourceVersion = resourceVersion;
+    grantRelists.inc();
+    grantCacheEntries.set(this.index.size);
+    const firstTime = !this._synced;
+    this._synced = true;
+    grantCacheSynced.set(1);
+    this.log.info(firstTime ? 'grant_cache_synced' : 'grant_cache_relisted', { grants: this.index.size, ms: Date.now() - started });
+    this.emit('synced');
+    if (firstTime) {
+      this.firstSync?.resolve();
+      this.firstSync = undefined;
+    }
+  }
+
+  private onEvent(event: WatchEvent<RelayGrant>): void {
+    const obj = event.object;
+    switch (event.type) {
+      case 'ADDED':
+      case 'MODIFIED': {
+        this.upsert(obj);
+        const renewedAt = Date.parse(obj.metadata.annotations?.[ANNOTATION_RENEWED_AT] ?? '');
+        if (!Number.isNaN(renewedAt)) grantPropagation.observe(Math.max(0, Date.now() - renewedAt) / 1000);
+        break;
+      }
+      case 'DELETED':
+        this.remove(obj.metadata.name);
+        break;
+      case 'BOOKMARK':
+        break;
+      case 'ERROR': {
+        const status = obj as unknown as { code?: number; reason?: string; message?: string };
+        // Ends this watch; the loop relists on 410 and retries otherwise.
+        throw new KubeApiError(status.code ?? 500, status.reason, `watch error: ${status.message ?? 'unknown'}`);
+      }
+    }
+    if (obj.metadata?.resourceVersion) this.resourceVersion = obj.metadata.resourceVersion;
+    grantCacheEntries.set(this.index.size);
+  }
+
+  /**
+   * Index one object under the name derived from its address. An object whose name does not match
+   * its address (possible only without the CRD's validation) is left out: never trust a mismatch.
+   */
+  private upsert(obj: RelayGrant): string | undefined {
+    const name = obj.metadata.name;
+    let derived: string | undefined;
+    try {
+      derived = grantNameOf(parseGrantAddress(obj.spec?.address ?? ''));
+    } catch {
+      derived = undefined;
+    }
+    const expiresAtMs = Date.parse(obj.spec?.expiresAt ?? '');
+    if (derived !== name || Number.isNaN(expiresAtMs)) {
+      this.log.warn('grant_ignored', { grant: name, reason: derived !== name ? 'name does not match spec.address' : 'bad expiresAt' });
+      this.remove(name);
+      return undefined;
+    }
+    const entry: GrantEntry = { user: obj.spec.user ?? '', expiresAtMs };
+    if (!this.index.has(name)) this.countPrefix(name, +1);
+    this.index.set(name, entry);
+    this.emit('upsert', name, entry);
+    return name;
+  }
+
+  private remove(name: string): void {
+    if (!this.index.delete(name)) return;
+    this.countPrefix(name, -1);
+    this.emit('delete', name);
+  }
+
+  private countPrefix(name: string, delta: number): void {
+    if (name.indexOf('-', 3) === -1) return; // a single address: only prefix names carry `-<length>`
+    const p = parseGrantAddress(grantAddressOfName(name));
+    if (p.prefixLength === (p.family === 4 ? 32 : 128)) return;
+    const counts = this.prefixCounts[p.family];
+    const n = (counts.get(p.prefixLength) ?? 0) + delta;
+    if (n > 0) counts.set(p.prefixLength, n);
+    else counts.delete(p.prefixLength);
+    this.prefixLengths[p.family] = [...counts.keys()].sort((a, b) => b - a);
+  }
+}

@@ -1,0 +1,214 @@
+// The grant store: how a login path creates or renews the grant of a client address.
+// Coalesced (a replica writes at most once per address per renew interval), merge-patched
+// (404 -> create, create 409 -> patch), retried with backoff and jitter, and never throwing
+// anything but a GrantWriteError into a login path. A write that still fails keeps being retried
+// in the background until it lands or the grant it would have written has expired.
+import { AddressError, grantKeyFor, type GrantKey } from './address.ts';
+import { grantWrites } from './metrics.ts';
+import { grantsPath } from './paths.ts';
+import {
+  ANNOTATION_RENEWED_AT,
+  API_VERSION,
+  GrantWriteError,
+  KIND,
+  LABEL_MANAGED_BY,
+  LABEL_SOURCE,
+  type GrantRenewer,
+  type GrantSource,
+  type RelayGrant,
+  type RenewOutcome,
+} from './types.ts';
+import { KubeApiError, type KubeClient } from '../kube/client.ts';
+import { createLogger, type Logger } from '../observability/log.ts';
+
+export interface GrantStoreOptions {
+  client: KubeClient;
+  namespace: string;
+  ttlMs: number;
+  renewIntervalMs: number;
+  ipv6PrefixLength: number;
+  log?: Logger;
+  /** Attempts within one renew() call before it rejects (the background retry goes on). */
+  attempts?: number;
+  now?: () => number;
+}
+
+const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+
+/** Worth retrying: the server was unreachable, overloaded or briefly unable to answer. */
+function isTransient(err: unknown): boolean {
+  if (!(err instanceof KubeApiError)) return false;
+  return err.status === 0 || err.status === 429 || err.status >= 500;
+}
+
+function backoffMs(attempt: number, capMs: number): number {
+  return Math.min(capMs, 50 * 2 ** attempt) * (0.5 + Math.random() / 2);
+}
+
+/** Whether `expiresAtMs` still runs past the point where this replica would renew it. */
+export function isFreshEnough(expiresAtMs: number | undefined, nowMs: number, ttlMs: number, renewIntervalMs: number): boolean {
+  return expiresAtMs !== undefined && expiresAtMs > nowMs + ttlMs - renewIntervalMs;
+}
+
+interface Pending {
+  key: GrantKey;
+  user: string;
+  source: GrantSource;
+  expiresAtMs: number;
+}
+
+export class GrantStore implements GrantRenewer {
+  private readonly opts: Required<Omit<GrantStoreOptions, 'log'>> & { log: Logger };
+  /** What this replica knows each grant runs until (its own writes). Pruned as grants expire. */
+  private readonly known = new Map<string, number>();
+  private readonly inflight = new Map<string, Promise<RenewOutcome>>();
+  /** Writes that failed, being retried in the background; the newest login wins. */
+  private readonly retrying = new Map<string, Pending>();
+  private pruneTimer: NodeJS.Timeout;
+  private closed = false;
+
+  constructor(opts: GrantStoreOptions) {
+    this.opts = { attempts: 3, now: Date.now, log: createLogger('grant-store'), ...opts };
+    this.pruneTimer = setInterval(() => this.prune(), Math.max(1000, Math.min(60_000, opts.renewIntervalMs))).unref();
+  }
+
+  async renew(clientIp: string, user: string, source: GrantSource): Promise<RenewOutcome> {
+    let key: GrantKey;
+    try {
+      key = grantKeyFor(clientIp, this.opts.ipv6PrefixLength);
+    } catch (err) {
+      grantWrites.inc({ op: 'failed' });
+      throw new GrantWriteError(clientIp, (err as AddressError).message, { cause: err });
+    }
+    const now = this.opts.now();
+    if (isFreshEnough(this.known.get(key.name), now, this.opts.ttlMs, this.opts.renewIntervalMs)) {
+      grantWrites.inc({ op: 'skipped' });
+      return 'skipped';
+    }
+    // Logins from one address at the same moment share one write.
+    const running = this.inflight.get(key.name);
+    if (running) return running;
+    const pending: Pending = { key, user, source, expiresAtMs: now + this.opts.ttlMs };
+    const write = this.writeWithRetries(pending, this.opts.attempts, 1000).finally(() => this.inflight.delete(key.name));
+    this.inflight.set(key.name, write);
+    try {
+      return await write;
+    } catch (err) {
+      this.retryInBackground(pending);
+      throw err;
+    }
+  }
+
+  /** Delete the grant of an address or prefix (whoson LOGOUT, tests, admin tools). */
+  async revoke(clientIp: string): Promise<boolean> {
+    const key = grantKeyFor(clientIp, this.opts.ipv6PrefixLength);
+    this.known.delete(key.name);
+    this.retrying.delete(key.name);
+    try {
+      await this.opts.client.delete(grantsPath(this.opts.namespace, key.name));
+      return true;
+    } catch (err) {
+      if (err instanceof KubeApiError && err.status === 404) return false;
+      throw new GrantWriteError(key.address, `revoking ${key.name}: ${(err as Error).message}`, { cause: err });
+    }
+  }
+
+  close(): void {
+    this.closed = true;
+    clearInterval(this.pruneTimer);
+  }
+
+  private async writeWithRetries(p: Pending, attempts: number, capMs: number): Promise<RenewOutcome> {
+    for (let attempt = 0; ; attempt++) {
+      try {
+        const outcome = await this.write(p);
+        this.known.set(p.key.name, p.expiresAtMs);
+        grantWrites.inc({ op: outcome === 'created' ? 'create' : 'patch' });
+        return outcome;
+      } catch (err) {
+        if (!isTransient(err) || attempt + 1 >= attempts || this.closed) {
+          grantWrites.inc({ op: 'failed' });
+          throw new GrantWriteError(p.key.address, `writing RelayGrant ${p.key.name}: ${(err as Error).message}`, { cause: err });
+        }
+        await sleep(backoffMs(attempt, capMs));
+      }
+    }
+  }
+
+  /** One write: merge-patch; 404 -> create; 409 on create (someone else created it) -> patch. */
+  private async write(p: Pending): Promise<RenewOutcome> {
+    const { client, namespace } = this.opts;
+    const path = grantsPath(namespace, p.key.name);
+    const body = this.objectFor(p);
+    try {
+      await client.mergePatch(path, { metadata: { labels: body.metadata.labels, annotations: body.metadata.annotations }, spec: body.spec });
+      return 'patched';
+    } catch (err) {
+      if (!(err instanceof KubeApiError && err.status === 404)) throw err;
+    }
+    try {
+      await client.create(grantsPath(namespace), body);
+      return 'created';
+    } catch (err) {
+      if (!(err instanceof KubeApiError && err.status === 409)) throw err;
+    }
+    await client.mergePatch(path, { metadata: { labels: body.metadata.labels, annotations: body.metadata.annotations }, spec: body.spec });
+    return 'patched';
+  }
+
+  private objectFor(p: Pending): RelayGrant {
+    return {
+      apiVersion: API_VERSION,
+      kind: KIND,
+      metadata: {
+        name: p.key.name,
+        labels: { [LABEL_MANAGED_BY]: 'kube-drac', [LABEL_SOURCE]: p.source },
+        annotations: { [ANNOTATION_RENEWED_AT]: new Date(this.opts.now()).toISOString() },
+      },
+      spec: {
+        address: p.key.address,
+        user: p.user,
+        source: p.source,
+        // Whole seconds, as DRAC kept them; the renewed-at annotation carries the milliseconds.
+        expiresAt: new Date(Math.ceil(p.expiresAtMs / 1000) * 1000).toISOString().replace('.000Z', 'Z'),
+      },
+    };
+  }
+
+  private retryInBackground(p: Pending): void {
+    const already = this.retrying.has(p.key.name);
+    this.retrying.set(p.key.name, p);
+    if (already || this.closed) return;
+    void (async () => {
+      let attempt = 0;
+      for (;;) {
+        const latest = this.retrying.get(p.key.name);
+        if (!latest || this.closed) return;
+        if (latest.expiresAtMs <= this.opts.now()) {
+          this.retrying.delete(p.key.name);
+          this.opts.log.warn('grant_write_abandoned', { grant: p.key.name, reason: 'the grant would have expired' });
+          return;
+        }
+        await sleep(backoffMs(attempt++ + 3, 30_000));
+        const current = this.retrying.get(p.key.name);
+        if (!current || this.closed) return;
+        try {
+          await this.writeWithRetries(current, 1, 0);
+          if (this.retrying.get(p.key.name) === current) this.retrying.delete(p.key.name);
+          this.opts.log.info('grant_write_recovered', { grant: p.key.name, attempts: attempt });
+        } catch (err) {
+          if (!isTransient((err as Error).cause)) {
+            this.retrying.delete(p.key.name);
+            this.opts.log.error('grant_write_abandoned', { grant: p.key.name, error: (err as Error).message });
+            return;
+          }
+        }
+      }
+    })();
+  }
+
+  private prune(): void {
+    const now = this.opts.now();
+    for (const [name, expiresAtMs] of this.known) if (expiresAtMs <= now) this.known.delete(name);
+  }
+}

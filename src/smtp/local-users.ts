@@ -1,0 +1,66 @@
+// Who is a local recipient: the user names a RCPT address can stand for, and which of them exist.
+import fs from 'node:fs';
+import path from 'node:path';
+import { isValidUserName, maildirPathFor } from '../mail/paths.ts';
+import type { LocalUsers } from './relay-policy.ts';
+
+/**
+ * The user names `local@domain` may belong to, most specific first: the full address (for
+ * passwd-files keyed by address), then the local part (one mailbox across all local domains,
+ * as sendmail's `Cw` did), each also lowercased. Invalid names are never candidates.
+ */
+export function candidateUsers(localPart: string, domain: string): string[] {
+  const out: string[] = [];
+  const add = (u: string) => {
+    if (isValidUserName(u) && !out.includes(u)) out.push(u);
+  };
+  if (domain !== '') {
+    add(`${localPart}@${domain}`);
+    add(`${localPart}@${domain}`.toLowerCase());
+  }
+  add(localPart);
+  add(localPart.toLowerCase());
+  return out;
+}
+
+/** A local user exists when its Maildir (with `new/`) exists under the mail root. */
+export class MaildirLocalUsers implements LocalUsers {
+  private readonly root: string;
+  private readonly template: string;
+
+  constructor(root: string, template: string) {
+    this.root = root;
+    this.template = template;
+  }
+
+  userFor(localPart: string, domain: string): string | undefined {
+    for (const user of candidateUsers(localPart, domain)) {
+      let dir: string;
+      try {
+        dir = maildirPathFor(this.root, this.template, user);
+      } catch {
+        continue;
+      }
+      try {
+        if (fs.statSync(path.join(dir, 'new')).isDirectory()) return user;
+      } catch {
+        // not this one
+      }
+    }
+    return undefined;
+  }
+}
+
+/** Users from a known set (a passwd-file's names); their Maildirs are created on first delivery. */
+export class SetLocalUsers implements LocalUsers {
+  private readonly users: () => ReadonlySet<string>;
+
+  constructor(users: () => ReadonlySet<string>) {
+    this.users = users;
+  }
+
+  userFor(localPart: string, domain: string): string | undefined {
+    const set = this.users();
+    return candidateUsers(localPart, domain).find((u) => set.has(u));
+  }
+}

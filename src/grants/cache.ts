@@ -55,7 +55,9 @@ export class GrantCache extends EventEmitter implements GrantLookup {
   private readonly prefixCounts: Record<IpFamily, Map<number, number>> = { 4: new Map(), 6: new Map() };
   private prefixLengths: Record<IpFamily, number[]> = { 4: [], 6: [] };
   private resourceVersion: string | undefined;
+  private resumeFrom: string | undefined;
   private abort = new AbortController();
+  private watchAbort = new AbortController();
   private loop: Promise<void> | undefined;
   private firstSync: { resolve: () => void; reject: (err: Error) => void } | undefined;
   private _synced = false;
@@ -91,6 +93,16 @@ export class GrantCache extends EventEmitter implements GrantLookup {
     await this.loop;
   }
 
+  /**
+   * End the current watch and resume from `resourceVersion` (default: where it was). For
+   * diagnostics and tests: resuming from a version the server no longer has exercises the
+   * 410 -> relist -> repair path against the real API server.
+   */
+  restartWatch(resourceVersion?: string): void {
+    if (resourceVersion !== undefined) this.resumeFrom = resourceVersion;
+    this.watchAbort.abort();
+  }
+
   get(name: string): GrantEntry | undefined {
     return this.index.get(name);
   }
@@ -121,19 +133,25 @@ export class GrantCache extends EventEmitter implements GrantLookup {
     const signal = this.abort.signal;
     let failures = 0;
     while (!signal.aborted) {
+      if (this.resumeFrom !== undefined) {
+        this.resourceVersion = this.resumeFrom;
+        this.resumeFrom = undefined;
+      }
       try {
         if (this.resourceVersion === undefined) await this.relist(signal);
+        this.watchAbort = new AbortController();
         await this.client.watch<RelayGrant>(
           grantsPath(this.namespace),
           // The server ends the watch before our stall timer would; we then resume at once.
           { resourceVersion: this.resourceVersion, allowWatchBookmarks: true, timeoutSeconds: 240 + Math.floor(Math.random() * 60) },
           (event) => this.onEvent(event),
-          { signal, idleTimeoutMs: this.stallTimeoutMs },
+          { signal: AbortSignal.any([signal, this.watchAbort.signal]), idleTimeoutMs: this.stallTimeoutMs },
         );
         failures = 0;
         if (!signal.aborted) grantWatchRestarts.inc({ reason: 'ended' });
       } catch (err) {
         if (signal.aborted) break;
+        if (this.watchAbort.signal.aborted) continue; // restartWatch()
         if (err instanceof KubeApiError && (err.status === 410 || err.reason === 'Expired' || err.reason === 'Gone')) {
           grantWatchRestarts.inc({ reason: 'expired' });
           this.resourceVersion = undefined;

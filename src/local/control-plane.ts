@@ -93,7 +93,8 @@ export class ControlPlane {
     const etcdDir = path.join(this.dir, 'etcd');
     const etcdUrl = `http://127.0.0.1:${this.etcdPort}`;
     const peerUrl = `http://127.0.0.1:${this.etcdPeerPort}`;
-    this.spawn('etcd', this.binaries.etcd, [
+    const running = (name: string) => this.procs.some((p) => p.name === name && p.child.exitCode === null);
+    if (!running('etcd')) this.spawn('etcd', this.binaries.etcd, [
       '--name=default',
       `--data-dir=${etcdDir}`,
       `--listen-client-urls=${etcdUrl}`,
@@ -106,7 +107,7 @@ export class ControlPlane {
       '--quota-backend-bytes=8589934592',
     ]);
     const credentials = path.join(this.dir, 'pki');
-    this.spawn('kube-apiserver', this.binaries.kubeApiserver, [
+    if (!running('kube-apiserver')) this.spawn('kube-apiserver', this.binaries.kubeApiserver, [
       `--etcd-servers=${etcdUrl}`,
       `--cert-dir=${credentials}`,
       '--bind-address=127.0.0.1',
@@ -281,9 +282,13 @@ export class ControlPlane {
     }
   }
 
-  /** Kill (SIGKILL) both processes at once, as a crash would; data stays for a restart. */
-  async kill(): Promise<void> {
-    for (const p of this.procs) {
+  /**
+   * Kill (SIGKILL) the processes at once, as a crash would; data stays for `start()` again.
+   * `only: 'kube-apiserver'` leaves etcd running (an API server outage with the store intact).
+   */
+  async kill(opts: { only?: 'kube-apiserver' | 'etcd' } = {}): Promise<void> {
+    const victims = this.procs.filter((p) => !opts.only || p.name === opts.only);
+    for (const p of victims) {
       if (p.child.exitCode === null && p.child.pid !== undefined) {
         try {
           process.kill(-p.child.pid, 'SIGKILL');
@@ -292,7 +297,13 @@ export class ControlPlane {
         }
       }
     }
-    await Promise.all(this.procs.map((p) => p.exited));
-    this.procs = [];
+    await Promise.all(victims.map((p) => p.exited));
+    this.procs = this.procs.filter((p) => !victims.includes(p));
   }
+
+  /** etcd's client URL; its v3 JSON gateway lets tests change data behind the API server's back. */
+  get etcdUrl(): string {
+    return `http://127.0.0.1:${this.etcdPort}`;
+  }
+
 }

@@ -17,8 +17,8 @@ const level = process.env.KUBE_DRAC_LOG_LEVEL ?? 'info';
 const base = winston.createLogger({
   level,
   format: winston.format.combine(
-    winston.format.timestamp({ alias: 'time' }),
     winston.format((info) => {
+      info.time = new Date().toISOString();
       // The event name is the message; keep it once, under `event`.
       if (info.message === info.event) delete (info as { message?: unknown }).message;
       // Errors do not serialize to JSON by themselves.

@@ -1,0 +1,154 @@
+// The grant cache against the real API server: it follows creates, renewals and deletions,
+// refuses expired grants, relists on 410, and catches up after the API server and etcd restart.
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import { GrantCache } from '../../src/grants/cache.ts';
+import { grantsPath } from '../../src/grants/paths.ts';
+import { GrantStore } from '../../src/grants/store.ts';
+import { installCrds, ensureNamespace } from '../../src/kube/crds.ts';
+import { ControlPlane } from '../../src/local/control-plane.ts';
+import { registry } from '../../src/observability/metrics.ts';
+import { kubeForTest, testBinaries, type TestKube } from '../support/kube.ts';
+
+const MIN = 60_000;
+
+function grant(name: string, address: string, expiresAtMs: number, user = 'ideal') {
+  return {
+    apiVersion: 'kubedrac.io/v1alpha1',
+    kind: 'RelayGrant',
+    metadata: { name },
+    spec: { address, user, source: 'manual', expiresAt: new Date(expiresAtMs).toISOString() },
+  };
+}
+
+async function eventually(what: string, check: () => boolean | Promise<boolean>, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (Date.now() > deadline) assert.fail(`not within ${timeoutMs} ms: ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+async function metricValue(name: string): Promise<number> {
+  const m = (await registry.getMetricsAsJSON()).find((x) => x.name === name);
+  return (m?.values ?? []).reduce((sum, v) => sum + v.value, 0);
+}
+
+describe('GrantCache on the shared API server', () => {
+  let k: TestKube;
+  let cache: GrantCache;
+  before(async () => {
+    k = await kubeForTest('cache');
+    await k.client.create(grantsPath(k.namespace), grant('v4-198.51.100.1', '198.51.100.1', Date.now() + 30 * MIN));
+    cache = new GrantCache({ client: k.client, namespace: k.namespace });
+    assert.equal(cache.synced, false);
+    await cache.start();
+  });
+  after(async () => {
+    await cache.stop();
+    await k.cleanup();
+  });
+
+  it('is synced after the first list and holds what existed', () => {
+    assert.equal(cache.synced, true);
+    assert.equal(cache.lookup('198.51.100.1')?.user, 'ideal');
+    assert.equal(cache.lookup('::ffff:198.51.100.1')?.name, 'v4-198.51.100.1');
+    assert.equal(cache.lookup('198.51.100.2'), undefined);
+  });
+
+  it('follows a create, a renewal and a delete', async () => {
+    const path = grantsPath(k.namespace, 'v4-198.51.100.7');
+    await k.client.create(grantsPath(k.namespace), grant('v4-198.51.100.7', '198.51.100.7', Date.now() + 5 * MIN));
+    await eventually('created grant in cache', () => cache.lookup('198.51.100.7') !== undefined);
+    const first = cache.lookup('198.51.100.7')!.expiresAtMs;
+    const later = Date.now() + 60 * MIN;
+    await k.client.mergePatch(path, { spec: { expiresAt: new Date(later).toISOString(), user: 'other' } });
+    await eventually('renewal in cache', () => (cache.lookup('198.51.100.7')?.expiresAtMs ?? 0) > first);
+    assert.equal(cache.lookup('198.51.100.7')?.user, 'other');
+    await k.client.delete(path);
+    await eventually('deletion in cache', () => cache.lookup('198.51.100.7') === undefined);
+    assert.equal(cache.get('v4-198.51.100.7'), undefined);
+  });
+
+  it('never matches a grant that is stored but expired', async () => {
+    await k.client.create(grantsPath(k.namespace), grant('v4-198.51.100.8', '198.51.100.8', Date.now() - 1000));
+    await eventually('expired grant indexed', () => cache.get('v4-198.51.100.8') !== undefined);
+    assert.equal(cache.lookup('198.51.100.8'), undefined);
+    const soon = Date.now() + 2 * MIN;
+    await k.client.create(grantsPath(k.namespace), grant('v4-198.51.100.9', '198.51.100.9', soon));
+    await eventually('grant indexed', () => cache.get('v4-198.51.100.9') !== undefined);
+    assert.ok(cache.lookup('198.51.100.9', soon - 1000));
+    assert.equal(cache.lookup('198.51.100.9', soon + 1000), undefined);
+  });
+
+  it('matches every address inside an IPv6 /64 grant and nothing outside it', async () => {
+    await k.client.create(
+      grantsPath(k.namespace),
+      grant('v6-20010db8000a000b0000000000000000-64', '2001:db8:a:b::/64', Date.now() + 10 * MIN),
+    );
+    await eventually('prefix grant indexed', () => cache.lookup('2001:db8:a:b::1') !== undefined);
+    assert.equal(cache.lookup('2001:db8:a:b:ffff:1:2:3')?.address, '2001:db8:a:b::/64');
+    assert.equal(cache.lookup('2001:DB8:A:B::99')?.name, 'v6-20010db8000a000b0000000000000000-64');
+    assert.equal(cache.lookup('2001:db8:a:c::1'), undefined);
+    assert.equal(cache.lookup('2001:db8:a::1'), undefined);
+  });
+
+  it('resumes from a stale resourceVersion by relisting (the server answers 410 Gone)', async () => {
+    const relistsBefore = await metricValue('kubedrac_grant_cache_relists_total');
+    cache.restartWatch('1');
+    await eventually('relist after 410', async () => (await metricValue('kubedrac_grant_cache_relists_total')) > relistsBefore);
+    assert.ok(cache.lookup('198.51.100.1'), 'the index survives a relist');
+    await k.client.create(grantsPath(k.namespace), grant('v4-198.51.100.21', '198.51.100.21', Date.now() + 10 * MIN));
+    await eventually('watching again after the relist', () => cache.lookup('198.51.100.21') !== undefined);
+  });
+});
+
+describe('GrantCache and GrantStore across an API server and etcd restart', () => {
+  let plane: ControlPlane;
+  before(async () => {
+    plane = new ControlPlane({ binaries: testBinaries() });
+    await plane.start();
+    const c = plane.client();
+    await installCrds(c);
+    await ensureNamespace(c, 'mail');
+    c.close();
+  });
+  after(() => plane.stop());
+
+  it('catches up after both were killed and restarted on the same data', async () => {
+    const client = plane.client();
+    const store = new GrantStore({ client, namespace: 'mail', ttlMs: 30 * MIN, renewIntervalMs: 5 * MIN, ipv6PrefixLength: 64 });
+    const cache = new GrantCache({ client, namespace: 'mail' });
+    await cache.start();
+    assert.equal(await store.renew('203.0.113.1', 'alice', 'pop3'), 'created');
+    await eventually('first grant', () => cache.lookup('203.0.113.1') !== undefined);
+
+    await plane.kill();
+    // The login path does not fail for the API's fault: the write is retried in the background.
+    await assert.rejects(store.renew('203.0.113.2', 'bob', 'pop3'), { name: 'GrantWriteError' });
+    assert.ok(cache.lookup('203.0.113.1'), 'a disconnected cache still answers from what it holds');
+    await plane.start();
+
+    await eventually('the background retry lands once the server is back', () => cache.lookup('203.0.113.2') !== undefined, 60_000);
+    assert.equal(cache.lookup('203.0.113.2')?.user, 'bob');
+    await client.delete(grantsPath('mail', 'v4-203.0.113.1'));
+    await eventually('deletion after restart', () => cache.lookup('203.0.113.1') === undefined, 20_000);
+    assert.equal(await store.renew('2001:db8:5:6::77', 'carol', 'pop3'), 'created');
+    await eventually('IPv6 grant after restart', () => cache.lookup('2001:db8:5:6::1')?.user === 'carol', 20_000);
+
+    // An API server outage during which a grant vanishes from etcd: the restarted server cannot
+    // replay that deletion (its watch cache starts anew, so our resume gets 410), and only the
+    // relist can reveal it. The cache must drop the grant.
+    const relists = await metricValue('kubedrac_grant_cache_relists_total');
+    await plane.kill({ only: 'kube-apiserver' });
+    const key = Buffer.from('/registry/kubedrac.io/relaygrants/mail/v4-203.0.113.2').toString('base64');
+    const res = await fetch(`${plane.etcdUrl}/v3/kv/deleterange`, { method: 'POST', body: JSON.stringify({ key }) });
+    assert.equal(((await res.json()) as { deleted?: string }).deleted, '1');
+    await plane.start();
+    await eventually('missed deletion repaired by a relist', () => cache.lookup('203.0.113.2') === undefined, 30_000);
+    assert.ok((await metricValue('kubedrac_grant_cache_relists_total')) > relists);
+    await cache.stop();
+    store.close();
+    client.close();
+  });
+});

@@ -3,8 +3,7 @@
 // (404 -> create, create 409 -> patch), retried with backoff and jitter, and never throwing
 // anything but a GrantWriteError into a login path. A write that still fails keeps being retried
 // in the background until it lands or the grant it would have written has expired.
-import type { AddressError} from './address.ts';
-import { grantKeyFor, type GrantKey } from './address.ts';
+import { grantKeyFor, type AddressError, type GrantKey } from './address.ts';
 import { grantWrites } from './metrics.ts';
 import { grantsPath } from './paths.ts';
 import {

@@ -220,7 +220,7 @@ export class KubeClient {
             onEvent(JSON.parse(line) as WatchEvent<T>);
           } catch (err) {
             // The handler's error (e.g. a 410 in an ERROR event) is what ends this watch.
-            reject(err);
+            reject(err instanceof Error ? err : new Error(String(err)));
             req.destroy();
             return;
           }

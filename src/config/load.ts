@@ -83,8 +83,10 @@ export function parseCommon(root: ConfigReader): CommonConfig {
 /** Parse YAML text into a config document; throws ConfigError naming the key on any mistake. */
 export function parseConfig(text: string, source: string): ConfigDocument {
   let data: unknown;
+  // An empty file (or one with only comments) means "all defaults"; js-yaml 5 calls it an error.
+  const hasContent = text.split('\n').some((line) => line.trim() !== '' && !line.trim().startsWith('#'));
   try {
-    data = yaml.load(text, { filename: source });
+    data = hasContent ? yaml.load(text, { filename: source }) : undefined;
   } catch (err) {
     throw new ConfigError('(file)', `${source} is not valid YAML: ${(err as Error).message}`);
   }

@@ -1,0 +1,148 @@
+// Users from a Dovecot-compatible passwd-file (`user:{SCHEME}hash[:uid:gid:gecos:home:shell:extra]`),
+// mounted from a Secret and reloaded when it changes. A file that does not parse is refused as a
+// whole and the last good one stays in force: half a users file would lock people out.
+import fs from 'node:fs';
+import path from 'node:path';
+import type { Logger } from '../observability/log.ts';
+import { isValidUserName } from '../mail/paths.ts';
+import type { Scheme, StoredPassword } from './schemes.ts';
+import { PasswordSchemeError, parseStoredPassword } from './schemes.ts';
+
+export interface UserEntry {
+  user: string;
+  password: StoredPassword;
+  /** Dovecot's extra fields (`userdb_mail=...`, `nologin`, ...), key -> value ('' when bare). */
+  extra: Record<string, string>;
+}
+
+export class PasswdFileError extends Error {
+  override readonly name = 'PasswdFileError';
+}
+
+/** Parse the whole file; throws PasswdFileError naming the line on the first mistake. */
+export function parsePasswdFile(text: string, source: string, defaultScheme: Scheme = 'CRYPT'): Map<string, UserEntry> {
+  const users = new Map<string, UserEntry>();
+  const lines = text.split('\n');
+  lines.forEach((raw, i) => {
+    const line = raw.endsWith('\r') ? raw.slice(0, -1) : raw;
+    const where = `${source} line ${i + 1}`;
+    if (line.trim() === '' || line.trimStart().startsWith('#')) return;
+    const fields = line.split(':');
+    if (fields.length < 2) throw new PasswdFileError(`${where}: expected user:{SCHEME}hash[:uid:gid:gecos:home:shell:extra fields]`);
+    const user = fields[0] as string;
+    if (!isValidUserName(user)) throw new PasswdFileError(`${where}: ${JSON.stringify(user)} is not a valid user name`);
+    if (users.has(user)) throw new PasswdFileError(`${where}: user ${user} is listed twice`);
+    // As in Dovecot: the password is the second field (so it cannot hold ':'), and the extra
+    // fields are everything after the seventh colon (they may hold ':').
+    const passwordField = fields[1] as string;
+    let password: StoredPassword;
+    try {
+      password = parseStoredPassword(passwordField, defaultScheme);
+    } catch (err) {
+      if (err instanceof PasswordSchemeError) throw new PasswdFileError(`${where} (user ${user}): ${err.message}`);
+      throw err;
+    }
+    const extraText = fields.slice(7).join(':');
+    const extra: Record<string, string> = {};
+    for (const item of extraText.split(/\s+/)) {
+      if (item === '') continue;
+      const eq = item.indexOf('=');
+      if (eq === -1) extra[item] = '';
+      else extra[item.slice(0, eq)] = item.slice(eq + 1);
+    }
+    users.set(user, { user, password, extra });
+  });
+  return users;
+}
+
+export interface UserDatabaseOptions {
+  file: string;
+  log: Logger;
+  defaultScheme?: Scheme;
+  /** Re-read at least this often (watch events can be missed). 0 disables polling. */
+  pollIntervalMs?: number;
+  debounceMs?: number;
+}
+
+/** The users, kept current with the file. Construction throws when the first load fails. */
+export class UserDatabase {
+  private users: Map<string, UserEntry>;
+  private fingerprint: string;
+  private readonly opts: Required<UserDatabaseOptions>;
+  private watcher: fs.FSWatcher | undefined;
+  private poll: NodeJS.Timeout | undefined;
+  private debounce: NodeJS.Timeout | undefined;
+  private closed = false;
+  /** Set when the newest file on disk was refused (for readiness and logs). */
+  lastError: string | undefined;
+
+  constructor(opts: UserDatabaseOptions) {
+    this.opts = { defaultScheme: 'CRYPT', pollIntervalMs: 30_000, debounceMs: 200, ...opts };
+    const text = this.read();
+    this.users = parsePasswdFile(text, this.opts.file, this.opts.defaultScheme);
+    this.fingerprint = text;
+    this.opts.log.info('users_loaded', { file: this.opts.file, users: this.users.size });
+    try {
+      this.watcher = fs.watch(path.dirname(path.resolve(this.opts.file)), { persistent: false }, () => this.schedule());
+      this.watcher.on('error', (err) => this.opts.log.warn('users_watch_error', { error: err }));
+    } catch (err) {
+      this.opts.log.warn('users_watch_unavailable', { error: err as Error });
+    }
+    if (this.opts.pollIntervalMs > 0) {
+      this.poll = setInterval(() => this.reload(), this.opts.pollIntervalMs);
+      this.poll.unref();
+    }
+  }
+
+  private read(): string {
+    try {
+      return fs.readFileSync(this.opts.file, 'utf8');
+    } catch (err) {
+      throw new PasswdFileError(`cannot read users file ${this.opts.file}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`);
+    }
+  }
+
+  get size(): number {
+    return this.users.size;
+  }
+
+  lookup(user: string): UserEntry | undefined {
+    return this.users.get(user);
+  }
+
+  private schedule(): void {
+    if (this.closed) return;
+    clearTimeout(this.debounce);
+    this.debounce = setTimeout(() => this.reload(), this.opts.debounceMs);
+    this.debounce.unref();
+  }
+
+  /** Re-read the file; returns whether a new version was taken. A broken file keeps the old users. */
+  reload(): boolean {
+    if (this.closed) return false;
+    let text: string;
+    let users: Map<string, UserEntry>;
+    try {
+      text = this.read();
+      if (text === this.fingerprint) return false;
+      users = parsePasswdFile(text, this.opts.file, this.opts.defaultScheme);
+    } catch (err) {
+      const message = (err as Error).message;
+      if (message !== this.lastError) this.opts.log.error('users_reload_refused', { error: message, keeping: this.users.size });
+      this.lastError = message;
+      return false;
+    }
+    this.users = users;
+    this.fingerprint = text;
+    this.lastError = undefined;
+    this.opts.log.info('users_reloaded', { file: this.opts.file, users: users.size });
+    return true;
+  }
+
+  close(): void {
+    this.closed = true;
+    this.watcher?.close();
+    clearInterval(this.poll);
+    clearTimeout(this.debounce);
+  }
+}

@@ -1,0 +1,124 @@
+// SHA-256-crypt and SHA-512-crypt (`$5$`, `$6$`), per Ulrich Drepper's "Unix crypt using
+// SHA-256 and SHA-512" (the algorithm of glibc crypt(3), Dovecot's SHA256-CRYPT/SHA512-CRYPT,
+// `openssl passwd -5/-6` and `mkpasswd`). Built on node:crypto's one-shot hash.
+import crypto from 'node:crypto';
+
+const ALPHABET = './0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz';
+export const ROUNDS_DEFAULT = 5000;
+const ROUNDS_MIN = 1000;
+const ROUNDS_MAX = 999_999_999;
+const SALT_MAX = 16;
+
+type Variant = { id: '5' | '6'; algorithm: 'sha256' | 'sha512'; size: 32 | 64; order: ReadonlyArray<readonly [number, number, number]>; tail: readonly number[] };
+
+// Byte order of the final base-64 encoding, from the spec: groups of three bytes, then the rest.
+const SHA512_ORDER: ReadonlyArray<readonly [number, number, number]> = [
+  [0, 21, 42], [22, 43, 1], [44, 2, 23], [3, 24, 45], [25, 46, 4], [47, 5, 26], [6, 27, 48],
+  [28, 49, 7], [50, 8, 29], [9, 30, 51], [31, 52, 10], [53, 11, 32], [12, 33, 54], [34, 55, 13],
+  [56, 14, 35], [15, 36, 57], [37, 58, 16], [59, 17, 38], [18, 39, 60], [40, 61, 19], [62, 20, 41],
+];
+const SHA256_ORDER: ReadonlyArray<readonly [number, number, number]> = [
+  [0, 10, 20], [21, 1, 11], [12, 22, 2], [3, 13, 23], [24, 4, 14], [15, 25, 5], [6, 16, 26],
+  [27, 7, 17], [18, 28, 8], [9, 19, 29],
+];
+
+const VARIANTS: Record<'5' | '6', Variant> = {
+  '6': { id: '6', algorithm: 'sha512', size: 64, order: SHA512_ORDER, tail: [63] },
+  '5': { id: '5', algorithm: 'sha256', size: 32, order: SHA256_ORDER, tail: [31, 30] },
+};
+
+export interface ShaCryptSetting {
+  variant: '5' | '6';
+  rounds: number;
+  /** Whether `rounds=N$` was written (it then appears in the output too). */
+  roundsCustom: boolean;
+  salt: Buffer;
+}
+
+/** Parse `$6$[rounds=N$]salt[$hash]`; undefined when it is not a SHA-crypt string. */
+export function parseShaCryptSetting(text: string): ShaCryptSetting | undefined {
+  const m = /^\$([56])\$(?:rounds=(\d{1,10})\$)?([^$\n:]*)(?:\$[./0-9A-Za-z]*)?$/.exec(text);
+  if (!m) return undefined;
+  const variant = m[1] as '5' | '6';
+  const roundsCustom = m[2] !== undefined;
+  const rounds = roundsCustom ? Math.min(ROUNDS_MAX, Math.max(ROUNDS_MIN, Number(m[2]))) : ROUNDS_DEFAULT;
+  const salt = Buffer.from(m[3] as string, 'utf8').subarray(0, SALT_MAX);
+  return { variant, rounds, roundsCustom, salt };
+}
+
+function h(algorithm: string, data: Buffer): Buffer {
+  return crypto.hash(algorithm, data, 'buffer');
+}
+
+/** `len` bytes made of `digest` repeated (the spec's P and S sequences). */
+function repeatTo(digest: Buffer, len: number): Buffer {
+  const out = Buffer.allocUnsafe(len);
+  for (let at = 0; at < len; at += digest.length) digest.copy(out, at, 0, Math.min(digest.length, len - at));
+  return out;
+}
+
+function encode(v: Variant, final: Buffer): string {
+  let out = '';
+  const put = (w: number, n: number) => {
+    for (let i = 0; i < n; i++) {
+      out += ALPHABET[w & 0x3f];
+      w >>>= 6;
+    }
+  };
+  for (const [a, b, c] of v.order) put(((final[a] as number) << 16) | ((final[b] as number) << 8) | (final[c] as number), 4);
+  if (v.tail.length === 1) put(final[v.tail[0] as number] as number, 2);
+  else put(((final[v.tail[0] as number] as number) << 8) | (final[v.tail[1] as number] as number), 3);
+  return out;
+}
+
+/** The full crypt string for `password` under `setting` (the salt part of a stored hash). */
+export function shaCrypt(password: string | Buffer, setting: ShaCryptSetting): string {
+  const v = VARIANTS[setting.variant];
+  const p = typeof password === 'string' ? Buffer.from(password, 'utf8') : password;
+  const s = setting.salt;
+  const size = v.size;
+
+  // Digest B = H(P S P).
+  const b = h(v.algorithm, Buffer.concat([p, s, p]));
+  // Digest A = H(P S, B repeated to |P|, then per bit of |P|: B if 1, P if 0).
+  const aParts: Buffer[] = [p, s, repeatTo(b, p.length)];
+  for (let n = p.length; n > 0; n >>= 1) aParts.push(n & 1 ? b : p);
+  let c = h(v.algorithm, Buffer.concat(aParts));
+  // P sequence: H(P repeated |P| times), repeated to |P| bytes.
+  const pSeq = repeatTo(h(v.algorithm, Buffer.concat(new Array<Buffer>(p.length).fill(p))), p.length);
+  // S sequence: H(S repeated 16 + A[0] times), first |S| bytes.
+  const sSeq = h(v.algorithm, Buffer.concat(new Array<Buffer>(16 + (c[0] as number)).fill(s))).subarray(0, s.length);
+
+  // The rounds, each hashing one of a few layouts of C, P and S: assemble them in one buffer.
+  const work = Buffer.allocUnsafe(size + 2 * pSeq.length + sSeq.length + size);
+  for (let i = 0; i < setting.rounds; i++) {
+    let at = 0;
+    if (i & 1) at += pSeq.copy(work, at);
+    else at += c.copy(work, at);
+    if (i % 3 !== 0) at += sSeq.copy(work, at);
+    if (i % 7 !== 0) at += pSeq.copy(work, at);
+    if (i & 1) at += c.copy(work, at);
+    else at += pSeq.copy(work, at);
+    c = h(v.algorithm, work.subarray(0, at));
+  }
+
+  const rounds = setting.roundsCustom ? `rounds=${setting.rounds}$` : '';
+  return `$${v.id}$${rounds}${s.toString('utf8')}$${encode(v, c)}`;
+}
+
+/** A new SHA-crypt hash with a random 16-character salt. */
+export function shaCryptHash(password: string, variant: '5' | '6' = '6', rounds = ROUNDS_DEFAULT): string {
+  const bytes = crypto.randomBytes(SALT_MAX);
+  let salt = '';
+  for (const byte of bytes) salt += ALPHABET[byte & 0x3f];
+  return shaCrypt(password, { variant, rounds, roundsCustom: rounds !== ROUNDS_DEFAULT, salt: Buffer.from(salt) });
+}
+
+/** Whether `password` matches the stored `$5$`/`$6$` string (compared in constant time). */
+export function shaCryptVerify(password: string, stored: string): boolean {
+  const setting = parseShaCryptSetting(stored);
+  if (!setting) return false;
+  const computed = Buffer.from(shaCrypt(password, setting));
+  const expected = Buffer.from(stored);
+  return computed.length === expected.length && crypto.timingSafeEqual(computed, expected);
+}

@@ -1,0 +1,107 @@
+// Password verification on a small pool of worker threads: a SHA512-CRYPT or bcrypt hash costs
+// milliseconds of CPU, which must not stall every other session on the event loop.
+import os from 'node:os';
+import { Worker } from 'node:worker_threads';
+import type { HashAnswer, HashJob } from './hash-worker.ts';
+import type { StoredPassword } from './schemes.ts';
+import { isExpensive, verifyPassword } from './schemes.ts';
+
+export interface PasswordVerifierOptions {
+  /** Worker threads; default: the number of CPUs. 0 verifies on the calling thread. */
+  threads?: number;
+  /** Jobs waiting beyond this are refused (the login answers [SYS/TEMP]) instead of queueing without end. */
+  maxQueue?: number;
+}
+
+export class VerifierBusyError extends Error {
+  override readonly name = 'VerifierBusyError';
+}
+
+interface Pending {
+  resolve: (ok: boolean) => void;
+  reject: (err: Error) => void;
+}
+
+interface Slot {
+  worker: Worker;
+  busy: number;
+}
+
+export class PasswordVerifier {
+  private readonly slots: Slot[] = [];
+  private readonly pending = new Map<number, Pending & { slot: Slot }>();
+  private readonly queue: Array<{ job: HashJob } & Pending> = [];
+  private readonly maxQueue: number;
+  private nextId = 1;
+  private closed = false;
+
+  constructor(opts: PasswordVerifierOptions = {}) {
+    const threads = opts.threads ?? Math.max(1, os.availableParallelism());
+    this.maxQueue = opts.maxQueue ?? 1000;
+    for (let i = 0; i < threads; i++) this.slots.push(this.spawn());
+  }
+
+  private spawn(): Slot {
+    const worker = new Worker(new URL('./hash-worker.ts', import.meta.url));
+    worker.unref();
+    const slot: Slot = { worker, busy: 0 };
+    worker.on('message', (answer: HashAnswer) => {
+      const p = this.pending.get(answer.id);
+      if (!p) return;
+      this.pending.delete(answer.id);
+      slot.busy--;
+      if (answer.error !== undefined) p.reject(new Error(answer.error));
+      else p.resolve(answer.ok);
+      this.drain();
+    });
+    worker.on('error', (err: Error) => this.replace(slot, err));
+    worker.on('exit', (code) => {
+      if (!this.closed) this.replace(slot, new Error(`password worker exited with code ${code}`));
+    });
+    return slot;
+  }
+
+  /** A dead worker fails its jobs (the logins answer [SYS/TEMP]) and is replaced. */
+  private replace(slot: Slot, err: Error): void {
+    const index = this.slots.indexOf(slot);
+    if (index === -1) return;
+    for (const [id, p] of this.pending) {
+      if (p.slot === slot) {
+        this.pending.delete(id);
+        p.reject(err);
+      }
+    }
+    void slot.worker.terminate();
+    if (!this.closed) this.slots[index] = this.spawn();
+    this.drain();
+  }
+
+  private drain(): void {
+    while (this.queue.length > 0) {
+      const slot = this.slots.find((s) => s.busy === 0);
+      if (!slot) return;
+      const item = this.queue.shift() as { job: HashJob } & Pending;
+      slot.busy++;
+      this.pending.set(item.job.id, { resolve: item.resolve, reject: item.reject, slot });
+      slot.worker.postMessage(item.job);
+    }
+  }
+
+  verify(stored: StoredPassword, password: string): Promise<boolean> {
+    if (this.closed) return Promise.reject(new Error('password verifier is closed'));
+    if (this.slots.length === 0 || !isExpensive(stored)) return verifyPassword(stored, password);
+    if (this.queue.length >= this.maxQueue) return Promise.reject(new VerifierBusyError('too many logins waiting for password checks'));
+    return new Promise((resolve, reject) => {
+      this.queue.push({ job: { id: this.nextId++, stored, password }, resolve, reject });
+      this.drain();
+    });
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    for (const item of this.queue.splice(0)) item.reject(new Error('password verifier is closed'));
+    await Promise.all(this.slots.map((s) => s.worker.terminate()));
+    for (const p of this.pending.values()) p.reject(new Error('password verifier is closed'));
+    this.pending.clear();
+  }
+}

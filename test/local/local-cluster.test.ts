@@ -30,9 +30,9 @@ function startCli(args: string[]): { child: ChildProcess; kubeconfig: Promise<st
   });
   let out = '';
   let err = '';
-  child.stderr!.on('data', (c: Buffer) => (err += c.toString()));
+  child.stderr.on('data', (c: Buffer) => (err += c.toString()));
   const kubeconfig = new Promise<string>((resolve, reject) => {
-    child.stdout!.on('data', (c: Buffer) => {
+    child.stdout.on('data', (c: Buffer) => {
       out += c.toString();
       const m = /^KUBECONFIG=(.+)$/m.exec(out);
       if (m) resolve(m[1] as string);

@@ -1,0 +1,89 @@
+// STARTTLS and implicit TLS (also behind a PROXY v2 header), and IPv4-mapped peers on a
+// dual-stack listener, with swaks as the client.
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { dialogue, proxyArgs, swaks } from './peers.ts';
+import { startTestSmtp, type TestSmtp } from './support.ts';
+
+const certDir = fs.mkdtempSync(path.join(os.tmpdir(), 'smtp-tls-'));
+const certFile = path.join(certDir, 'tls.crt');
+const keyFile = path.join(certDir, 'tls.key');
+let t: TestSmtp;
+
+before(async () => {
+  execFileSync('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', keyFile, '-out', certFile, '-days', '2', '-subj', '/CN=mx.example.org'], { stdio: 'ignore' });
+  t = await startTestSmtp({ tls: { certFile, keyFile }, implicitTlsPort: 0, trustedProxies: ['127.0.0.1'] });
+  t.grants.grants.push({ address: '127.0.0.5', expiresAtMs: Date.now() + 3_600_000 }, { address: '202.99.11.120', expiresAtMs: Date.now() + 3_600_000 });
+});
+after(async () => {
+  await t?.close();
+  fs.rmSync(certDir, { recursive: true, force: true });
+});
+
+void describe('TLS', () => {
+  void it('offers STARTTLS (and no AUTH) in plaintext, and not again after it', async () => {
+    const r = await swaks({ port: t.port, to: 'x@remote.test', local: '127.0.0.5', extra: ['--tls', '--quit-after', 'EHLO'] });
+    assert.equal(r.code, 0, r.stdout);
+    const [plain, secure] = r.stdout.split('TLS started');
+    assert.match(plain ?? '', /250[- ]STARTTLS/);
+    assert.doesNotMatch(plain ?? '', /AUTH/);
+    assert.doesNotMatch(secure ?? '', /STARTTLS|AUTH/);
+  });
+
+  void it('relays over STARTTLS with a grant; the Received header says ESMTPS', async () => {
+    const r = await swaks({ port: t.port, to: 'x@remote.test', local: '127.0.0.5', extra: ['--tls', '--header', 'Subject: over-starttls'] });
+    assert.equal(r.code, 0, r.stdout);
+    const m = t.messages(t.outbox).find((x) => x.includes('over-starttls')) ?? '';
+    assert.match(m, /with ESMTPS id/);
+  });
+
+  void it('refuses relay over TLS without a grant', async () => {
+    const r = await swaks({ port: t.port, to: 'x@remote.test', local: '127.0.0.6', extra: ['--tls'] });
+    assert.equal(r.code, 24, r.stdout);
+  });
+
+  void it('speaks TLS from the first byte on the implicit TLS port', async () => {
+    const r = await swaks({ port: t.server.implicitTlsPort as number, to: 'x@remote.test', local: '127.0.0.5', extra: ['--tls-on-connect'] });
+    assert.equal(r.code, 0, r.stdout);
+    assert.doesNotMatch(r.stdout, /STARTTLS/);
+  });
+
+  void it('reads a PROXY v2 header before the TLS handshake from the trusted proxy', async () => {
+    const ok = await swaks({ port: t.server.implicitTlsPort as number, to: 'x@remote.test', local: '127.0.0.1', extra: ['--tls-on-connect', ...proxyArgs(2, '202.99.11.120')] });
+    assert.equal(ok.code, 0, ok.stdout);
+    const no = await swaks({ port: t.server.implicitTlsPort as number, to: 'x@remote.test', local: '127.0.0.1', extra: ['--tls-on-connect', ...proxyArgs(2, '203.0.113.7')] });
+    assert.equal(no.code, 24, no.stdout);
+  });
+
+  void it('discards commands pipelined after STARTTLS in plaintext', async () => {
+    const { replies } = await dialogue(t.port, ['EHLO a', { raw: Buffer.from('STARTTLS\r\nMAIL FROM:<a@b.test>\r\n'), replies: 2 }], { local: '127.0.0.6', timeoutMs: 1500 });
+    assert.match(replies[2] ?? '', /^220 /);
+    assert.equal(replies.length, 3, 'the injected MAIL got no plaintext answer');
+  });
+});
+
+void describe('dual-stack listener', () => {
+  let d: TestSmtp | undefined;
+  after(async () => {
+    await d?.close();
+  });
+
+  void it('matches IPv4-mapped peers against IPv4 grants', async (ctx) => {
+    try {
+      d = await startTestSmtp({ listen: { host: '::', port: 0 } });
+    } catch (err) {
+      ctx.skip(`no IPv6 here: ${(err as Error).message}`);
+      return;
+    }
+    d.grants.grants.push({ address: '127.0.0.5', expiresAtMs: Date.now() + 3_600_000 });
+    const ok = await swaks({ port: d.port, to: 'x@remote.test', local: '127.0.0.5' });
+    assert.equal(ok.code, 0, ok.stdout);
+    const no = await swaks({ port: d.port, to: 'x@remote.test', local: '127.0.0.6' });
+    assert.equal(no.code, 24, no.stdout);
+    assert.ok(d.messages(d.outbox).some((m) => m.includes('([127.0.0.5])')), 'Received names the IPv4 address');
+  });
+});

@@ -39,42 +39,64 @@ function parseIpv4Into(text: string, out: Uint8Array, offset: number): boolean {
   return index === 4;
 }
 
+/** IPv6 text -> 16 bytes, in one pass (lookups parse a client address on every RCPT). */
 function parseIpv6(text: string): Uint8Array | undefined {
-  if (text.length < 2 || text.length > 45) return undefined;
-  const bytes = new Uint8Array(16);
-  const halves = text.split('::');
-  if (halves.length > 2) return undefined;
-  const parseGroups = (s: string, allowIpv4Tail: boolean): number[] | undefined => {
-    if (s === '') return [];
-    const groups = s.split(':');
-    const words: number[] = [];
-    for (let i = 0; i < groups.length; i++) {
-      const g = groups[i] as string;
-      if (allowIpv4Tail && i === groups.length - 1 && g.includes('.')) {
-        const v4 = new Uint8Array(4);
-        if (!parseIpv4Into(g, v4, 0)) return undefined;
-        words.push(((v4[0] as number) << 8) | (v4[1] as number), ((v4[2] as number) << 8) | (v4[3] as number));
-        continue;
-      }
-      if (!/^[0-9a-fA-F]{1,4}$/.test(g)) return undefined;
-      words.push(parseInt(g, 16));
-    }
-    return words;
-  };
-  let words: number[];
-  if (halves.length === 2) {
-    const head = parseGroups(halves[0] as string, false);
-    const tail = parseGroups(halves[1] as string, true);
-    if (!head || !tail || head.length + tail.length > 7) return undefined;
-    words = [...head, ...new Array<number>(8 - head.length - tail.length).fill(0), ...tail];
-  } else {
-    const all = parseGroups(text, true);
-    if (!all || all.length !== 8) return undefined;
-    words = all;
+  const n = text.length;
+  if (n < 2 || n > 45) return undefined;
+  const words = new Uint16Array(8);
+  let count = 0; // words written
+  let gap = -1; // word index where `::` stands
+  let i = 0;
+  if (text.charCodeAt(0) === 58 /* : */) {
+    if (text.charCodeAt(1) !== 58) return undefined;
+    gap = 0;
+    i = 2;
+    if (i === n) return new Uint8Array(16);
   }
-  for (let i = 0; i < 8; i++) {
-    bytes[i * 2] = (words[i] as number) >> 8;
-    bytes[i * 2 + 1] = (words[i] as number) & 0xff;
+  while (i < n) {
+    if (count === 8) return undefined;
+    // One group of 1-4 hex digits, or a trailing dotted quad.
+    let value = 0;
+    let digits = 0;
+    const start = i;
+    for (; i < n; i++) {
+      const c = text.charCodeAt(i);
+      let d: number;
+      if (c >= 48 && c <= 57) d = c - 48;
+      else if (c >= 97 && c <= 102) d = c - 87;
+      else if (c >= 65 && c <= 70) d = c - 55;
+      else break;
+      if (++digits > 4) return undefined;
+      value = value * 16 + d;
+    }
+    if (i < n && text.charCodeAt(i) === 46 /* . */) {
+      if (count > 6) return undefined;
+      const v4 = new Uint8Array(4);
+      if (!parseIpv4Into(text.slice(start), v4, 0)) return undefined;
+      words[count++] = ((v4[0] as number) << 8) | (v4[1] as number);
+      words[count++] = ((v4[2] as number) << 8) | (v4[3] as number);
+      break;
+    }
+    if (digits === 0) return undefined;
+    words[count++] = value;
+    if (i === n) break;
+    if (text.charCodeAt(i) !== 58) return undefined;
+    i++;
+    if (i < n && text.charCodeAt(i) === 58) {
+      if (gap !== -1) return undefined;
+      gap = count;
+      i++;
+    } else if (i === n) {
+      return undefined; // a single trailing colon
+    }
+  }
+  if (gap === -1 ? count !== 8 : count > 7) return undefined;
+  const bytes = new Uint8Array(16);
+  const tail = gap === -1 ? 0 : count - gap;
+  for (let w = 0; w < count; w++) {
+    const at = gap !== -1 && w >= gap ? 8 - tail + (w - gap) : w;
+    bytes[at * 2] = (words[w] as number) >> 8;
+    bytes[at * 2 + 1] = (words[w] as number) & 0xff;
   }
   return bytes;
 }
@@ -248,6 +270,12 @@ export function covers(outer: IpPrefix, inner: IpPrefix): boolean {
  * canonical (no leading zeros, no spaces), so only IPv6 and IPv4-mapped IPv6 need formatting.
  */
 export function exactGrantName(ip: string): { name: string; parsed: IpPrefix } | undefined {
+  // Dual-stack sockets report IPv4 clients as ::ffff:a.b.c.d: the common case, kept cheap.
+  if (ip.length > 7 && ip.charCodeAt(0) === 58 && /^::ffff:/i.test(ip)) {
+    const v4 = ip.slice(7);
+    const bytes = new Uint8Array(4);
+    if (parseIpv4Into(v4, bytes, 0)) return { name: `v4-${v4}`, parsed: { family: 4, bytes, prefixLength: 32 } };
+  }
   const parsed = parseIp(ip);
   if (!parsed) return undefined;
   if (parsed.family === 4 && !ip.includes(':')) return { name: `v4-${ip}`, parsed };

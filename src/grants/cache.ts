@@ -11,6 +11,8 @@ import { KubeApiError, type KubeClient, type WatchEvent } from '../kube/client.t
 import { createLogger, type Logger } from '../observability/log.ts';
 
 export interface GrantEntry {
+  /** spec.address, kept so a match needs no parsing. */
+  address: string;
   user: string;
   expiresAtMs: number;
 }
@@ -126,7 +128,7 @@ export class GrantCache extends EventEmitter implements GrantLookup {
   }
 
   private match(name: string, entry: GrantEntry): GrantMatch {
-    return { name, address: grantAddressOfName(name), user: entry.user, expiresAtMs: entry.expiresAtMs };
+    return { name, address: entry.address, user: entry.user, expiresAtMs: entry.expiresAtMs };
   }
 
   private async run(): Promise<void> {
@@ -258,7 +260,7 @@ export class GrantCache extends EventEmitter implements GrantLookup {
       this.remove(name);
       return undefined;
     }
-    const entry: GrantEntry = { user: obj.spec.user ?? '', expiresAtMs };
+    const entry: GrantEntry = { address: obj.spec.address, user: obj.spec.user ?? '', expiresAtMs };
     if (!this.index.has(name)) this.countPrefix(name, +1);
     this.index.set(name, entry);
     this.emit('upsert', name, entry);

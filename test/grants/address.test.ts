@@ -56,6 +56,19 @@ describe('canonicalIp', () => {
     }
   });
 
+  it('reads the full, uncompressed and mixed spellings of any IPv6 address alike', () => {
+    fc.assert(
+      fc.property(ipv6Bytes, (b) => {
+        const canonical = formatIp(parseIp(formatIp({ family: 6, bytes: b, prefixLength: 128 }))!);
+        const words = Array.from({ length: 8 }, (_, i) => ((b[2 * i]! << 8) | b[2 * i + 1]!).toString(16));
+        assert.equal(canonicalIp(words.map((w) => w.padStart(4, '0')).join(':')), canonical);
+        assert.equal(canonicalIp(words.join(':').toUpperCase()), canonical);
+        const mixed = `${words.slice(0, 6).join(':')}:${b.slice(12).join('.')}`;
+        assert.equal(canonicalIp(mixed), canonical);
+      }),
+    );
+  });
+
   it('agrees with node:net on what is an IP (without zones)', () => {
     fc.assert(
       fc.property(fc.oneof(ipv4, ipv6), (ip) => {

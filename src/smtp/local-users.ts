@@ -51,16 +51,15 @@ export class MaildirLocalUsers implements LocalUsers {
   }
 }
 
-/** Users from a known set (a passwd-file's names); their Maildirs are created on first delivery. */
-export class SetLocalUsers implements LocalUsers {
-  private readonly users: () => ReadonlySet<string>;
+/** Users of a users file (a passwd-file's names); their Maildirs are created on first delivery. */
+export class KnownLocalUsers implements LocalUsers {
+  private readonly has: (user: string) => boolean;
 
-  constructor(users: () => ReadonlySet<string>) {
-    this.users = users;
+  constructor(has: (user: string) => boolean) {
+    this.has = has;
   }
 
   userFor(localPart: string, domain: string): string | undefined {
-    const set = this.users();
-    return candidateUsers(localPart, domain).find((u) => set.has(u));
+    return candidateUsers(localPart, domain).find((u) => this.has(u));
   }
 }

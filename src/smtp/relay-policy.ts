@@ -170,7 +170,7 @@ export class RelayPolicy {
         reason: 'live_lookup',
         grant: found,
         liveLookup: result,
-        authorization: `pop-before-smtp grant ${found.name} (live lookup)`,
+        authorization: `pop-before-smtp grant ${found.name} via live lookup`,
       };
     }
     if (result === 'error') {

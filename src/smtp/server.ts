@@ -6,6 +6,9 @@ import net from 'node:net';
 import { Duplex } from 'node:stream';
 import { SMTPServer, type SMTPServerDataStream, type SMTPServerOptions, type SMTPServerSession } from 'smtp-server';
 import { SMTPConnection } from 'smtp-server/lib/smtp-connection.js';
+import type { UserEntry } from '../auth/passwd-file.ts';
+import type { StoredPassword } from '../auth/schemes.ts';
+import type { LoginThrottle } from '../auth/throttle.ts';
 import type { GrantLookup, GrantMatch } from '../grants/types.ts';
 import { stageMaildirDelivery, type StagedDelivery } from '../mail/deliver.ts';
 import { maildirPathFor } from '../mail/paths.ts';
@@ -29,8 +32,17 @@ import { OutboxOnward, SmarthostOnward, SmtpReplyError, type Onward } from './on
 import { receivedHeader } from './received.ts';
 import { LiveGrantLookup, RelayPolicy, type LocalUsers, type RelayDecision } from './relay-policy.ts';
 
+/** What SMTP AUTH checks passwords against (the users file the POP3 role uses). */
+export interface SmtpAuthDeps {
+  users: { lookup(user: string): UserEntry | undefined };
+  verifier: { verify(stored: StoredPassword, password: string): Promise<boolean> };
+  throttle: LoginThrottle;
+}
+
 export interface SmtpDeps {
   grants: GrantLookup;
+  /** Needed when `auth.enabled`; otherwise AUTH is not offered. */
+  auth?: SmtpAuthDeps;
   /** One GET of the grant object covering `ip` (undefined on 404); enables live lookups. */
   liveLookup?: (ip: string) => Promise<GrantMatch | undefined>;
   log: Logger;
@@ -94,6 +106,8 @@ export async function startSmtpServer(config: SmtpConfig, deps: SmtpDeps): Promi
     : new OutboxOnward(config.outbox as string, config.hostname);
   const limiter = new ConnectionLimiter({ maxTotal: config.maxClients, maxPerAddress: config.maxClientsPerAddress });
   const tlsReloader = config.tls ? new TlsReloader({ ...config.tls, log }) : undefined;
+  const authEnabled = config.auth.enabled && deps.auth !== undefined && tlsReloader !== undefined;
+  if (config.auth.enabled && !authEnabled) log.warn('smtp_auth_unavailable', { reason: 'no users file or TLS' });
 
   // Sockets carry what we learned before smtp-server saw them; sessions carry our transaction.
   const socketInfo = new WeakMap<net.Socket | Duplex, SocketInfo>();
@@ -109,7 +123,7 @@ export async function startSmtpServer(config: SmtpConfig, deps: SmtpDeps): Promi
     const off = ['XCLIENT', 'XFORWARD', 'WIZ', 'SHELL', 'KILL'];
     if (!tlsReloader) off.push('STARTTLS');
     if (secure) off.push('STARTTLS');
-    if (!secure || !config.auth.enabled) off.push('AUTH');
+    if (!secure || !authEnabled) off.push('AUTH');
     return off;
   };
 
@@ -147,9 +161,28 @@ export async function startSmtpServer(config: SmtpConfig, deps: SmtpDeps): Promi
       session.disabledCommands = disabledFor(true);
       callback();
     },
-    onAuth(_auth, _session, callback) {
-      // SMTP AUTH needs the shared passwd-file reader; until it is wired, refuse cleanly.
-      callback(new SmtpReplyError(454, '4.7.0 Authentication temporarily unavailable'));
+    onAuth(auth, session, callback) {
+      const a = deps.auth;
+      if (!authEnabled || a === undefined) return callback(new SmtpReplyError(502, '5.5.1 AUTH not available'));
+      if (!session.secure) return callback(new SmtpReplyError(538, '5.7.11 Encryption required for requested authentication mechanism'));
+      const user = auth.username ?? '';
+      const address = session.remoteAddress;
+      if (a.throttle.check(address, user) !== 'allowed') {
+        return callback(new SmtpReplyError(454, '4.7.0 Too many failed authentications, try again later'));
+      }
+      const entry = a.users.lookup(user);
+      const verified = entry ? a.verifier.verify(entry.password, auth.password ?? '') : Promise.resolve(false);
+      verified.then(
+        (ok) => {
+          if (!ok) {
+            a.throttle.failed(address, user);
+            log.info('smtp_auth_failed', { session: session.id });
+            return callback(new SmtpReplyError(535, '5.7.8 Authentication credentials invalid'));
+          }
+          callback(null, { user });
+        },
+        () => callback(new SmtpReplyError(454, '4.7.0 Temporary authentication failure')),
+      );
     },
     onMailFrom(_address, session, callback) {
       try {

@@ -1,0 +1,297 @@
+// Reading a Maildir for POP3: a snapshot of new/ and cur/ taken at login, sizes as CRLF octet
+// counts, UIDL ids from the unique base name, streaming RETR/TOP, and deletion at UPDATE.
+// (Delivery lives in deliver.ts.)
+import { createHash } from 'node:crypto';
+import fs from 'node:fs';
+import fsp from 'node:fs/promises';
+import path from 'node:path';
+
+export interface MaildirMessage {
+  /** The unique part of the file name, before `:2,flags` (stable while flags change). */
+  baseName: string;
+  /** Where it was when the snapshot was taken (`new/` or `cur/`). */
+  path: string;
+  /** Size as sent: bare LF counted as CRLF. */
+  size: number;
+  /** RFC 1939 unique-id: 1-70 characters in 0x21-0x7E. */
+  uid: string;
+}
+
+/** Base name of a Maildir file: the part before the `:2,` info (`;` is an alternative separator on some systems). */
+export function maildirBaseName(fileName: string): string {
+  const colon = fileName.indexOf(':');
+  return colon === -1 ? fileName : fileName.slice(0, colon);
+}
+
+const UID_OK = /^[\x21-\x7e]{1,70}$/;
+
+/** UIDL id for a base name: the name itself when it fits RFC 1939, else a stable digest of it. */
+export function uidFor(baseName: string): string {
+  if (UID_OK.test(baseName)) return baseName;
+  return createHash('sha256').update(baseName).digest('base64url').slice(0, 43);
+}
+
+/** `,S=<size>,W=<virtual size>` as Dovecot (and our SMTP delivery) put in names. */
+export function sizesFromName(baseName: string): { s?: number; w?: number } {
+  const out: { s?: number; w?: number } = {};
+  for (const m of baseName.matchAll(/,([SW])=(\d+)/g)) {
+    if (m[1] === 'S') out.s = Number(m[2]);
+    else out.w = Number(m[2]);
+  }
+  return out;
+}
+
+/** Octets after converting bare LF to CRLF; `prevWasCr` carries a CR across chunk boundaries. */
+export function crlfSizeOf(buf: Buffer, prevWasCr = false): { size: number; lastWasCr: boolean } {
+  let size = buf.length;
+  for (let i = buf.indexOf(0x0a); i !== -1; i = buf.indexOf(0x0a, i + 1)) {
+    const hadCr = i > 0 ? buf[i - 1] === 0x0d : prevWasCr;
+    if (!hadCr) size++;
+  }
+  return { size, lastWasCr: buf.length > 0 ? buf[buf.length - 1] === 0x0d : prevWasCr };
+}
+
+async function computeCrlfSize(file: string): Promise<number> {
+  let size = 0;
+  let lastWasCr = false;
+  for await (const chunk of fs.createReadStream(file, { highWaterMark: 256 * 1024 })) {
+    const r = crlfSizeOf(chunk as Buffer, lastWasCr);
+    size += r.size;
+    lastWasCr = r.lastWasCr;
+  }
+  return size;
+}
+
+/**
+ * Maildir files never change content once in new/ or cur/ (only their flags in the name), so a
+ * computed size can be remembered by base name and raw size. Bounded; oldest forgotten first.
+ */
+const sizeCache = new Map<string, number>();
+const SIZE_CACHE_MAX = 100_000;
+
+async function sizeOf(file: string, baseName: string, rawSize: number): Promise<number> {
+  const { s, w } = sizesFromName(baseName);
+  // Trust W= only when S= agrees with the file: a name is just a name.
+  if (w !== undefined && s === rawSize && w >= s) return w;
+  const key = `${rawSize}/${baseName}`;
+  const cached = sizeCache.get(key);
+  if (cached !== undefined) return cached;
+  const size = await computeCrlfSize(file);
+  if (sizeCache.size >= SIZE_CACHE_MAX) sizeCache.delete(sizeCache.keys().next().value as string);
+  sizeCache.set(key, size);
+  return size;
+}
+
+/** Create the Maildir folders (0700) when missing: a user who never got mail has an empty maildrop. */
+export async function ensureMaildirFolders(maildir: string): Promise<void> {
+  for (const sub of ['cur', 'new', 'tmp']) await fsp.mkdir(path.join(maildir, sub), { recursive: true, mode: 0o700 });
+}
+
+/** The leading delivery time of a Maildir name (`<seconds>.`), for a natural order. */
+function deliveredAt(baseName: string): number {
+  const m = /^(\d+)[.]/.exec(baseName);
+  return m ? Number(m[1]) : Number.MAX_SAFE_INTEGER;
+}
+
+/**
+ * List the messages now in new/ and cur/, oldest first. Later deliveries are not seen by the
+ * session that took this snapshot (RFC 1939: numbering is fixed for the session).
+ */
+export async function snapshotMaildir(maildir: string): Promise<MaildirMessage[]> {
+  const found: Array<{ baseName: string; path: string; rawSize: number }> = [];
+  const seen = new Set<string>();
+  for (const sub of ['cur', 'new']) {
+    const dir = path.join(maildir, sub);
+    let names: string[];
+    try {
+      names = await fsp.readdir(dir);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') continue;
+      throw err;
+    }
+    for (const name of names) {
+      if (name.startsWith('.')) continue;
+      const baseName = maildirBaseName(name);
+      if (seen.has(baseName)) continue; // mid-rename by another reader: count it once
+      const file = path.join(dir, name);
+      let st: fs.Stats;
+      try {
+        st = await fsp.stat(file);
+      } catch {
+        continue; // moved or deleted meanwhile
+      }
+      if (!st.isFile()) continue;
+      seen.add(baseName);
+      found.push({ baseName, path: file, rawSize: st.size });
+    }
+  }
+  found.sort((a, b) => deliveredAt(a.baseName) - deliveredAt(b.baseName) || (a.baseName < b.baseName ? -1 : a.baseName > b.baseName ? 1 : 0));
+  const messages: MaildirMessage[] = [];
+  for (const f of found) {
+    let size: number;
+    try {
+      size = await sizeOf(f.path, f.baseName, f.rawSize);
+    } catch {
+      continue;
+    }
+    messages.push({ baseName: f.baseName, path: f.path, size, uid: uidFor(f.baseName) });
+  }
+  return messages;
+}
+
+/**
+ * Where a message is now: where the snapshot saw it, or, if another reader (an IMAP server)
+ * moved it from new/ to cur/ or changed its flags, the file in cur/ with the same base name.
+ */
+export async function locateMessage(maildir: string, msg: MaildirMessage): Promise<string | undefined> {
+  try {
+    await fsp.access(msg.path);
+    return msg.path;
+  } catch {
+    /* look elsewhere */
+  }
+  for (const sub of ['cur', 'new']) {
+    let names: string[];
+    try {
+      names = await fsp.readdir(path.join(maildir, sub));
+    } catch {
+      continue;
+    }
+    const name = names.find((n) => maildirBaseName(n) === msg.baseName);
+    if (name) return path.join(maildir, sub, name);
+  }
+  return undefined;
+}
+
+/**
+ * Turns message bytes into POP3 multi-line data: bare LF becomes CRLF, a line starting with `.`
+ * gets another `.`, and `end()` closes with `.\r\n` (after a CRLF if the message lacked one).
+ * With `bodyLines` set (TOP), it passes the header, the blank line and that many body lines.
+ */
+export class DotStuffer {
+  private atLineStart = true;
+  private prevCr = false;
+  // TOP only:
+  private readonly limited: boolean;
+  private inBody = false;
+  private remainingBodyLines: number;
+  /** Bytes of the current line so far, LF excluded. */
+  private lineBytes = 0;
+  /** Set once TOP has sent all it should: the caller may stop reading. */
+  done = false;
+
+  constructor(bodyLines?: number) {
+    this.limited = bodyLines !== undefined;
+    this.remainingBodyLines = bodyLines ?? 0;
+  }
+
+  /** Encode one chunk; the result may share memory with `chunk`. */
+  push(chunk: Buffer): Buffer {
+    if (this.done || chunk.length === 0) return EMPTY;
+    return this.limited ? this.encodeLimited(chunk) : this.encodeAll(chunk);
+  }
+
+  /** RETR: copy the runs between line ends, adding CR before bare LF and a dot before a leading dot. */
+  private encodeAll(chunk: Buffer): Buffer {
+    const n = chunk.length;
+    const parts: Buffer[] = [];
+    let start = 0;
+    if (this.atLineStart && chunk[0] === 0x2e) parts.push(DOT);
+    for (let lf = chunk.indexOf(0x0a); lf !== -1; lf = chunk.indexOf(0x0a, lf + 1)) {
+      const hadCr = lf > 0 ? chunk[lf - 1] === 0x0d : this.prevCr;
+      if (!hadCr) {
+        parts.push(chunk.subarray(start, lf), CRLF);
+        start = lf + 1;
+      }
+      const next = lf + 1;
+      if (next < n && chunk[next] === 0x2e) {
+        if (start < next) parts.push(chunk.subarray(start, next));
+        parts.push(DOT);
+        start = next;
+      }
+    }
+    const last = chunk[n - 1];
+    this.atLineStart = last === 0x0a;
+    this.prevCr = last === 0x0d;
+    if (parts.length === 0) return chunk; // CRLF text without leading dots: no copy
+    if (start < n) parts.push(chunk.subarray(start));
+    return Buffer.concat(parts);
+  }
+
+  /** TOP: the header, the empty line that ends it, then at most `bodyLines` body lines. */
+  private encodeLimited(chunk: Buffer): Buffer {
+    const parts: Buffer[] = [];
+    let start = 0;
+    while (start < chunk.length) {
+      if (this.atLineStart && this.inBody && this.remainingBodyLines <= 0) {
+        this.done = true;
+        break;
+      }
+      const lf = chunk.indexOf(0x0a, start);
+      if (this.atLineStart && chunk[start] === 0x2e) parts.push(DOT);
+      if (lf === -1) {
+        const piece = chunk.subarray(start);
+        parts.push(piece);
+        this.lineBytes += piece.length;
+        this.prevCr = piece[piece.length - 1] === 0x0d;
+        this.atLineStart = false;
+        break;
+      }
+      const hadCr = lf > start ? chunk[lf - 1] === 0x0d : this.prevCr;
+      this.lineBytes += lf - start;
+      if (hadCr) parts.push(chunk.subarray(start, lf + 1));
+      else parts.push(chunk.subarray(start, lf), CRLF);
+      const empty = this.lineBytes === 0 || (hadCr && this.lineBytes === 1);
+      if (this.inBody) this.remainingBodyLines--;
+      else if (empty) this.inBody = true;
+      this.lineBytes = 0;
+      this.prevCr = false;
+      this.atLineStart = true;
+      start = lf + 1;
+    }
+    if (this.atLineStart && this.inBody && this.remainingBodyLines <= 0) this.done = true;
+    return Buffer.concat(parts);
+  }
+
+  /** The terminator: `.\r\n`, preceded by a line end when the data did not end its last line. */
+  end(): Buffer {
+    if (this.atLineStart) return TERMINATOR;
+    return this.prevCr ? LF_TERMINATOR : CRLF_TERMINATOR;
+  }
+}
+
+const EMPTY = Buffer.alloc(0);
+const LF_TERMINATOR = Buffer.from('\n.\r\n');
+const CRLF_TERMINATOR = Buffer.from('\r\n.\r\n');
+const DOT = Buffer.from('.');
+const CRLF = Buffer.from('\r\n');
+const TERMINATOR = Buffer.from('.\r\n');
+
+/** Open a message for streaming; the caller iterates chunks and feeds a DotStuffer. */
+export function openMessageStream(file: string): fs.ReadStream {
+  return fs.createReadStream(file, { highWaterMark: 128 * 1024 });
+}
+
+/**
+ * Remove the messages marked for deletion (UPDATE state). A message already gone counts as
+ * deleted. Returns how many were removed and the ones that could not be.
+ */
+export async function deleteMessages(maildir: string, messages: MaildirMessage[]): Promise<{ deleted: number; failed: MaildirMessage[] }> {
+  let deleted = 0;
+  const failed: MaildirMessage[] = [];
+  for (const msg of messages) {
+    const file = await locateMessage(maildir, msg);
+    if (file === undefined) {
+      deleted++;
+      continue;
+    }
+    try {
+      await fsp.unlink(file);
+      deleted++;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') deleted++;
+      else failed.push(msg);
+    }
+  }
+  return { deleted, failed };
+}

@@ -1,0 +1,135 @@
+// The maildrop lock (RFC 1939: one session per maildrop). A file created with O_EXCL in the
+// Maildir, so it holds across every replica that mounts the same volume. The holder touches it
+// periodically; a lock whose holder is gone (same host, dead pid) or that has not been touched
+// for `staleMs` (another host died) is broken.
+import crypto from 'node:crypto';
+import type fs from 'node:fs';
+import fsp from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+
+export const LOCK_FILE = '.kubedrac-pop3.lock';
+
+export interface LockOptions {
+  /** Touch the lock this often while held. */
+  heartbeatMs: number;
+  /** A lock not touched for this long is considered abandoned (several heartbeats). */
+  staleMs: number;
+  hostname?: string;
+}
+
+interface LockContent {
+  host: string;
+  pid: number;
+  token: string;
+  since: string;
+}
+
+export interface HeldLock {
+  release(): Promise<void>;
+}
+
+export class MaildropInUseError extends Error {
+  override readonly name = 'MaildropInUseError';
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+async function readLock(file: string): Promise<{ content: LockContent | undefined; stat: fs.Stats } | undefined> {
+  let stat: fs.Stats;
+  let text: string;
+  try {
+    stat = await fsp.stat(file);
+    text = await fsp.readFile(file, 'utf8');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw err;
+  }
+  try {
+    return { content: JSON.parse(text) as LockContent, stat };
+  } catch {
+    return { content: undefined, stat }; // half-written or foreign: judged by age alone
+  }
+}
+
+/**
+ * Take the lock of `maildir` or throw MaildropInUseError. Other errors (permissions, disk) are
+ * thrown as they are: the caller answers `[SYS/TEMP]`.
+ */
+export async function lockMaildrop(maildir: string, opts: LockOptions): Promise<HeldLock> {
+  const file = path.join(maildir, LOCK_FILE);
+  const host = opts.hostname ?? os.hostname();
+  const token = crypto.randomBytes(12).toString('hex');
+  const content: LockContent = { host, pid: process.pid, token, since: new Date().toISOString() };
+
+  for (let attempt = 0; attempt < 3; attempt++) {
+    try {
+      const fh = await fsp.open(file, 'wx', 0o600);
+      try {
+        await fh.writeFile(JSON.stringify(content));
+      } finally {
+        await fh.close();
+      }
+      return holdLock(file, token, opts);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+    }
+    const existing = await readLock(file);
+    if (!existing) continue; // released meanwhile: try again
+    const age = Date.now() - existing.stat.mtimeMs;
+    const holderDead =
+      existing.content !== undefined && existing.content.host === host && existing.content.pid !== process.pid && !isAlive(existing.content.pid);
+    if (!holderDead && age < opts.staleMs) throw new MaildropInUseError('maildrop is locked by another session');
+    await breakLock(file, existing.stat);
+  }
+  throw new MaildropInUseError('maildrop lock is contended');
+}
+
+/**
+ * Remove an abandoned lock without removing a fresh one another replica created meanwhile:
+ * move it aside, check it is the very file judged stale (same inode), and put it back if not.
+ */
+async function breakLock(file: string, stale: fs.Stats): Promise<void> {
+  const aside = `${file}.stale.${crypto.randomBytes(6).toString('hex')}`;
+  try {
+    await fsp.rename(file, aside);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
+    throw err;
+  }
+  const moved = await fsp.stat(aside);
+  if (moved.ino !== stale.ino || moved.dev !== stale.dev) {
+    try {
+      await fsp.link(aside, file);
+    } catch {
+      /* someone else holds a newer lock already; theirs stands */
+    }
+  }
+  await fsp.unlink(aside).catch(() => undefined);
+}
+
+function holdLock(file: string, token: string, opts: LockOptions): HeldLock {
+  const timer = setInterval(() => {
+    const now = new Date();
+    fsp.utimes(file, now, now).catch(() => undefined);
+  }, opts.heartbeatMs);
+  timer.unref();
+  let released = false;
+  return {
+    release: async () => {
+      if (released) return;
+      released = true;
+      clearInterval(timer);
+      // Remove only our own lock: if it was broken and re-taken, the file is someone else's.
+      const current = await readLock(file).catch(() => undefined);
+      if (current?.content?.token === token) await fsp.unlink(file).catch(() => undefined);
+    },
+  };
+}

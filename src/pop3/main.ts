@@ -1,0 +1,82 @@
+// `kube-drac pop3`: the POP3 listeners, the grant store that logins renew grants through, and the
+// health endpoint. SIGTERM stops accepting, ends sessions without deleting anything, and exits.
+import type { ConfigDocument } from '../config/load.ts';
+import { GrantStore } from '../grants/store.ts';
+import type { GrantRenewer } from '../grants/types.ts';
+import { KubeClient } from '../kube/client.ts';
+import { startHealthServer } from '../observability/health.ts';
+import { createLogger, setLogLevel, type Logger } from '../observability/log.ts';
+import { collectProcessMetrics } from '../observability/metrics.ts';
+import { parsePop3Config } from './config.ts';
+import { startPop3Server, type Pop3Server } from './server.ts';
+
+export interface RunningPop3Role {
+  server: Pop3Server;
+  /** Port of /metrics, /healthz and /readyz. */
+  healthPort: number;
+  close(): Promise<void>;
+}
+
+export interface RunPop3Options {
+  log?: Logger;
+  /** Close on SIGTERM/SIGINT (default true; tests turn it off). */
+  handleSignals?: boolean;
+  /** Use this instead of a GrantStore on the configured cluster (the all-in-one may share one). */
+  renewer?: GrantRenewer;
+}
+
+export async function runPop3(doc: ConfigDocument, opts: RunPop3Options = {}): Promise<RunningPop3Role> {
+  const log = opts.log ?? createLogger('pop3');
+  setLogLevel(doc.common.log.level);
+  const config = parsePop3Config(doc.section('pop3'));
+  collectProcessMetrics();
+
+  let client: KubeClient | undefined;
+  let store: GrantStore | undefined;
+  let renewer = opts.renewer;
+  if (renewer === undefined) {
+    client = KubeClient.fromPath(doc.common.kubernetes.kubeconfig);
+    store = new GrantStore({
+      client,
+      namespace: doc.common.kubernetes.namespace,
+      ttlMs: doc.common.grants.ttlMs,
+      renewIntervalMs: doc.common.grants.renewIntervalMs,
+      ipv6PrefixLength: doc.common.grants.ipv6PrefixLength,
+      log: log.child({ component: 'grant-store' }),
+    });
+    renewer = store;
+  }
+
+  const server = await startPop3Server(config, { renewer, log });
+  let health;
+  try {
+    health = await startHealthServer({ host: doc.common.metrics.host, port: doc.common.metrics.port, ready: () => true });
+  } catch (err) {
+    await server.close();
+    store?.close();
+    client?.close();
+    throw err;
+  }
+  const healthServer = health;
+
+  let closing: Promise<void> | undefined;
+  const close = (): Promise<void> =>
+    (closing ??= (async () => {
+      process.off('SIGTERM', onSignal);
+      process.off('SIGINT', onSignal);
+      await server.close();
+      await healthServer.close();
+      store?.close();
+      client?.close();
+      log.info('pop3_stopped');
+    })());
+  const onSignal = (signal: NodeJS.Signals) => {
+    log.info('pop3_stopping', { signal });
+    void close();
+  };
+  if (opts.handleSignals !== false) {
+    process.once('SIGTERM', onSignal);
+    process.once('SIGINT', onSignal);
+  }
+  return { server, healthPort: healthServer.port, close };
+}

@@ -1,0 +1,399 @@
+// The POP3 server: sockets, PROXY headers, TLS (STLS and implicit), limits and timeouts around
+// the Pop3Session state machine.
+import crypto from 'node:crypto';
+import net from 'node:net';
+import tls from 'node:tls';
+import { UserDatabase } from '../auth/passwd-file.ts';
+import { LoginThrottle } from '../auth/throttle.ts';
+import { PasswordVerifier } from '../auth/verifier.ts';
+import type { GrantRenewer } from '../grants/types.ts';
+import { ConnectionLimiter, RateLimiter } from '../net/limits.ts';
+import { countProxyHeaderError } from '../net/metrics.ts';
+import { ProxyProtocolError, readProxyHeader } from '../net/proxy.ts';
+import { TlsReloader } from '../net/tls.ts';
+import type { Logger } from '../observability/log.ts';
+import type { Pop3Config } from './config.ts';
+import { Pop3Login } from './login.ts';
+import { openMaildrop } from './maildrop.ts';
+import { connectionsRefused, connectionsTotal, deletedMessages, retrievedBytes, sessionsActive, tlsHandshakes } from './metrics.ts';
+import type { SessionIo } from './session.ts';
+import { Pop3Session } from './session.ts';
+
+export interface Pop3ServerDeps {
+  renewer: GrantRenewer;
+  log: Logger;
+}
+
+export interface Pop3Server {
+  /** The plain (STLS) port actually bound. */
+  port: number;
+  /** The POP3S port actually bound, when TLS is configured. */
+  tlsPort: number | undefined;
+  /** Stop accepting, end every session (nothing is deleted), release resources. */
+  close(): Promise<void>;
+}
+
+/** Lines are fed to the session one at a time; more input waits (bounded) behind the one in progress. */
+const MAX_QUEUED_LINES = 256;
+
+class Connection {
+  private socket: net.Socket;
+  private readonly session: Pop3Session;
+  private readonly server: ServerContext;
+  private readonly log: Logger;
+  private buffer: Buffer = Buffer.alloc(0);
+  private discarding = false;
+  private readonly queue: string[] = [];
+  private overflowed = false;
+  private busy = false;
+  private closed = false;
+  private timer: NodeJS.Timeout | undefined;
+  private readonly commands: RateLimiter;
+  private readonly onData = (chunk: Buffer) => this.receive(chunk);
+  private readonly onClose = () => this.closedByPeer();
+  readonly done: Promise<void>;
+  private resolveDone!: () => void;
+
+  constructor(socket: net.Socket, server: ServerContext, opts: { secure: boolean; grantAddress: string | null; throttleAddress: string; log: Logger }) {
+    this.socket = socket;
+    this.server = server;
+    this.log = opts.log;
+    this.done = new Promise((r) => (this.resolveDone = r));
+    const cfg = server.config;
+    this.commands = new RateLimiter({ capacity: cfg.limits.commandBurst, refillPerSecond: cfg.limits.commandsPerSecond, maxKeys: 1 });
+    const sessionId = crypto.randomBytes(6).toString('hex');
+    const io: SessionIo = {
+      write: (text) => this.write(text + '\r\n'),
+      writeStream: (chunks) => this.writeStream(chunks),
+      startTls: () => this.startTls(),
+      close: () => this.end(),
+    };
+    this.session = new Pop3Session(io, {
+      tlsAvailable: server.tls !== undefined,
+      secure: opts.secure,
+      allowPlaintextAuth: cfg.allowPlaintextAuth,
+      expire: cfg.expire,
+      loginDelaySeconds: cfg.loginDelaySeconds,
+      implementation: cfg.implementation,
+      maxErrors: cfg.limits.maxErrors,
+      login: (user, password) =>
+        server.login.login(user, password, { grantAddress: opts.grantAddress, throttleAddress: opts.throttleAddress, sessionId }),
+      onEvent: (event, fields) => {
+        if (event === 'retrieved') retrievedBytes.inc(fields.bytes as number);
+        else if (event === 'deleted') deletedMessages.inc(fields.count as number);
+      },
+    });
+    this.attach(socket);
+    this.session.greeting();
+    this.armTimer();
+  }
+
+  private attach(socket: net.Socket): void {
+    this.socket = socket;
+    socket.on('data', this.onData);
+    socket.on('close', this.onClose);
+    socket.on('error', (err) => this.log.debug('socket_error', { error: err }));
+    socket.resume();
+  }
+
+  private write(text: string): void {
+    if (!this.closed && this.socket.writable) this.socket.write(text);
+  }
+
+  /** Message data with backpressure; stops early (without error) if the client goes away. */
+  private async writeStream(chunks: AsyncIterable<Buffer>): Promise<number> {
+    let bytes = 0;
+    for await (const chunk of chunks) {
+      if (this.closed || !this.socket.writable) break;
+      bytes += chunk.length;
+      if (!this.socket.write(chunk)) {
+        await new Promise<void>((resolve) => {
+          const done = () => {
+            this.socket.off('drain', done);
+            this.socket.off('close', done);
+            resolve();
+          };
+          this.socket.on('drain', done);
+          this.socket.on('close', done);
+        });
+      }
+      this.armTimer();
+    }
+    return bytes;
+  }
+
+  private receive(chunk: Buffer): void {
+    this.buffer = this.buffer.length === 0 ? chunk : Buffer.concat([this.buffer, chunk]);
+    const max = this.server.config.limits.maxLineLength;
+    for (;;) {
+      const lf = this.buffer.indexOf(0x0a);
+      if (lf === -1) {
+        if (this.buffer.length > max) {
+          // Too long: answer once, then drop the rest of that line as it comes.
+          if (!this.discarding) this.enqueue(null);
+          this.discarding = true;
+          this.buffer = Buffer.alloc(0);
+        }
+        break;
+      }
+      const raw = this.buffer.subarray(0, lf);
+      this.buffer = this.buffer.subarray(lf + 1);
+      if (this.discarding) {
+        this.discarding = false;
+        continue;
+      }
+      if (raw.length > max) {
+        this.enqueue(null);
+        continue;
+      }
+      const line = raw.length > 0 && raw[raw.length - 1] === 0x0d ? raw.subarray(0, raw.length - 1) : raw;
+      this.enqueue(line.toString('utf8'));
+    }
+    if (this.queue.length > MAX_QUEUED_LINES && !this.overflowed) {
+      this.overflowed = true;
+      this.socket.pause();
+    }
+    void this.pump();
+  }
+
+  /** null stands for a line that was too long. */
+  private enqueue(line: string | null): void {
+    this.queue.push(line ?? '\0too-long');
+  }
+
+  private async pump(): Promise<void> {
+    if (this.busy) return;
+    this.busy = true;
+    try {
+      while (this.queue.length > 0 && !this.closed) {
+        const line = this.queue.shift() as string;
+        this.armTimer();
+        if (line === '\0too-long') {
+          this.session.lineTooLong();
+          continue;
+        }
+        if (!this.commands.take('c')) {
+          this.write('-ERR [SYS/TEMP] Too many commands; slow down.\r\n');
+          continue;
+        }
+        await this.session.handle(line);
+        this.armTimer(); // the state may have changed (login): pick its timeout
+        if (this.overflowed && this.queue.length < MAX_QUEUED_LINES / 2) {
+          this.overflowed = false;
+          this.socket.resume();
+        }
+      }
+    } catch (err) {
+      this.log.error('session_failed', { error: err as Error });
+      this.write('-ERR [SYS/TEMP] Internal error.\r\n');
+      await this.session.abort();
+    } finally {
+      this.busy = false;
+    }
+  }
+
+  /** STLS: drop every byte received so far, then handshake on the same socket. */
+  private async startTls(): Promise<void> {
+    const plain = this.socket;
+    const reloader = this.server.tls as TlsReloader;
+    plain.off('data', this.onData);
+    plain.pause();
+    this.queue.length = 0;
+    this.buffer = Buffer.alloc(0);
+    this.discarding = false;
+    // Bytes already read from the kernel but not yet delivered would be fed to TLS as records;
+    // read them out and throw them away (they were sent in the clear, before the handshake).
+    while (plain.read() !== null) {
+      /* discard */
+    }
+    await new Promise<void>((resolve) => (plain.writableLength === 0 ? resolve() : plain.once('drain', resolve)));
+    const secure = await handshake(plain, reloader);
+    plain.off('close', this.onClose);
+    this.attach(secure);
+  }
+
+  private armTimer(): void {
+    clearTimeout(this.timer);
+    if (this.closed) return;
+    const cfg = this.server.config.timeouts;
+    const ms = this.session.state === 'TRANSACTION' ? cfg.idleMs : cfg.authorizationMs;
+    this.timer = setTimeout(() => {
+      this.write('-ERR Disconnected for inactivity.\r\n');
+      void this.session.abort();
+    }, ms);
+    this.timer.unref();
+  }
+
+  private end(): void {
+    if (this.closed) return;
+    this.closed = true;
+    clearTimeout(this.timer);
+    this.socket.end();
+    // Do not wait forever for a peer that never reads.
+    setTimeout(() => this.socket.destroy(), 5000).unref();
+  }
+
+  private closedByPeer(): void {
+    clearTimeout(this.timer);
+    this.closed = true;
+    // A dropped connection deletes nothing (RFC 1939: no UPDATE without QUIT).
+    void this.session.abort().finally(() => this.resolveDone());
+  }
+
+  /** Server shutdown: end the session without UPDATE. */
+  shutdown(): void {
+    this.write('-ERR [SYS/TEMP] Server shutting down.\r\n');
+    this.end();
+    this.socket.destroy();
+  }
+}
+
+function handshake(socket: net.Socket, reloader: TlsReloader): Promise<tls.TLSSocket> {
+  return new Promise((resolve, reject) => {
+    const secure = new tls.TLSSocket(socket, {
+      isServer: true,
+      secureContext: reloader.context,
+      SNICallback: (_name, cb) => cb(null, reloader.context),
+    });
+    const onError = (err: Error) => {
+      tlsHandshakes.inc({ result: 'failure' });
+      secure.destroy();
+      socket.destroy();
+      reject(err);
+    };
+    secure.once('error', onError);
+    secure.once('secure', () => {
+      secure.off('error', onError);
+      tlsHandshakes.inc({ result: 'success' });
+      resolve(secure);
+    });
+  });
+}
+
+interface ServerContext {
+  config: Pop3Config;
+  tls: TlsReloader | undefined;
+  login: Pop3Login;
+}
+
+export async function startPop3Server(config: Pop3Config, deps: Pop3ServerDeps): Promise<Pop3Server> {
+  const log = deps.log;
+  const users = new UserDatabase({ file: config.usersFile, log, defaultScheme: config.defaultPasswordScheme });
+  const verifier = new PasswordVerifier({ threads: config.passwordThreads });
+  const reloader = config.tls ? new TlsReloader({ ...config.tls, log }) : undefined;
+  const login = new Pop3Login({
+    users,
+    verifier,
+    throttle: new LoginThrottle({ ...config.throttle }),
+    openMaildrop: (user) => openMaildrop(user, { mailRoot: config.mailRoot, mailLocation: config.mailLocation, lock: config.lock }),
+    renewer: deps.renewer,
+    denyGrantNetworks: config.denyGrantNetworks,
+    failureDelayMs: config.throttle.failureDelayMs,
+    loginWaitForGrantMs: config.loginWaitForGrantMs,
+    log,
+  });
+  const ctx: ServerContext = { config, tls: reloader, login };
+  const limiter = new ConnectionLimiter({ maxTotal: config.limits.maxSessions, maxPerAddress: config.limits.maxSessionsPerAddress });
+  const connections = new Set<Connection>();
+  const sockets = new Set<net.Socket>();
+
+  const accept = async (socket: net.Socket, implicitTls: boolean): Promise<void> => {
+    connectionsTotal.inc();
+    sockets.add(socket);
+    socket.on('close', () => sockets.delete(socket));
+    socket.on('error', () => undefined);
+    socket.setNoDelay(true);
+    const peer = socket.remoteAddress ?? '';
+    let grantAddress: string | null = peer;
+    if (config.trustedProxies.contains(peer)) {
+      try {
+        const header = await readProxyHeader(socket, { trustedProxies: config.trustedProxies, timeoutMs: config.proxyHeaderTimeoutMs });
+        grantAddress = header.client?.address ?? null;
+        if (header.rest.length > 0) socket.unshift(header.rest);
+      } catch (err) {
+        const reason = err instanceof ProxyProtocolError ? err.reason : 'malformed';
+        countProxyHeaderError('pop3', reason);
+        log.warn('proxy_header_refused', { peer, reason, error: err as Error });
+        socket.destroy();
+        return;
+      }
+    }
+    const slot = limiter.acquire(grantAddress ?? peer);
+    if (!slot.ok) {
+      connectionsRefused.inc({ reason: slot.reason });
+      const text = slot.reason === 'total' ? 'Too many sessions on this server' : 'Too many sessions from your address';
+      socket.end(`-ERR [SYS/TEMP] ${text}; try again later.\r\n`);
+      setTimeout(() => socket.destroy(), 2000).unref();
+      return;
+    }
+    let stream: net.Socket = socket;
+    if (implicitTls) {
+      const timer = setTimeout(() => socket.destroy(), config.timeouts.authorizationMs);
+      try {
+        stream = await handshake(socket, reloader as TlsReloader);
+      } catch (err) {
+        log.debug('tls_handshake_failed', { peer, error: err as Error });
+        slot.release();
+        return;
+      } finally {
+        clearTimeout(timer);
+      }
+    }
+    sessionsActive.inc();
+    const conn = new Connection(stream, ctx, { secure: implicitTls, grantAddress, throttleAddress: grantAddress ?? peer, log });
+    connections.add(conn);
+    void conn.done.finally(() => {
+      connections.delete(conn);
+      sessionsActive.dec();
+      slot.release();
+    });
+  };
+
+  const listen = (port: number, implicitTls: boolean): Promise<net.Server> =>
+    new Promise((resolve, reject) => {
+      const server = net.createServer({ pauseOnConnect: true }, (socket) => {
+        accept(socket, implicitTls).catch((err: unknown) => {
+          log.error('accept_failed', { error: err as Error });
+          socket.destroy();
+        });
+      });
+      server.once('error', reject);
+      server.listen(port, config.listen.host, () => {
+        server.off('error', reject);
+        server.on('error', (err) => log.error('server_error', { error: err }));
+        resolve(server);
+      });
+    });
+
+  const servers: net.Server[] = [];
+  try {
+    servers.push(await listen(config.listen.port, false));
+    if (config.tlsPort !== undefined) servers.push(await listen(config.tlsPort, true));
+  } catch (err) {
+    servers.forEach((s) => s.close());
+    users.close();
+    reloader?.close();
+    await verifier.close();
+    throw err;
+  }
+  const port = (servers[0]?.address() as net.AddressInfo).port;
+  const tlsPort = servers[1] ? (servers[1].address() as net.AddressInfo).port : undefined;
+  log.info('pop3_listening', { host: config.listen.host, port, tlsPort });
+
+  return {
+    port,
+    tlsPort,
+    close: async () => {
+      const closing = servers.map((s) => new Promise<void>((resolve) => s.close(() => resolve())));
+      const ending = [...connections].map((c) => {
+        c.shutdown();
+        return c.done;
+      });
+      for (const s of sockets) s.destroy();
+      await Promise.all([...closing, ...ending]);
+      users.close();
+      reloader?.close();
+      await verifier.close();
+    },
+  };
+}

@@ -55,6 +55,58 @@ async function retainedHeap(holder: { cache?: GrantCache }): Promise<number> {
   return withCache - process.memoryUsage().heapUsed;
 }
 
+/** Sync time and lookup costs with the big index; the cache is left in `holder` for the heap figure. */
+async function syncAndLookups(client: KubeClient, namespace: string, big: number, holder: { cache?: GrantCache }): Promise<BenchResult[]> {
+  const rows: BenchResult[] = [];
+  const b = await syncTime(client, namespace);
+  holder.cache = b.cache;
+  rows.push({ name: `initial sync of ${big} grants`, value: b.ms, unit: 'ms', target: big === 100_000 ? '<= 10000 ms' : undefined });
+  // (b) lookup cost with the big index: hits, misses, mapped IPv6, and IPv6 with a /64 present.
+  const bigCache = b.cache;
+  const hits = Array.from({ length: 4096 }, (_, n) => ipv4((n * 7919) % big));
+  const misses = Array.from({ length: 4096 }, (_, n) => `172.16.${(n >> 8) & 255}.${n & 255}`);
+  const mapped = hits.map((ip) => `::ffff:${ip}`);
+  const v6 = Array.from({ length: 4096 }, (_, n) => `2001:db8:${n.toString(16)}::${(n * 31).toString(16)}`);
+  await client.create(grantsPath(namespace), {
+    apiVersion: 'kubedrac.io/v1alpha1',
+    kind: 'RelayGrant',
+    metadata: { name: 'v6-20010db8000100000000000000000000-64' },
+    spec: { address: '2001:db8:1::/64', source: 'manual', expiresAt: new Date(Date.now() + 60 * MIN).toISOString() },
+  });
+  while (!bigCache.lookup('2001:db8:1::5')) await new Promise((r) => setTimeout(r, 10));
+  const now = Date.now();
+  const measure = (ips: string[], expectHit: boolean): number => {
+    const rounds = 200;
+    let found = 0;
+    for (let w = 0; w < 20; w++) for (const ip of ips) if (bigCache.lookup(ip, now)) found++;
+    found = 0;
+    const t0 = process.hrtime.bigint();
+    for (let r = 0; r < rounds; r++) for (const ip of ips) if (bigCache.lookup(ip, now)) found++;
+    const ns = Number(process.hrtime.bigint() - t0) / (rounds * ips.length);
+    if ((found > 0) !== expectHit) throw new Error('lookup benchmark sanity check failed');
+    return ns;
+  };
+  rows.push({ name: `lookup, IPv4 hit (${big} grants)`, value: measure(hits, true), unit: 'ns/call', target: '<= 1000 ns' });
+  rows.push({ name: 'lookup, IPv4 miss', value: measure(misses, false), unit: 'ns/call', target: '<= 1000 ns' });
+  rows.push({ name: 'lookup, IPv4-mapped IPv6 hit', value: measure(mapped, true), unit: 'ns/call', target: '<= 1000 ns' });
+  rows.push({ name: 'lookup, IPv6 with a /64 grant present', value: measure(v6, true), unit: 'ns/call', target: '<= 1000 ns' });
+  return rows;
+}
+
+async function bigIndexFigures(client: KubeClient, namespace: string, big: number): Promise<BenchResult[]> {
+  const holder: { cache?: GrantCache } = {};
+  const rows = await syncAndLookups(client, namespace, big, holder);
+  const heapBytes = await retainedHeap(holder);
+  rows.push({
+    name: 'cache heap per 100k grants',
+    value: ((heapBytes / big) * 100_000) / 1e6,
+    unit: 'MB',
+    target: '<= 40 MB',
+    note: `measured with ${big} grants`,
+  });
+  return rows;
+}
+
 export async function run({ quick }: BenchOptions): Promise<BenchResult[]> {
   const big = quick ? 20_000 : 100_000;
   const small = 10_000;
@@ -112,46 +164,7 @@ export async function run({ quick }: BenchOptions): Promise<BenchResult[]> {
     const s = await syncTime(client, 'bench-small');
     await s.cache.stop();
     rows.push({ name: `initial sync of ${small} grants`, value: s.ms, unit: 'ms' });
-    const b = await syncTime(client, 'bench-big');
-    rows.push({ name: `initial sync of ${big} grants`, value: b.ms, unit: 'ms', target: big === 100_000 ? '<= 10000 ms' : undefined });
-    // (b) lookup cost with the big index: hits, misses, mapped IPv6, and IPv6 with a /64 present.
-    const big6 = b.cache;
-    const hits = Array.from({ length: 4096 }, (_, n) => ipv4((n * 7919) % big));
-    const misses = Array.from({ length: 4096 }, (_, n) => `172.16.${(n >> 8) & 255}.${n & 255}`);
-    const mapped = hits.map((ip) => `::ffff:${ip}`);
-    const v6 = Array.from({ length: 4096 }, (_, n) => `2001:db8:${n.toString(16)}::${(n * 31).toString(16)}`);
-    await client.create(grantsPath('bench-big'), {
-      apiVersion: 'kubedrac.io/v1alpha1',
-      kind: 'RelayGrant',
-      metadata: { name: 'v6-20010db8000100000000000000000000-64' },
-      spec: { address: '2001:db8:1::/64', source: 'manual', expiresAt: new Date(Date.now() + 60 * MIN).toISOString() },
-    });
-    while (!big6.lookup('2001:db8:1::5')) await new Promise((r) => setTimeout(r, 10));
-    const now = Date.now();
-    const measure = (ips: string[], expectHit: boolean): number => {
-      const rounds = 200;
-      let found = 0;
-      for (let w = 0; w < 20; w++) for (const ip of ips) if (big6.lookup(ip, now)) found++;
-      found = 0;
-      const t0 = process.hrtime.bigint();
-      for (let r = 0; r < rounds; r++) for (const ip of ips) if (big6.lookup(ip, now)) found++;
-      const ns = Number(process.hrtime.bigint() - t0) / (rounds * ips.length);
-      if ((found > 0) !== expectHit) throw new Error('lookup benchmark sanity check failed');
-      return ns;
-    };
-    rows.push({ name: `lookup, IPv4 hit (${big} grants)`, value: measure(hits, true), unit: 'ns/call', target: '<= 1000 ns' });
-    rows.push({ name: 'lookup, IPv4 miss', value: measure(misses, false), unit: 'ns/call', target: '<= 1000 ns' });
-    rows.push({ name: 'lookup, IPv4-mapped IPv6 hit', value: measure(mapped, true), unit: 'ns/call', target: '<= 1000 ns' });
-    rows.push({ name: 'lookup, IPv6 with a /64 grant present', value: measure(v6, true), unit: 'ns/call', target: '<= 1000 ns' });
-    const holder: { cache?: GrantCache } = { cache: big6 };
-    const heapBytes = await retainedHeap(holder);
-    rows.push({
-      name: 'cache heap per 100k grants',
-      value: ((heapBytes / big) * 100_000) / 1e6,
-      unit: 'MB',
-      target: '<= 40 MB',
-      note: `measured with ${big} grants`,
-    });
+    rows.push(...(await bigIndexFigures(client, 'bench-big', big)));
   } finally {
     client.close();
     await plane.stop();

@@ -265,19 +265,73 @@ export function covers(outer: IpPrefix, inner: IpPrefix): boolean {
   return true;
 }
 
-/**
- * The name of the exact grant for a client IP, fast: a strictly parsed IPv4 address is already
- * canonical (no leading zeros, no spaces), so only IPv6 and IPv4-mapped IPv6 need formatting.
- */
-export function exactGrantName(ip: string): { name: string; parsed: IpPrefix } | undefined {
-  // Dual-stack sockets report IPv4 clients as ::ffff:a.b.c.d: the common case, kept cheap.
-  if (ip.length > 7 && ip.charCodeAt(0) === 58 && /^::ffff:/i.test(ip)) {
-    const v4 = ip.slice(7);
-    const bytes = new Uint8Array(4);
-    if (parseIpv4Into(v4, bytes, 0)) return { name: `v4-${v4}`, parsed: { family: 4, bytes, prefixLength: 32 } };
+/** True when `text` is an IPv4 address in canonical form (checked without allocating). */
+function isCanonicalIpv4(text: string, from: number): boolean {
+  let parts = 0;
+  let digits = 0;
+  let value = 0;
+  for (let i = from; i <= text.length; i++) {
+    const c = i < text.length ? text.charCodeAt(i) : 46;
+    if (c >= 48 && c <= 57) {
+      if (digits === 1 && value === 0) return false;
+      value = value * 10 + (c - 48);
+      if (++digits > 3 || value > 255) return false;
+    } else if (c === 46) {
+      if (digits === 0 || ++parts > 4) return false;
+      digits = 0;
+      value = 0;
+    } else {
+      return false;
+    }
   }
-  const parsed = parseIp(ip);
-  if (!parsed) return undefined;
-  if (parsed.family === 4 && !ip.includes(':')) return { name: `v4-${ip}`, parsed };
-  return { name: grantNameOf(parsed), parsed };
+  return parts === 4;
+}
+
+const BYTE_HEX = Array.from({ length: 256 }, (_, b) => (HEX[b >> 4] as string) + (HEX[b & 15] as string));
+
+/**
+ * The grant names that could cover one client IP, computed for the hot path of every RCPT: the
+ * exact name at once, a prefix's name on demand. Text a strict parser accepts as IPv4 is already
+ * canonical, so only IPv6 needs formatting (once, as 32 hex digits).
+ */
+export class ClientGrantNames {
+  readonly family: IpFamily;
+  readonly exact: string;
+  private readonly text: string;
+  private readonly hex: string;
+
+  private constructor(family: IpFamily, exact: string, text: string, hex: string) {
+    this.family = family;
+    this.exact = exact;
+    this.text = text;
+    this.hex = hex;
+  }
+
+  static of(ip: string): ClientGrantNames | undefined {
+    if (isCanonicalIpv4(ip, 0)) return new ClientGrantNames(4, `v4-${ip}`, ip, '');
+    // Dual-stack sockets report IPv4 clients as ::ffff:a.b.c.d.
+    if (ip.length > 7 && ip.charCodeAt(0) === 58 && /^::ffff:/i.test(ip) && isCanonicalIpv4(ip, 7)) {
+      const v4 = ip.slice(7);
+      return new ClientGrantNames(4, `v4-${v4}`, v4, '');
+    }
+    const parsed = parseIp(ip);
+    if (!parsed) return undefined;
+    if (parsed.family === 4) {
+      const v4 = formatIp(parsed);
+      return new ClientGrantNames(4, `v4-${v4}`, v4, '');
+    }
+    let hex = '';
+    for (let i = 0; i < 16; i++) hex += BYTE_HEX[parsed.bytes[i] as number] as string;
+    return new ClientGrantNames(6, `v6-${hex}`, '', hex);
+  }
+
+  /** The name of the grant for this address's prefix of length `len`. */
+  prefixName(len: number): string {
+    if (this.family === 4) return grantNameOf(prefixOf(parseIp(this.text) as IpPrefix, len));
+    const whole = len >> 2;
+    const rest = len & 3;
+    let hex = this.hex.slice(0, whole);
+    if (rest) hex += HEX[parseInt(this.hex[whole] as string, 16) & ((0xf << (4 - rest)) & 0xf)] as string;
+    return `v6-${hex.padEnd(32, '0')}-${len}`;
+  }
 }

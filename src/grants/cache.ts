@@ -3,7 +3,7 @@
 // `lookup(ip)` for exact addresses and covering prefixes, checking expiry itself: a grant the
 // operator has not deleted yet never matches once its time is up.
 import { EventEmitter } from 'node:events';
-import { grantAddressOfName, exactGrantName, grantNameOf, parseGrantAddress, prefixOf, type IpFamily } from './address.ts';
+import { ClientGrantNames, grantAddressOfName, grantNameOf, parseGrantAddress, type IpFamily } from './address.ts';
 import { grantCacheEntries, grantCacheSynced, grantPropagation, grantRelists, grantWatchRestarts } from './metrics.ts';
 import { grantsPath } from './paths.ts';
 import { ANNOTATION_RENEWED_AT, type GrantLookup, type GrantMatch, type RelayGrant } from './types.ts';
@@ -114,13 +114,13 @@ export class GrantCache extends EventEmitter implements GrantLookup {
   }
 
   lookup(ip: string, nowMs: number = Date.now()): GrantMatch | undefined {
-    const exact = exactGrantName(ip);
-    if (!exact) return undefined;
-    const hit = this.index.get(exact.name);
-    if (hit && hit.expiresAtMs > nowMs) return this.match(exact.name, hit);
+    const names = ClientGrantNames.of(ip);
+    if (!names) return undefined;
+    const hit = this.index.get(names.exact);
+    if (hit && hit.expiresAtMs > nowMs) return this.match(names.exact, hit);
     // Then the covering prefixes, most specific first; usually there is one length (the /64) or none.
-    for (const len of this.prefixLengths[exact.parsed.family]) {
-      const name = grantNameOf(prefixOf(exact.parsed, len));
+    for (const len of this.prefixLengths[names.family]) {
+      const name = names.prefixName(len);
       const entry = this.index.get(name);
       if (entry && entry.expiresAtMs > nowMs) return this.match(name, entry);
     }

@@ -4,6 +4,7 @@ import { describe, it } from 'node:test';
 import fc from 'fast-check';
 import {
   AddressError,
+  ClientGrantNames,
   canonicalIp,
   covers,
   formatIp,
@@ -124,6 +125,20 @@ describe('grant names', () => {
     for (const bad of ['v4-010.0.0.1', 'v4-10.0.0.1-8', 'v6-20010DB8000000000000000000000001', 'v6-2001', 'v4-1.2.3.4-32', 'x-1.2.3.4']) {
       assert.throws(() => grantAddressOfName(bad), AddressError, bad);
     }
+  });
+
+  it('computes the same names on the lookup hot path as the general naming', () => {
+    const client = fc.oneof(ipv4, ipv6, ipv4.map((ip) => `::ffff:${ip}`), ipv6.map((ip) => ip.toUpperCase()));
+    fc.assert(
+      fc.property(client, fc.integer({ min: 0, max: 128 }), (ip, len) => {
+        const names = ClientGrantNames.of(ip)!;
+        const parsed = parseIp(ip)!;
+        assert.equal(names.exact, grantKeyFor(ip, 128).name);
+        const l = Math.min(len, parsed.family === 4 ? 32 : 128);
+        assert.equal(names.prefixName(l), grantNameOf(prefixOf(parsed, l)));
+      }),
+    );
+    for (const bad of ['010.0.0.1', '1.2.3', '::ffff:1.2.3.04', 'fe80::1%eth0', '', 'x']) assert.equal(ClientGrantNames.of(bad), undefined, bad);
   });
 
   it('covers addresses inside a prefix and nothing outside it', () => {

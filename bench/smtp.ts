@@ -205,14 +205,12 @@ function messageSession(): Session {
   };
 }
 
-/** Repeat the measurement and report the mean with the range. */
-async function measure(port: number, session: Session, reps: number, warmupMs: number, windowMs: number) {
-  const runs: LoadResult[] = [];
-  for (let i = 0; i < reps; i++) runs.push(await load(port, session, 64, warmupMs, windowMs));
+type Measured = ReturnType<typeof summarize>;
+
+function summarize(runs: LoadResult[]) {
   const rates = runs.map((r) => r.perSecond);
-  const mean = rates.reduce((a, b) => a + b, 0) / rates.length;
   return {
-    mean,
+    mean: rates.reduce((a, b) => a + b, 0) / rates.length,
     min: Math.min(...rates),
     max: Math.max(...rates),
     failures: runs.reduce((a, r) => a + r.failures, 0),
@@ -222,7 +220,21 @@ async function measure(port: number, session: Session, reps: number, warmupMs: n
   };
 }
 
-function describeRun(m: Awaited<ReturnType<typeof measure>>): string {
+/**
+ * Measure both sides `reps` times, alternating ours and the peer, so that a change in the
+ * machine's background load during the run hits both alike. Mean and range per side.
+ */
+async function measurePair(ourPort: number, peerPort: number, session: Session, reps: number, warmupMs: number, windowMs: number): Promise<[Measured, Measured]> {
+  const ours: LoadResult[] = [];
+  const peer: LoadResult[] = [];
+  for (let i = 0; i < reps; i++) {
+    ours.push(await load(ourPort, session, 64, warmupMs, windowMs));
+    peer.push(await load(peerPort, session, 64, warmupMs, windowMs));
+  }
+  return [summarize(ours), summarize(peer)];
+}
+
+function describeRun(m: Measured): string {
   return `range ${m.min.toFixed(0)}-${m.max.toFixed(0)}, p50 ${m.p50.toFixed(1)} ms, p99 ${m.p99.toFixed(1)} ms, failures ${m.failures}, loadgen CPU ${(m.loadCpu * 100).toFixed(0)}%`;
 }
 
@@ -282,8 +294,7 @@ export async function run({ quick }: BenchOptions): Promise<BenchResult[]> {
     ours = await startOurs(dir);
 
     // (a) relay-granted sessions.
-    const oursA = await measure(ours.port, relaySession, reps, warmupMs, windowMs);
-    const pfA = await measure(postfix.port, relaySession, reps, warmupMs, windowMs);
+    const [oursA, pfA] = await measurePair(ours.port, postfix.port, relaySession, reps, warmupMs, windowMs);
     rows.push({
       name: 'relay-granted sessions/s, c=64 (EHLO MAIL RCPT QUIT)',
       value: oursA.mean,
@@ -296,9 +307,8 @@ export async function run({ quick }: BenchOptions): Promise<BenchResult[]> {
 
     // (c) 10 KB messages into a Maildir.
     const session = messageSession();
-    const oursC = await measure(ours.port, session, 1, warmupMs, windowMs);
     const before = postfix.delivered().length;
-    const pfC = await measure(postfix.port, session, 1, warmupMs, windowMs);
+    const [oursC, pfC] = await measurePair(ours.port, postfix.port, session, reps, warmupMs, windowMs);
     const drained = Date.now();
     const deadline = drained + 30_000;
     let delivered = postfix.delivered().length - before;

@@ -1,9 +1,11 @@
 // Atomic Maildir delivery: write into tmp/, fsync the file, rename into new/, fsync new/.
 // Once deliverToMaildir resolves, the message survives a crash; before, new/ never holds half of it.
 import crypto from 'node:crypto';
+import fsCb from 'node:fs';
 import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
+import { promisify } from 'node:util';
 
 let sequence = 0;
 
@@ -47,18 +49,66 @@ function countLf(b: Buffer): number {
   return n;
 }
 
+// Plain descriptors rather than FileHandle objects: this path runs for every message, and the
+// callback API costs the event loop noticeably less per call.
+const openExclusive = (file: string) => promisify(fsCb.open)(file, fsCb.constants.O_WRONLY | fsCb.constants.O_CREAT | fsCb.constants.O_EXCL, 0o600);
+const fdatasync = promisify(fsCb.fdatasync);
+const closeFd = promisify(fsCb.close);
+const writeFd = promisify(fsCb.write);
+
+async function writeAll(fd: number, data: Buffer): Promise<void> {
+  let off = 0;
+  while (off < data.length) off += (await writeFd(fd, data, off, data.length - off)).bytesWritten;
+}
+
 /** Create `tmp/`, `new/` and `cur/` (mode 0700) if missing. */
 export async function ensureMaildir(maildir: string): Promise<void> {
   for (const sub of ['tmp', 'new', 'cur']) await fs.mkdir(path.join(maildir, sub), { recursive: true, mode: 0o700 });
 }
 
-async function fsyncDir(dir: string): Promise<void> {
+async function fsyncDirNow(dir: string): Promise<void> {
   const fh = await fs.open(dir, 'r');
   try {
     await fh.sync();
   } finally {
     await fh.close();
   }
+}
+
+interface DirSync {
+  running: Promise<void> | undefined;
+  next: Promise<void> | undefined;
+}
+const dirSyncs = new Map<string, DirSync>();
+
+/**
+ * fsync a directory, shared between concurrent deliveries (group commit): a caller is served by a
+ * sync that starts after its call, so its rename is covered; callers arriving while one sync runs
+ * share the single next one instead of each queueing their own.
+ */
+export function fsyncDir(dir: string): Promise<void> {
+  let s = dirSyncs.get(dir);
+  if (!s) {
+    s = { running: undefined, next: undefined };
+    dirSyncs.set(dir, s);
+  }
+  const state = s;
+  const start = (): Promise<void> => {
+    const p = fsyncDirNow(dir).finally(() => {
+      if (state.running === p) state.running = undefined;
+      if (!state.running && !state.next) dirSyncs.delete(dir);
+    });
+    state.running = p;
+    return p;
+  };
+  if (!state.running) return start();
+  state.next ??= state.running
+    .catch(() => undefined)
+    .then(() => {
+      state.next = undefined;
+      return start();
+    });
+  return state.next;
 }
 
 export interface DeliverOptions {
@@ -81,18 +131,26 @@ export interface StagedDelivery {
  * Lets a caller stage local copies, try the smarthost, and only then make them appear (or drop them).
  */
 export async function stageMaildirDelivery(maildir: string, message: Buffer, opts: DeliverOptions = {}): Promise<StagedDelivery> {
-  if (opts.create !== false) await ensureMaildir(maildir);
   const body = crlfToLf(message);
   const name = maildirName(body.length, body.length + countLf(body), opts.hostname);
   const tmpPath = path.join(maildir, 'tmp', name);
   const newPath = path.join(maildir, 'new', name);
-  const fh = await fs.open(tmpPath, 'wx', 0o600);
+  let fd: number;
+  try {
+    fd = await openExclusive(tmpPath);
+  } catch (err) {
+    // Folders are created on first delivery only: one open is cheaper than three mkdirs each time.
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT' || opts.create === false) throw err;
+    await ensureMaildir(maildir);
+    fd = await openExclusive(tmpPath);
+  }
   try {
     try {
-      await fh.writeFile(body);
-      await fh.sync();
+      await writeAll(fd, body);
+      // Data and the metadata needed to read it back (size); the rename is made durable by new/'s fsync.
+      await fdatasync(fd);
     } finally {
-      await fh.close();
+      await closeFd(fd);
     }
   } catch (err) {
     await fs.rm(tmpPath, { force: true });

@@ -23,17 +23,28 @@ export function candidateUsers(localPart: string, domain: string): string[] {
   return out;
 }
 
-/** A local user exists when its Maildir (with `new/`) exists under the mail root. */
+/**
+ * A local user exists when its Maildir (with `new/`) exists under the mail root. Found users are
+ * remembered for a few seconds (a stat per RCPT is a visible share of a busy server's time);
+ * misses are not, so a Maildir created now is found at the next RCPT.
+ */
 export class MaildirLocalUsers implements LocalUsers {
   private readonly root: string;
   private readonly template: string;
+  private readonly found = new Map<string, { user: string; untilMs: number }>();
+  private readonly rememberMs: number;
 
-  constructor(root: string, template: string) {
+  constructor(root: string, template: string, rememberMs = 5000) {
     this.root = root;
     this.template = template;
+    this.rememberMs = rememberMs;
   }
 
   userFor(localPart: string, domain: string): string | undefined {
+    const key = `${localPart}@${domain}`;
+    const now = Date.now();
+    const known = this.found.get(key);
+    if (known !== undefined && known.untilMs > now) return known.user;
     for (const user of candidateUsers(localPart, domain)) {
       let dir: string;
       try {
@@ -42,7 +53,11 @@ export class MaildirLocalUsers implements LocalUsers {
         continue;
       }
       try {
-        if (fs.statSync(path.join(dir, 'new')).isDirectory()) return user;
+        if (fs.statSync(path.join(dir, 'new')).isDirectory()) {
+          if (this.found.size >= 10_000) this.found.clear();
+          this.found.set(key, { user, untilMs: now + this.rememberMs });
+          return user;
+        }
       } catch {
         // not this one
       }

@@ -61,7 +61,10 @@ export interface RelayPolicyOptions {
 
 /** Lowercase Unicode form, so `Example.ORG` and `xn--...` match what smtp-server hands over. */
 export function normalizeDomain(domain: string): string {
-  const lower = domain.trim().toLowerCase().replace(/\.$/, '');
+  let lower = domain.toLowerCase();
+  if (lower.endsWith('.')) lower = lower.slice(0, -1);
+  // Only punycode needs the (costly) IDNA conversion; smtp-server already hands over Unicode.
+  if (!lower.includes('xn--')) return lower;
   return domainToUnicode(lower) || lower;
 }
 
@@ -84,6 +87,8 @@ function shown(recipient: string): string {
 export function relayDenied(recipient: string): string {
   return `5.7.1 ${shown(recipient)}: Relay access denied`;
 }
+
+const IPV4 = /^(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?:\.(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$/;
 
 export class RelayPolicy {
   private readonly localDomains: ReadonlySet<string>;
@@ -121,12 +126,16 @@ export class RelayPolicy {
       return { decision: 'allowed', reason: 'local', localUser: user };
     }
 
-    let ip: string;
-    try {
-      ip = canonicalIp(req.clientIp);
-    } catch {
-      // An unparseable peer (should not happen with a TCP socket) never relays.
-      return this.denied(req.recipient);
+    let ip = req.clientIp;
+    // A dotted quad from a socket is already canonical (the cache parses it strictly anyway);
+    // IPv6, and IPv4-mapped IPv6 above all, is put in canonical form first.
+    if (ip.includes(':') || !IPV4.test(ip)) {
+      try {
+        ip = canonicalIp(ip);
+      } catch {
+        // An unparseable peer (should not happen with a TCP socket) never relays.
+        return this.denied(req.recipient);
+      }
     }
     if (this.opts.trustedNetworks.contains(ip)) {
       return { decision: 'allowed', reason: 'trusted', authorization: `trusted network ${ip}` };

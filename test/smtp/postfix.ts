@@ -124,7 +124,10 @@ export async function startPostfix(opts: PostfixOptions): Promise<PostfixInstanc
     'smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination',
     ...(opts.mainCf ?? []),
   ];
-  fs.writeFileSync(path.join(conf, 'main.cf'), `${main.join('\n')}\n`);
+  // A later setting of the same parameter replaces the earlier one (Postfix would warn about both).
+  const settings = new Map<string, string>();
+  for (const line of main) settings.set(line.split('=')[0]?.trim() as string, line);
+  fs.writeFileSync(path.join(conf, 'main.cf'), `${[...settings.values()].join('\n')}\n`);
   fs.writeFileSync(path.join(conf, 'master.cf'), MASTER_CF(port));
   for (const [name, text] of Object.entries(opts.files ?? {})) fs.writeFileSync(path.join(conf, name), text);
   for (const name of opts.postmap ?? []) execFileSync('postmap', ['-c', conf, path.join(conf, name)]);

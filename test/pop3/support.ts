@@ -76,7 +76,7 @@ export class RecordingRenewer implements GrantRenewer {
   delayMs = 0;
   async renew(ip: string, user: string, source: GrantSource): Promise<RenewOutcome> {
     this.calls.push({ ip, user, source });
-    if (this.delayMs > 0) await new Promise((r) => setTimeout(r, this.delayMs));
+    if (this.delayMs > 0) await new Promise((r) => setTimeout(r, this.delayMs).unref());
     if (this.failWith) throw this.failWith;
     return 'created';
   }

@@ -21,7 +21,7 @@ export interface World {
   usersFile: string;
   mailRoot: string;
   /** user -> password of the users in the file. */
-  passwords: Record<string, string>;
+  passwords: { alice: string; bob: string; carol: string };
   cleanup(): void;
 }
 

@@ -7,6 +7,7 @@ const USAGE = `usage: kube-drac <command> [options]
 commands:
   local-cluster [--dir DIR]   run a real etcd + kube-apiserver on loopback with the CRDs installed;
                               prints KUBECONFIG=<path> once ready
+  operator [--config FILE]    delete expired RelayGrants (leader-elected on a Lease)
   help                        this text
 
 options for roles:
@@ -17,6 +18,7 @@ type Command = (args: string[]) => Promise<void>;
 
 const COMMANDS: Record<string, () => Promise<Command>> = {
   'local-cluster': async () => (await import('./local/cli.ts')).runLocalCluster,
+  operator: async () => (await import('./operator/main.ts')).main,
 };
 
 async function main(argv: string[]): Promise<void> {

@@ -1,0 +1,205 @@
+// Garbage collection of expired RelayGrants: a timer per grant at expiresAt + grace, fed by the
+// grant cache; a due grant is read fresh and deleted with preconditions {uid, resourceVersion},
+// so a renewal that lands between our read and our delete always wins (409 -> re-read).
+// Only the leader deletes; a periodic sweep catches anything a timer missed.
+import type { GrantCache, GrantEntry } from '../grants/cache.ts';
+import { grantsPath } from '../grants/paths.ts';
+import type { RelayGrant } from '../grants/types.ts';
+import { KubeApiError, type KubeClient } from '../kube/client.ts';
+import { createLogger, type Logger } from '../observability/log.ts';
+import { deleteConflicts, gcErrors, gcLag, grantsDeleted, setGrantCensus, type GrantCensus } from './metrics.ts';
+import { backoffMs, decide, dueAtMs, isDue, KeyedScheduler, realTimers, type Timers } from './schedule.ts';
+
+/** What the collector needs from the grant cache: its entries and its upsert/delete events. */
+export type GrantEvents = Pick<GrantCache, 'entries' | 'on' | 'off'>;
+
+export interface GarbageCollectorOptions {
+  client: KubeClient;
+  namespace: string;
+  cache: GrantEvents;
+  graceMs: number;
+  sweepIntervalMs: number;
+  /** Grants read and deleted at the same time. */
+  concurrency: number;
+  /** Asked before every delete: only the leader deletes. */
+  isLeader: () => boolean;
+  log?: Logger;
+  timers?: Timers;
+  /** Longest pause between retries of a failing grant. */
+  maxBackoffMs?: number;
+  /** Test hook, awaited between the fresh read and the delete (to race a renewal against it). */
+  beforeDelete?: (name: string) => Promise<void>;
+}
+
+/** Conflicts in a row on one grant before we leave it to its timer. */
+const MAX_CONFLICT_ROUNDS = 5;
+
+export class GarbageCollector {
+  private readonly opts: GarbageCollectorOptions;
+  private readonly log: Logger;
+  private readonly timers: Timers;
+  private readonly scheduler: KeyedScheduler;
+  private readonly queue = new Set<string>();
+  private readonly inFlight = new Set<string>();
+  private readonly failures = new Map<string, number>();
+  private readonly idleWaiters: (() => void)[] = [];
+  private sweepTimer: NodeJS.Timeout | undefined;
+  private running = false;
+  private lastRetryLogMs = -Infinity;
+  private readonly onUpsert = (name: string, entry: GrantEntry) => {
+    this.scheduler.schedule(name, dueAtMs(entry.expiresAtMs, this.opts.graceMs));
+  };
+  private readonly onDelete = (name: string) => {
+    this.scheduler.cancel(name);
+    this.failures.delete(name);
+  };
+
+  constructor(opts: GarbageCollectorOptions) {
+    this.opts = opts;
+    this.log = opts.log ?? createLogger('operator');
+    this.timers = opts.timers ?? realTimers;
+    this.scheduler = new KeyedScheduler((name) => this.enqueue(name), this.timers);
+  }
+
+  /** Timers for every cached grant and for every grant the cache learns about from now on. */
+  start(): void {
+    if (this.running) return;
+    this.running = true;
+    this.opts.cache.on('upsert', this.onUpsert);
+    this.opts.cache.on('delete', this.onDelete);
+    for (const [name, entry] of this.opts.cache.entries()) this.onUpsert(name, entry);
+    this.sweepTimer = setInterval(() => this.sweep('periodic'), this.opts.sweepIntervalMs);
+    this.sweepTimer.unref();
+    setGrantCensus(() => this.census());
+  }
+
+  async stop(): Promise<void> {
+    this.running = false;
+    this.opts.cache.off('upsert', this.onUpsert);
+    this.opts.cache.off('delete', this.onDelete);
+    clearInterval(this.sweepTimer);
+    this.scheduler.cancelAll();
+    this.queue.clear();
+    setGrantCensus(undefined);
+    await this.idle();
+  }
+
+  /** Resolves when nothing is queued or in flight. */
+  idle(): Promise<void> {
+    if (this.queue.size === 0 && this.inFlight.size === 0) return Promise.resolve();
+    return new Promise((resolve) => this.idleWaiters.push(resolve));
+  }
+
+  get scheduled(): number {
+    return this.scheduler.size;
+  }
+
+  /** Queue every cached grant that is due (called periodically, and at once on becoming leader). */
+  sweep(why: 'periodic' | 'leader'): number {
+    if (!this.running || !this.opts.isLeader()) return 0;
+    const now = this.timers.now();
+    let due = 0;
+    for (const [name, entry] of this.opts.cache.entries()) {
+      if (isDue(entry.expiresAtMs, this.opts.graceMs, now)) {
+        due++;
+        this.enqueue(name);
+      }
+    }
+    if (due > 0 || why === 'leader') this.log.info('gc_sweep', { why, due });
+    return due;
+  }
+
+  census(nowMs: number = this.timers.now()): GrantCensus {
+    let active = 0;
+    let expiredPending = 0;
+    for (const [, entry] of this.opts.cache.entries()) {
+      if (entry.expiresAtMs > nowMs) active++;
+      else expiredPending++;
+    }
+    return { active, expiredPending };
+  }
+
+  private enqueue(name: string): void {
+    if (!this.running || this.inFlight.has(name)) return;
+    // A follower drops what comes due: the sweep on becoming leader picks it up again.
+    if (!this.opts.isLeader()) return;
+    this.queue.add(name);
+    this.pump();
+  }
+
+  private pump(): void {
+    while (this.running && this.inFlight.size < this.opts.concurrency && this.queue.size > 0) {
+      const name = this.queue.values().next().value as string;
+      this.queue.delete(name);
+      this.inFlight.add(name);
+      void this.collect(name).finally(() => {
+        this.inFlight.delete(name);
+        this.pump();
+        if (this.queue.size === 0 && this.inFlight.size === 0) for (const w of this.idleWaiters.splice(0)) w();
+      });
+    }
+  }
+
+  private path(name: string): string {
+    return grantsPath(this.opts.namespace, name);
+  }
+
+  /** Read fresh, decide, delete with preconditions; re-read on conflict; back off on errors. */
+  private async collect(name: string): Promise<void> {
+    try {
+      for (let round = 0; round < MAX_CONFLICT_ROUNDS; round++) {
+        if (!this.running || !this.opts.isLeader()) return;
+        const grant = await this.opts.client.get<RelayGrant>(this.path(name));
+        const decision = decide(grant, this.opts.graceMs, this.timers.now());
+        switch (decision.action) {
+          case 'done':
+            this.failures.delete(name);
+            return;
+          case 'skip':
+            this.log.warn('gc_grant_skipped', { grant: name, reason: decision.why });
+            this.failures.delete(name);
+            return;
+          case 'reschedule':
+            this.failures.delete(name);
+            this.scheduler.schedule(name, decision.atMs);
+            return;
+          case 'delete':
+            break;
+        }
+        await this.opts.beforeDelete?.(name);
+        if (!this.running || !this.opts.isLeader()) return;
+        try {
+          await this.opts.client.delete(this.path(name), { uid: decision.uid, resourceVersion: decision.resourceVersion });
+          grantsDeleted.inc();
+          gcLag.observe(Math.max(0, this.timers.now() - decision.expiresAtMs) / 1000);
+          this.failures.delete(name);
+          this.log.debug('gc_grant_deleted', { grant: name, lagMs: this.timers.now() - decision.expiresAtMs });
+          return;
+        } catch (err) {
+          if (!(err instanceof KubeApiError)) throw err;
+          if (err.status === 404) return;
+          if (err.status !== 409) throw err;
+          // Renewed (or replaced) since our read: the precondition protected it. Read again.
+          deleteConflicts.inc();
+        }
+      }
+      this.retryLater(name, new Error(`${MAX_CONFLICT_ROUNDS} delete conflicts in a row`));
+    } catch (err) {
+      this.retryLater(name, err as Error);
+    }
+  }
+
+  private retryLater(name: string, err: Error): void {
+    gcErrors.inc();
+    const failures = (this.failures.get(name) ?? 0) + 1;
+    this.failures.set(name, failures);
+    const delay = Math.min(this.opts.maxBackoffMs ?? 10_000, backoffMs(failures));
+    // During an outage every due grant fails: one line a second says so, not one per grant.
+    const now = this.timers.now();
+    if (now - this.lastRetryLogMs >= 1000) {
+      this.lastRetryLogMs = now;
+      this.log.warn('gc_grant_retry', { grant: name, failures, retryInMs: delay, error: err });
+    }
+    if (this.running) this.scheduler.schedule(name, this.timers.now() + delay);
+  }
+}

@@ -1,0 +1,141 @@
+// `kube-drac operator`: the grant cache (list + watch), Lease leader election, and garbage
+// collection of expired RelayGrants by the leader; /metrics, /healthz and /readyz.
+import { loadRoleConfig } from '../config/args.ts';
+import type { ConfigDocument } from '../config/load.ts';
+import { GrantCache } from '../grants/cache.ts';
+import { grantsPath } from '../grants/paths.ts';
+import { KubeApiError, KubeClient } from '../kube/client.ts';
+import { LeaderElector } from '../kube/leader.ts';
+import { startHealthServer } from '../observability/health.ts';
+import { createLogger, setLogLevel, type Logger } from '../observability/log.ts';
+import { collectProcessMetrics } from '../observability/metrics.ts';
+import { parseOperatorConfig, type OperatorConfig } from './config.ts';
+import { GarbageCollector } from './gc.ts';
+import { operatorLeader } from './metrics.ts';
+
+export const CRD_MISSING_MESSAGE =
+  'the RelayGrant CRD (relaygrants.kubedrac.io) is not installed in this cluster: install it with `kubectl apply -f crds/` (from the kube-drac sources or release) and start the operator again';
+
+/**
+ * Fail fast, with what to do, when the CRD is missing; wait (and say so) while the API server
+ * cannot be reached. Other refusals (e.g. RBAC) are errors too.
+ */
+export async function checkGrantsServed(client: KubeClient, namespace: string, log: Logger, signal?: AbortSignal): Promise<void> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      await client.request('GET', grantsPath(namespace), { query: { limit: 1 }, timeoutMs: 5000 });
+      return;
+    } catch (err) {
+      if (!(err instanceof KubeApiError)) throw err;
+      if (err.status === 404) throw new Error(CRD_MISSING_MESSAGE, { cause: err });
+      if (err.status !== 0 && err.status < 500) throw new Error(`cannot list RelayGrants in namespace ${namespace}: ${err.message}`, { cause: err });
+      if (attempt === 1 || attempt % 10 === 0) log.warn('api_unreachable', { error: err, attempt });
+      if (signal?.aborted) throw err;
+      await new Promise((r) => setTimeout(r, Math.min(5000, 250 * attempt)));
+    }
+  }
+}
+
+export interface RunningOperator {
+  config: OperatorConfig;
+  elector: LeaderElector;
+  gc: GarbageCollector;
+  cache: GrantCache;
+  healthPort: number;
+  /** Stop acting, release the Lease, stop watching. */
+  close(): Promise<void>;
+}
+
+export interface OperatorHooks {
+  /** Test hook passed to the collector: awaited between its fresh read and its delete. */
+  beforeDelete?: (name: string) => Promise<void>;
+}
+
+export async function runOperator(doc: ConfigDocument, log: Logger = createLogger('operator'), hooks: OperatorHooks = {}): Promise<RunningOperator> {
+  setLogLevel(doc.common.log.level);
+  const config = parseOperatorConfig(doc.section('operator'));
+  collectProcessMetrics();
+  const { namespace } = doc.common.kubernetes;
+  const client = KubeClient.fromPath(doc.common.kubernetes.kubeconfig);
+  try {
+    await checkGrantsServed(client, namespace, log);
+  } catch (err) {
+    client.close();
+    throw err;
+  }
+  const cache = new GrantCache({ client, namespace, log: log.child({ component: 'grant-cache' }) });
+  await cache.start();
+
+  operatorLeader.set(0);
+  // The elector and the collector refer to each other: the collector asks who leads, the
+  // elector tells the collector to sweep when it starts leading (only after elector.start()).
+  const elector = new LeaderElector({
+    client,
+    namespace,
+    ...config.leaderElection,
+    eventComponent: 'kube-drac-operator',
+    log: log.child({ component: 'leader-election' }),
+    onStartedLeading: () => {
+      operatorLeader.set(1);
+      gc.sweep('leader');
+    },
+    onStoppedLeading: () => operatorLeader.set(0),
+  });
+  const gc = new GarbageCollector({
+    client,
+    namespace,
+    cache,
+    graceMs: config.graceMs,
+    sweepIntervalMs: config.sweepIntervalMs,
+    concurrency: config.deleteConcurrency,
+    isLeader: () => elector.isLeader(),
+    log: log.child({ component: 'gc' }),
+    beforeDelete: hooks.beforeDelete,
+  });
+  gc.start();
+  elector.start();
+  const health = await startHealthServer({ host: doc.common.metrics.host, port: doc.common.metrics.port, ready: () => cache.synced });
+  log.info('operator_started', {
+    namespace,
+    identity: config.leaderElection.identity,
+    lease: config.leaderElection.leaseName,
+    graceMs: config.graceMs,
+    healthPort: health.port,
+    grants: cache.size,
+  });
+  let closing: Promise<void> | undefined;
+  return {
+    config,
+    elector,
+    gc,
+    cache,
+    healthPort: health.port,
+    close() {
+      closing ??= (async () => {
+        await elector.stop(); // stops the collector acting, then releases the Lease
+        await gc.stop();
+        await cache.stop();
+        await health.close();
+        client.close();
+        log.info('operator_stopped', { identity: config.leaderElection.identity });
+      })();
+      return closing;
+    },
+  };
+}
+
+export async function main(args: string[]): Promise<void> {
+  const doc = loadRoleConfig('operator', args);
+  const log = createLogger('operator');
+  const running = await runOperator(doc, log);
+  await new Promise<void>((resolve) => {
+    const onSignal = (signal: NodeJS.Signals) => {
+      log.info('signal', { signal });
+      resolve();
+    };
+    process.once('SIGTERM', onSignal);
+    process.once('SIGINT', onSignal);
+  });
+  await running.close();
+  process.exit(0);
+}

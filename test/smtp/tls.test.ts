@@ -6,8 +6,11 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { UserDatabase } from '../../src/auth/passwd-file.ts';
+import { LoginThrottle } from '../../src/auth/throttle.ts';
+import { PasswordVerifier } from '../../src/auth/verifier.ts';
 import { dialogue, proxyArgs, swaks } from './peers.ts';
-import { startTestSmtp, type TestSmtp } from './support.ts';
+import { ListGrantLookup, memoryLogger, startTestSmtp, type TestSmtp } from './support.ts';
 
 const certDir = fs.mkdtempSync(path.join(os.tmpdir(), 'smtp-tls-'));
 const certFile = path.join(certDir, 'tls.crt');
@@ -85,5 +88,70 @@ void describe('dual-stack listener', () => {
     const no = await swaks({ port: d.port, to: 'x@remote.test', local: '127.0.0.6' });
     assert.equal(no.code, 24, no.stdout);
     assert.ok(d.messages(d.outbox).some((m) => m.includes('([127.0.0.5])')), 'Received names the IPv4 address');
+  });
+});
+
+void describe('SMTP AUTH (optional, after TLS only)', () => {
+  let a: TestSmtp | undefined;
+  let verifier: PasswordVerifier | undefined;
+  let users: UserDatabase | undefined;
+  before(async () => {
+    const usersFile = path.join(certDir, 'users');
+    fs.writeFileSync(usersFile, 'ideal:{PLAIN}correct horse\n');
+    users = new UserDatabase({ file: usersFile, log: memoryLogger(), pollIntervalMs: 0 });
+    verifier = new PasswordVerifier({ threads: 0 });
+    a = await startTestSmtp(
+      { tls: { certFile, keyFile }, usersFile, auth: { enabled: true } },
+      { auth: { users, verifier, throttle: new LoginThrottle({ maxFailuresPerAddress: 3, maxFailuresPerUser: 10, windowMs: 60_000 }) } },
+    );
+  });
+  after(async () => {
+    await a?.close();
+    await verifier?.close();
+    users?.close();
+  });
+
+  void it('relays for an authenticated user over STARTTLS, and says so in Received', async () => {
+    const r = await swaks({ port: a!.port, to: 'x@remote.test', local: '127.0.0.6', extra: ['--tls', '--auth', 'PLAIN', '--auth-user', 'ideal', '--auth-password', 'correct horse', '--header', 'Subject: authed'] });
+    assert.equal(r.code, 0, r.stdout);
+    assert.match(a!.messages(a!.outbox).find((m) => m.includes('authed')) ?? '', /\(authorized: smtp auth ideal\)/);
+  });
+
+  void it('does not offer AUTH before STARTTLS', async () => {
+    const r = await swaks({ port: a!.port, to: 'x@remote.test', local: '127.0.0.6', extra: ['--auth', 'PLAIN', '--auth-user', 'ideal', '--auth-password', 'correct horse'] });
+    assert.notEqual(r.code, 0, r.stdout);
+    assert.doesNotMatch(r.stdout, /250[- ]AUTH/);
+  });
+
+  void it('refuses a wrong password with 535 5.7.8, then throttles the address', async () => {
+    const codes: (number | null)[] = [];
+    let last = '';
+    for (let i = 0; i < 4; i++) {
+      const r = await swaks({ port: a!.port, to: 'x@remote.test', local: '127.0.0.7', extra: ['--tls', '--auth', 'PLAIN', '--auth-user', 'ideal', '--auth-password', 'wrong'] });
+      codes.push(r.code);
+      last = r.stdout;
+    }
+    assert.deepEqual(codes, [28, 28, 28, 28]);
+    assert.match(last, /454 4\.7\.0 Too many failed authentications/);
+    // The right password from that address is throttled too, until the window refills.
+    const r = await swaks({ port: a!.port, to: 'x@remote.test', local: '127.0.0.7', extra: ['--tls', '--auth', 'PLAIN', '--auth-user', 'ideal', '--auth-password', 'correct horse'] });
+    assert.equal(r.code, 28, r.stdout);
+  });
+});
+
+void describe('grant cache not synced yet', () => {
+  let u: TestSmtp | undefined;
+  after(async () => {
+    await u?.close();
+  });
+  void it('defers relaying with 451 4.7.1 but still accepts local mail', async () => {
+    const grants = new ListGrantLookup([{ address: '127.0.0.5', expiresAtMs: Date.now() + 3_600_000 }]);
+    grants.synced = false;
+    u = await startTestSmtp({}, { grants });
+    const relay = await swaks({ port: u.port, to: 'x@remote.test', local: '127.0.0.5' });
+    assert.equal(relay.code, 24, relay.stdout);
+    assert.match(relay.stdout, /451 4\.7\.1 <x@remote\.test>: Relay access temporarily deferred/);
+    const local = await swaks({ port: u.port, to: 'bob@example.org', local: '127.0.0.5' });
+    assert.equal(local.code, 0, local.stdout);
   });
 });

@@ -86,14 +86,18 @@ export class RecordingRenewer implements GrantRenewer {
   }
 }
 
-export interface StartedServer {
+export interface StartedServer<R extends GrantRenewer = RecordingRenewer> {
   server: Pop3Server;
-  renewer: RecordingRenewer;
+  renewer: R;
   close(): Promise<void>;
 }
 
 /** Start a server on free loopback ports with the world's files; `overrides` go into the pop3 section. */
-export async function startServer(world: World, overrides: Record<string, unknown> = {}, renewer = new RecordingRenewer()): Promise<StartedServer> {
+export async function startServer<R extends GrantRenewer = RecordingRenewer>(
+  world: World,
+  overrides: Record<string, unknown> = {},
+  renewer: R = new RecordingRenewer() as unknown as R,
+): Promise<StartedServer<R>> {
   const section = {
     listen: { host: '127.0.0.1', port: 0 },
     tls: { certFile: world.cert.certFile, keyFile: world.cert.keyFile },

@@ -173,12 +173,17 @@ export class LeaderElector {
   }
 
   private async run(): Promise<void> {
+    let failures = 0;
     while (!this.stopping) {
       let ok = false;
       try {
         ok = await this.tryAcquireOrRenew();
+        failures = 0;
       } catch (err) {
-        this.log.warn(this.leading ? 'lease_renew_failed' : 'lease_acquire_failed', { lease: this.opts.leaseName, error: err as Error });
+        // Said once, then every 10th time: an unreachable API server must not flood the log.
+        if (++failures === 1 || failures % 10 === 0) {
+          this.log.warn(this.leading ? 'lease_renew_failed' : 'lease_acquire_failed', { lease: this.opts.leaseName, error: err as Error, failures });
+        }
       }
       if (this.stopping) break;
       if (ok && !this.leading) this.startLeading();
@@ -294,7 +299,9 @@ export class LeaderElector {
     this.leading = false;
     clearTimeout(this.deadlineTimer);
     this.opts.onStoppedLeading();
-    this.log.warn('leader_stopped', { lease: this.opts.leaseName, identity: this.opts.identity, reason: why });
+    const fields = { lease: this.opts.leaseName, identity: this.opts.identity, reason: why };
+    if (why === 'stopping') this.log.info('leader_stopped', fields);
+    else this.log.warn('leader_stopped', fields);
     this.event(`${this.opts.identity} stopped leading: ${why}`);
     this.held = this.lease;
     this.lease = undefined;

@@ -1,0 +1,104 @@
+// Helpers for the operator and leader-election tests on the real API server.
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { grantsPath } from '../../src/grants/paths.ts';
+import type { KubeClient } from '../../src/kube/client.ts';
+
+export function grantBody(name: string, address: string, expiresAtMs: number, user = 'ideal') {
+  return {
+    apiVersion: 'kubedrac.io/v1alpha1',
+    kind: 'RelayGrant',
+    metadata: { name },
+    spec: { address, user, source: 'manual', expiresAt: new Date(expiresAtMs).toISOString() },
+  };
+}
+
+/** The i-th test address of 10.0.0.0/8 and its grant name. */
+export function testAddress(i: number): { name: string; address: string } {
+  const address = `10.${(i >> 16) & 255}.${(i >> 8) & 255}.${i & 255}`;
+  return { name: `v4-${address}`, address };
+}
+
+export async function createGrant(client: KubeClient, namespace: string, i: number, expiresAtMs: number): Promise<string> {
+  const { name, address } = testAddress(i);
+  await client.create(grantsPath(namespace), grantBody(name, address, expiresAtMs));
+  return name;
+}
+
+export async function grantExists(client: KubeClient, namespace: string, name: string): Promise<boolean> {
+  return (await client.get(grantsPath(namespace, name))) !== undefined;
+}
+
+export async function eventually(what: string, check: () => boolean | Promise<boolean>, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (Date.now() > deadline) assert.fail(`not within ${timeoutMs} ms: ${what}`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
+
+export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/**
+ * A TCP relay to the real API server that the test can cut (every connection dropped, new ones
+ * refused) and restore: one process losing the API server while the others keep it.
+ */
+export interface CuttableRelay {
+  port: number;
+  /** A copy of `kubeconfigPath` that goes through the relay. */
+  kubeconfigPath: string;
+  cut(): void;
+  restore(): void;
+  close(): Promise<void>;
+}
+
+export async function startCuttableRelay(kubeconfigPath: string): Promise<CuttableRelay> {
+  const kubeconfig = JSON.parse(fs.readFileSync(kubeconfigPath, 'utf8')) as { clusters: { cluster: { server: string } }[] };
+  const cluster = kubeconfig.clusters[0]?.cluster;
+  assert.ok(cluster, 'kubeconfig has a cluster');
+  const target = new URL(cluster.server);
+  let open = true;
+  const sockets = new Set<net.Socket>();
+  const server = net.createServer((client) => {
+    if (!open) {
+      client.destroy();
+      return;
+    }
+    const upstream = net.connect(Number(target.port), target.hostname);
+    for (const s of [client, upstream]) {
+      sockets.add(s);
+      s.on('close', () => sockets.delete(s));
+      s.on('error', () => {
+        client.destroy();
+        upstream.destroy();
+      });
+    }
+    client.pipe(upstream).pipe(client);
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const port = (server.address() as net.AddressInfo).port;
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kube-drac-relay-'));
+  cluster.server = `https://127.0.0.1:${port}`;
+  const relayKubeconfig = path.join(dir, 'kubeconfig');
+  fs.writeFileSync(relayKubeconfig, JSON.stringify(kubeconfig), { mode: 0o600 });
+  return {
+    port,
+    kubeconfigPath: relayKubeconfig,
+    cut() {
+      open = false;
+      for (const s of sockets) s.destroy();
+    },
+    restore() {
+      open = true;
+    },
+    async close() {
+      open = false;
+      for (const s of sockets) s.destroy();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+      fs.rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}

@@ -266,6 +266,8 @@ export async function startSmtpServer(config: SmtpConfig, deps: SmtpDeps): Promi
       });
       stream.once('end', () => resolve());
       stream.once('error', reject);
+      // The client went away mid-message: smtp-server destroys the stream, maybe without an error.
+      stream.once('close', () => reject(new SmtpReplyError(421, '4.4.2 Connection lost during DATA')));
     });
     if (stream.sizeExceeded) {
       smtpMessages.inc({ result: 'rejected' });

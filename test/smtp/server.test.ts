@@ -212,3 +212,29 @@ void describe('malformed SMTP', () => {
     await healthy();
   });
 });
+
+void describe('connection limits', () => {
+  let l: TestSmtp | undefined;
+  after(async () => {
+    await l?.close();
+  });
+
+  void it('answers 421 past the per-address limit and takes the slot back on close', async () => {
+    l = await startTestSmtp({ maxClients: 3, maxClientsPerAddress: 1 });
+    const net = await import('node:net');
+    const hold = net.connect({ host: '127.0.0.1', port: l.port, localAddress: '127.0.0.30' });
+    await new Promise<void>((resolve) => hold.once('data', () => resolve()));
+    const second = await dialogue(l.port, ['QUIT'], { local: '127.0.0.30' });
+    assert.match(second.replies[0] ?? '', /^421 4\.7\.0 .*Too many connections from your address/);
+    const other = await dialogue(l.port, ['QUIT'], { local: '127.0.0.31' });
+    assert.match(other.replies[0] ?? '', /^220 /);
+    hold.destroy();
+    // The held slot is given back once the server sees the close.
+    let again = await dialogue(l.port, ['QUIT'], { local: '127.0.0.30' });
+    for (let i = 0; i < 50 && !/^220 /.test(again.replies[0] ?? ''); i++) {
+      await new Promise((r) => setTimeout(r, 20));
+      again = await dialogue(l.port, ['QUIT'], { local: '127.0.0.30' });
+    }
+    assert.match(again.replies[0] ?? '', /^220 /);
+  });
+});

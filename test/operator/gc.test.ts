@@ -17,7 +17,7 @@ const GRACE_MS = 1000;
 async function metric(name: string): Promise<number> {
   const m = (await registry.getMetricsAsJSON()).find((x) => x.name === name);
   if (!m) return NaN;
-  if (m.type === ('histogram' as typeof m.type)) {
+  if (String(m.type) === 'histogram') {
     return (m.values as { value: number; metricName?: string }[]).find((v) => v.metricName === `${name}_count`)?.value ?? 0;
   }
   return m.values.reduce((sum, v) => sum + v.value, 0);

@@ -10,7 +10,7 @@ import { UserDatabase } from '../../src/auth/passwd-file.ts';
 import { LoginThrottle } from '../../src/auth/throttle.ts';
 import { PasswordVerifier } from '../../src/auth/verifier.ts';
 import { dialogue, proxyArgs, swaks } from './peers.ts';
-import { ListGrantLookup, memoryLogger, startTestSmtp, type TestSmtp } from './support.ts';
+import { ListGrantLookup, memoryLogger, run, startTestSmtp, type TestSmtp } from './support.ts';
 
 const certDir = fs.mkdtempSync(path.join(os.tmpdir(), 'smtp-tls-'));
 const certFile = path.join(certDir, 'tls.crt');
@@ -153,5 +153,39 @@ void describe('grant cache not synced yet', () => {
     assert.match(relay.stdout, /451 4\.7\.1 <x@remote\.test>: Relay access temporarily deferred/);
     const local = await swaks({ port: u.port, to: 'bob@example.org', local: '127.0.0.5' });
     assert.equal(local.code, 0, local.stdout);
+  });
+});
+
+void describe('certificate rotation', () => {
+  let r: TestSmtp | undefined;
+  const rotDir = fs.mkdtempSync(path.join(os.tmpdir(), 'smtp-rot-'));
+  const cert = path.join(rotDir, 'tls.crt');
+  const key = path.join(rotDir, 'tls.key');
+  const makeCert = (cn: string, k: string, c: string) =>
+    execFileSync('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', k, '-out', c, '-days', '2', '-subj', `/CN=${cn}`], { stdio: 'ignore' });
+  after(async () => {
+    await r?.close();
+    fs.rmSync(rotDir, { recursive: true, force: true });
+  });
+
+  void it('serves a replaced certificate without a restart', async () => {
+    makeCert('mx.example.org', key, cert);
+    r = await startTestSmtp({ tls: { certFile: cert, keyFile: key } });
+    const port = r.port;
+    const subject = async (): Promise<string> => {
+      const out = await run('openssl', ['s_client', '-connect', `127.0.0.1:${port}`, '-starttls', 'smtp', '-noservername'], 'QUIT\r\n', 10_000);
+      return /CN ?= ?([\w.-]+)/.exec(`${out.stdout}\n${out.stderr}`)?.[1] ?? '';
+    };
+    assert.equal(await subject(), 'mx.example.org');
+    // As a Secret volume does it: new files are moved into place, then the watch reloads them.
+    makeCert('rotated.example.org', `${key}.new`, `${cert}.new`);
+    fs.renameSync(`${key}.new`, key);
+    fs.renameSync(`${cert}.new`, cert);
+    let now = '';
+    for (let i = 0; i < 50 && now !== 'rotated.example.org'; i++) {
+      await new Promise((res) => setTimeout(res, 100));
+      now = await subject();
+    }
+    assert.equal(now, 'rotated.example.org');
   });
 });

@@ -1,5 +1,6 @@
 // Helpers for the operator and leader-election tests on the real API server.
 import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
@@ -101,4 +102,79 @@ export async function startCuttableRelay(kubeconfigPath: string): Promise<Cuttab
       fs.rmSync(dir, { recursive: true, force: true });
     },
   };
+}
+
+/** An operator process started as users start it: `node src/cli.ts operator --config FILE`. */
+export interface OperatorProcess {
+  child: ChildProcess;
+  /** stdout and stderr lines so far. */
+  lines: string[];
+  /** Resolves with the /metrics port once the operator says it started. */
+  healthPort: Promise<number>;
+  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+}
+
+const CLI = new URL('../../src/cli.ts', import.meta.url).pathname;
+
+export function spawnOperator(configPath: string): OperatorProcess {
+  const child = spawn(process.execPath, [CLI, 'operator', '--config', configPath], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const lines: string[] = [];
+  let resolvePort!: (port: number) => void;
+  let rejectPort!: (err: Error) => void;
+  const healthPort = new Promise<number>((resolve, reject) => {
+    resolvePort = resolve;
+    rejectPort = reject;
+  });
+  healthPort.catch(() => undefined);
+  for (const stream of [child.stdout, child.stderr]) {
+    let buffered = '';
+    stream.setEncoding('utf8');
+    stream.on('data', (chunk: string) => {
+      buffered += chunk;
+      let nl: number;
+      while ((nl = buffered.indexOf('\n')) !== -1) {
+        const line = buffered.slice(0, nl);
+        buffered = buffered.slice(nl + 1);
+        lines.push(line);
+        if (line.includes('"operator_started"')) resolvePort((JSON.parse(line) as { healthPort: number }).healthPort);
+      }
+    });
+  }
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
+    child.on('exit', (code, signal) => {
+      rejectPort(new Error(`operator exited (${code ?? signal}) before it started:\n${lines.join('\n')}`));
+      resolve({ code, signal });
+    }),
+  );
+  return { child, lines, healthPort, exited };
+}
+
+/** The value of one unlabelled metric on a process's /metrics. */
+export async function scrape(port: number, name: string): Promise<number> {
+  const res = await fetch(`http://127.0.0.1:${port}/metrics`);
+  const text = await res.text();
+  const line = text.split('\n').find((l) => l.startsWith(`${name} `));
+  return line === undefined ? NaN : Number(line.slice(name.length + 1));
+}
+
+/** Stop a process we started, if it still runs, and wait for it. */
+export async function kill(p: OperatorProcess | undefined, signal: NodeJS.Signals = 'SIGKILL'): Promise<void> {
+  if (!p) return;
+  if (p.child.exitCode === null && p.child.signalCode === null) p.child.kill(signal);
+  await p.exited;
+}
+
+export function writeOperatorConfig(dir: string, name: string, opts: { namespace: string; kubeconfig: string; identity: string; extra?: string }): string {
+  const file = path.join(dir, `${name}.yaml`);
+  fs.writeFileSync(
+    file,
+    `kubernetes: {namespace: ${opts.namespace}, kubeconfig: ${JSON.stringify(opts.kubeconfig)}}
+metrics: {host: 127.0.0.1, port: 0}
+operator:
+  grace: 1s
+  sweepInterval: 2s
+  leaderElection: {identity: ${opts.identity}, leaseDuration: 3s, renewDeadline: 2s, retryPeriod: 250ms}
+${opts.extra ?? ''}`,
+  );
+  return file;
 }

@@ -60,10 +60,59 @@ export function upstreamReply(err: unknown): SmtpReplyError {
   return new SmtpReplyError(451, '4.4.1 Upstream relay unavailable, try again later');
 }
 
+/** The bounce for recipients the upstream refused after we had accepted the message. */
+export function deliveryStatusNotification(ourName: string, msg: OnwardMessage, reasons: { rcpt: string; response: string }[], nowMs: number): Buffer {
+  const boundary = `kd-${nowMs.toString(36)}-${Math.random().toString(36).slice(2)}`;
+  const date = new Date(nowMs).toUTCString().replace(/GMT$/, '+0000');
+  const oneLine = (t: string) => t.replace(/[\r\n]+/g, ' ').slice(0, 500);
+  const headerEnd = msg.raw.indexOf('\r\n\r\n');
+  const originalHeaders = msg.raw.subarray(0, headerEnd === -1 ? Math.min(msg.raw.length, 64 * 1024) : headerEnd + 2).toString('latin1');
+  const lines = [
+    `From: Mail Delivery System <MAILER-DAEMON@${ourName}>`,
+    `To: <${msg.from}>`,
+    'Subject: Undelivered Mail Returned to Sender',
+    `Date: ${date}`,
+    `Message-ID: <${boundary}@${ourName}>`,
+    'Auto-Submitted: auto-replied',
+    'MIME-Version: 1.0',
+    `Content-Type: multipart/report; report-type=delivery-status; boundary="${boundary}"`,
+    '',
+    `--${boundary}`,
+    'Content-Type: text/plain; charset=us-ascii',
+    '',
+    `This is the mail system at ${ourName}.`,
+    'Your message was accepted, but the next relay refused it for these recipients:',
+    '',
+    ...reasons.map((r) => `<${r.rcpt}>: ${oneLine(r.response)}`),
+    '',
+    `--${boundary}`,
+    'Content-Type: message/delivery-status',
+    '',
+    `Reporting-MTA: dns; ${ourName}`,
+    `Arrival-Date: ${date}`,
+    ...reasons.flatMap((r) => {
+      const status = /\b([45]\.\d{1,3}\.\d{1,3})\b/.exec(r.response)?.[1] ?? '5.0.0';
+      return ['', `Final-Recipient: rfc822; ${r.rcpt}`, 'Action: failed', `Status: ${status.replace(/^4/, '5')}`, `Diagnostic-Code: smtp; ${oneLine(r.response)}`];
+    }),
+    '',
+    `--${boundary}`,
+    'Content-Type: text/rfc822-headers',
+    '',
+    originalHeaders.replace(/\r\n$/, ''),
+    '',
+    `--${boundary}--`,
+    '',
+  ];
+  return Buffer.from(lines.join('\r\n'), 'latin1');
+}
+
 export class SmarthostOnward implements Onward {
   private readonly transport: ReturnType<typeof createTransport>;
 
+  private readonly ourName: string;
+
   constructor(cfg: SmarthostConfig, ourName: string) {
+    this.ourName = ourName;
     this.transport = createTransport({
       pool: true,
       maxConnections: 8,
@@ -84,14 +133,35 @@ export class SmarthostOnward implements Onward {
   }
 
   async stage(msg: OnwardMessage): Promise<{ result: OnwardResult }> {
-    let info: { response?: unknown; rejected?: unknown };
+    let info: { response?: unknown; rejected?: unknown; rejectedErrors?: unknown };
     try {
       info = (await this.transport.sendMail({ envelope: { from: msg.from, to: msg.to }, raw: msg.raw })) as typeof info;
     } catch (err) {
       throw upstreamReply(err);
     }
     const rejected = Array.isArray(info.rejected) ? info.rejected.map((r) => String(r)) : [];
+    if (rejected.length > 0) {
+      // The upstream took the message for some recipients and refused the others after we had
+      // said yes to all of them: as any MTA that already accepted, tell the sender by a bounce.
+      const errors = Array.isArray(info.rejectedErrors) ? (info.rejectedErrors as { recipient?: unknown; response?: unknown }[]) : [];
+      const reasons = rejected.map((rcpt) => {
+        const e = errors.find((x) => x.recipient === rcpt);
+        return { rcpt, response: typeof e?.response === 'string' ? e.response : 'refused by the upstream relay' };
+      });
+      await this.bounce(msg, reasons);
+    }
     return { result: { response: typeof info.response === 'string' ? info.response : '', rejected } };
+  }
+
+  /** A delivery status notification (RFC 3464) to the sender; never for the null sender. */
+  private async bounce(msg: OnwardMessage, reasons: { rcpt: string; response: string }[]): Promise<void> {
+    if (msg.from === '') return;
+    const dsn = deliveryStatusNotification(this.ourName, msg, reasons, Date.now());
+    try {
+      await this.transport.sendMail({ envelope: { from: '', to: [msg.from] }, raw: dsn });
+    } catch {
+      // Nothing more can be done without a queue; the caller logs the partial rejection.
+    }
   }
 
   close(): void {

@@ -312,9 +312,9 @@ export async function startSmtpServer(config: SmtpConfig, deps: SmtpDeps): Promi
         const { result, staged: outboxCopy } = await onward.stage({ from, to: st.relayed, raw: message });
         if (outboxCopy) staged.push(outboxCopy);
         if (result.rejected.length > 0) {
-          // The upstream took the message for some recipients and refused others after we had
-          // said yes to all of them; SMTP has no way to tell the client now. Loudly logged.
-          log.error('upstream_partial_rejection', { session: session.id, rejected: result.rejected.length });
+          // The upstream refused some recipients after we had said yes to all of them; the
+          // sender got a bounce (SmarthostOnward), and we keep a trace.
+          log.warn('upstream_partial_rejection', { session: session.id, rejected: result.rejected.length, bounced: from !== '' });
         }
         relayNote = result.response;
       } catch (err) {

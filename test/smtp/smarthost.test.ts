@@ -56,6 +56,25 @@ void describe('relay through Postfix', () => {
     assert.match(r.stdout, /<\*\* 550 5\.1\.1 Upstream refused: .*Mailbox unknown here/);
   });
 
+  void it('bounces to the sender when the smarthost refuses some recipients after accepting others', async () => {
+    const marker = `partial-${Date.now()}`;
+    const r = await swaks({ port: t.port, from: 'sender@remote.test', to: 'x@remote.test,refused@remote.test', local: '127.0.0.5', extra: ['--header', `Subject: ${marker}`] });
+    assert.equal(r.code, 0, r.stdout);
+    const deadline = Date.now() + 10_000;
+    let got: string[] = [];
+    while (Date.now() < deadline) {
+      got = withMarker(postfix.delivered(), marker);
+      if (got.length >= 2) break;
+      await new Promise((res) => setTimeout(res, 50));
+    }
+    const bounce = got.find((m) => m.includes('Undelivered Mail Returned to Sender'));
+    assert.ok(bounce, `no bounce among ${got.length} messages`);
+    assert.match(bounce, /Final-Recipient: rfc822; refused@remote\.test\nAction: failed\nStatus: 5\.1\.1\n/);
+    assert.match(bounce, /Mailbox unknown here/);
+    assert.match(bounce, /Return-Path: <>/);
+    assert.equal(got.filter((m) => !m.includes('Undelivered Mail')).length, 1, 'the message itself arrived once');
+  });
+
   void it('answers 451 while Postfix is down, local copies included; the retry arrives once', async () => {
     const marker = `retry-${Date.now()}`;
     const bobBefore = t.messages(`${t.mailRoot}/bob`).length;

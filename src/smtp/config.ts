@@ -39,6 +39,8 @@ export interface SmtpConfig {
   /** A Maildir collecting relayed mail instead of sending it on (the local all-in-one). */
   outbox: string | undefined;
   maxMessageSize: number;
+  /** Bytes of message data all sessions together may hold in memory; past it DATA gets 452. */
+  maxBufferedBytes: number;
   maxRecipients: number;
   maxLineLength: number;
   maxClients: number;
@@ -144,6 +146,10 @@ export function parseSmtpConfig(section: ConfigReader): SmtpConfig {
   }
 
   const maxMessageSize = section.int('maxMessageSize', 10_240_000, { min: 1024, max: 1024 * 1024 * 1024 });
+  const maxBufferedBytes = section.int('maxBufferedBytes', 256 * 1024 * 1024, { min: 1024 * 1024, max: 64 * 1024 * 1024 * 1024 });
+  if (maxBufferedBytes < maxMessageSize) {
+    throw new ConfigError(section.keyPath('maxBufferedBytes'), `must be at least maxMessageSize (${maxMessageSize})`);
+  }
   const maxRecipients = section.int('maxRecipients', 100, { min: 1, max: 100_000 });
   const maxLineLength = section.int('maxLineLength', 4096, { min: 512, max: 1024 * 1024 });
   const maxClients = section.int('maxClients', 1000, { min: 1, max: 1_000_000 });
@@ -189,6 +195,7 @@ export function parseSmtpConfig(section: ConfigReader): SmtpConfig {
     smarthost,
     outbox,
     maxMessageSize,
+    maxBufferedBytes,
     maxRecipients,
     maxLineLength,
     maxClients,

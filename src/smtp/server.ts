@@ -112,6 +112,8 @@ export async function startSmtpServer(config: SmtpConfig, deps: SmtpDeps): Promi
   // Sockets carry what we learned before smtp-server saw them; sessions carry our transaction.
   const socketInfo = new WeakMap<net.Socket | Duplex, SocketInfo>();
   const sessions = new Map<string, SessionState>();
+  /** Message bytes held in memory by all sessions together (bounded by maxBufferedBytes). */
+  let buffered = 0;
 
   const stateOf = (session: SMTPServerSession): SessionState => {
     const st = sessions.get(session.id);
@@ -257,23 +259,41 @@ export async function startSmtpServer(config: SmtpConfig, deps: SmtpDeps): Promi
     const st = stateOf(session);
     const chunks: Buffer[] = [];
     let size = 0;
-    await new Promise<void>((resolve, reject) => {
-      stream.on('data', (chunk: Buffer) => {
-        // Past the limit the rest is read and dropped, so the session stays in step.
-        if (stream.sizeExceeded) return;
-        chunks.push(chunk);
-        size += chunk.length;
+    let overBudget = false;
+    try {
+      await new Promise<void>((resolve, reject) => {
+        stream.on('data', (chunk: Buffer) => {
+          // Past a limit the rest is read and dropped, so the session stays in step.
+          if (stream.sizeExceeded || overBudget) return;
+          if (buffered + chunk.length > config.maxBufferedBytes) {
+            overBudget = true;
+            return;
+          }
+          chunks.push(chunk);
+          size += chunk.length;
+          buffered += chunk.length;
+        });
+        stream.once('end', () => resolve());
+        stream.once('error', reject);
+        // The client went away mid-message: smtp-server destroys the stream, maybe without an error.
+        stream.once('close', () => reject(new SmtpReplyError(421, '4.4.2 Connection lost during DATA')));
       });
-      stream.once('end', () => resolve());
-      stream.once('error', reject);
-      // The client went away mid-message: smtp-server destroys the stream, maybe without an error.
-      stream.once('close', () => reject(new SmtpReplyError(421, '4.4.2 Connection lost during DATA')));
-    });
-    if (stream.sizeExceeded) {
-      smtpMessages.inc({ result: 'rejected' });
-      throw new SmtpReplyError(552, `5.3.4 Message size exceeds fixed limit of ${config.maxMessageSize} bytes`);
+      if (stream.sizeExceeded) {
+        smtpMessages.inc({ result: 'rejected' });
+        throw new SmtpReplyError(552, `5.3.4 Message size exceeds fixed limit of ${config.maxMessageSize} bytes`);
+      }
+      if (overBudget) {
+        smtpMessages.inc({ result: 'tempfail' });
+        log.warn('buffer_budget_exhausted', { session: session.id, maxBufferedBytes: config.maxBufferedBytes });
+        throw new SmtpReplyError(452, '4.3.1 Insufficient system resources, try again later');
+      }
+      return await acceptMessage(session, st, Buffer.concat(chunks, size), size);
+    } finally {
+      buffered -= size;
     }
-    const body = Buffer.concat(chunks, size);
+  }
+
+  async function acceptMessage(session: SMTPServerSession, st: SessionState, body: Buffer, size: number): Promise<string> {
     const from = session.envelope.mailFrom ? session.envelope.mailFrom.address : '';
     const recipients = session.envelope.rcptTo.map((r) => r.address);
     const header = receivedHeader({

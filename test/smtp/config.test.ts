@@ -86,6 +86,7 @@ void describe('parseSmtpConfig', () => {
       text: /ENOENT/,
     },
     { name: 'a size limit that is not a number', data: { ...minimal, maxMessageSize: '10M' }, key: 'smtp.maxMessageSize', text: /integer/ },
+    { name: 'a buffer budget below the message size', data: { ...minimal, maxBufferedBytes: 2_000_000, maxMessageSize: 3_000_000 }, key: 'smtp.maxBufferedBytes', text: /maxMessageSize/ },
     { name: 'zero recipients', data: { ...minimal, maxRecipients: 0 }, key: 'smtp.maxRecipients', text: /from 1/ },
     { name: 'per-address limit above the total', data: { ...minimal, maxClients: 10, maxClientsPerAddress: 20 }, key: 'smtp.maxClientsPerAddress', text: /maxClients/ },
     { name: 'a timeout without a unit', data: { ...minimal, idleTimeout: 300 }, key: 'smtp.idleTimeout', text: /duration/ },

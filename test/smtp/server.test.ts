@@ -238,3 +238,37 @@ void describe('connection limits', () => {
     assert.match(again.replies[0] ?? '', /^220 /);
   });
 });
+
+void describe('memory budget for message data', () => {
+  let m: TestSmtp | undefined;
+  after(async () => {
+    await m?.close();
+  });
+
+  void it('answers 452 4.3.1 when all sessions together would hold too much, and recovers', async () => {
+    m = await startTestSmtp({ maxMessageSize: 1_048_576, maxBufferedBytes: 1_048_576 });
+    const net = await import('node:net');
+    const chunk = `Subject: held\r\n\r\n${`${'y'.repeat(998)}\r\n`.repeat(600)}`;
+    // Session A: a 600 KB message whose end has not been sent yet.
+    const a = net.connect({ host: '127.0.0.1', port: m.port, localAddress: '127.0.0.40' });
+    let aText = '';
+    a.on('data', (d: Buffer) => (aText += d.toString()));
+    const waitFor = async (re: RegExp) => {
+      for (let i = 0; i < 200 && !re.test(aText); i++) await new Promise((r) => setTimeout(r, 10));
+    };
+    await waitFor(/^220 /m);
+    a.write('EHLO a\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<bob@example.org>\r\nDATA\r\n');
+    await waitFor(/^354 /m);
+    a.write(chunk);
+    await new Promise((r) => setTimeout(r, 300));
+    // Session B: another 600 KB does not fit next to A's.
+    const b = await dialogue(m.port, ['EHLO b', 'MAIL FROM:<a@b.test>', 'RCPT TO:<bob@example.org>', 'DATA', `${chunk}.`], { local: '127.0.0.41' });
+    assert.match(b.replies[5] ?? '', /^452 4\.3\.1 /);
+    a.write('.\r\nQUIT\r\n');
+    await waitFor(/^221 /m);
+    a.destroy();
+    assert.match(aText, /^250 2\.0\.0 Ok: queued/m);
+    const c = await dialogue(m.port, ['EHLO c', 'MAIL FROM:<a@b.test>', 'RCPT TO:<bob@example.org>', 'DATA', `${chunk}.`], { local: '127.0.0.42' });
+    assert.match(c.replies[5] ?? '', /^250 /);
+  });
+});

@@ -2,6 +2,7 @@
 // SHA-256 and SHA-512" (the algorithm of glibc crypt(3), Dovecot's SHA256-CRYPT/SHA512-CRYPT,
 // `openssl passwd -5/-6` and `mkpasswd`). Built on node:crypto's one-shot hash.
 import crypto from 'node:crypto';
+import { createSha512Kernel, paddedLength, writePadding, type Sha512Kernel } from './sha512-wasm.ts';
 
 const ALPHABET = './0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz';
 export const ROUNDS_DEFAULT = 5000;
@@ -71,12 +72,91 @@ function encode(v: Variant, final: Buffer): string {
   return out;
 }
 
+let kernel: Sha512Kernel | undefined;
+/** This thread's kernel, its memory grown to at least `bytes`. */
+function kernelWith(bytes: number): Sha512Kernel {
+  kernel ??= createSha512Kernel(bytes);
+  const missing = bytes - kernel.memory.buffer.byteLength;
+  if (missing > 0) kernel.memory.grow(Math.ceil(missing / 65536));
+  return kernel;
+}
+
+/**
+ * The rounds hash one of eight layouts of C, P and S (by i odd, i % 3, i % 7). P and S never
+ * change, so each layout is built once, padded, with a slot for C; a round copies the previous
+ * digest into its slot and hashes. SHA-512 runs in the WebAssembly kernel, in its memory.
+ */
+function roundsWasm(a: Buffer, pSeq: Buffer, sSeq: Buffer, rounds: number): Buffer {
+  const layouts: Array<{ parts: Buffer[]; slot: number; length: number }> = [];
+  for (let odd = 0; odd < 2; odd++) {
+    for (let by3 = 0; by3 < 2; by3++) {
+      for (let by7 = 0; by7 < 2; by7++) {
+        const parts: Buffer[] = [odd ? pSeq : Buffer.alloc(64)];
+        if (by3) parts.push(sSeq);
+        if (by7) parts.push(pSeq);
+        const slot = odd ? parts.reduce((n, x) => n + x.length, 0) : 0;
+        parts.push(odd ? Buffer.alloc(64) : pSeq);
+        layouts.push({ parts, slot, length: parts.reduce((n, x) => n + x.length, 0) });
+      }
+    }
+  }
+  const DIGEST = 0;
+  let at = 64;
+  const placed = layouts.map((l) => {
+    const start = at;
+    at += paddedLength(l.length);
+    return { start, slot: start + l.slot, blocks: paddedLength(l.length) / 128, length: l.length, parts: l.parts };
+  });
+  const kernel = kernelWith(at);
+  const mem = new Uint8Array(kernel.memory.buffer);
+  for (const p of placed) {
+    let w = p.start;
+    for (const part of p.parts) {
+      mem.set(part, w);
+      w += part.length;
+    }
+    writePadding(mem, p.start, p.length);
+  }
+  mem.set(a, DIGEST);
+  for (let i = 0; i < rounds; i++) {
+    const p = placed[((i & 1) << 2) | ((i % 3 !== 0 ? 1 : 0) << 1) | (i % 7 !== 0 ? 1 : 0)] as (typeof placed)[number];
+    mem.copyWithin(p.slot, DIGEST, DIGEST + 64);
+    kernel.hash(p.start, p.blocks, DIGEST);
+  }
+  return Buffer.from(mem.slice(DIGEST, DIGEST + 64));
+}
+
+/** The same rounds through node:crypto (SHA-256-crypt, and the reference for the kernel). */
+function roundsNode(v: Variant, a: Buffer, pSeq: Buffer, sSeq: Buffer, rounds: number): Buffer {
+  const size = v.size;
+  const templates: Array<{ buf: Buffer; slot: number }> = [];
+  for (let odd = 0; odd < 2; odd++) {
+    for (let by3 = 0; by3 < 2; by3++) {
+      for (let by7 = 0; by7 < 2; by7++) {
+        const parts: Buffer[] = [odd ? pSeq : Buffer.alloc(size)];
+        if (by3) parts.push(sSeq);
+        if (by7) parts.push(pSeq);
+        const slot = odd ? parts.reduce((n, x) => n + x.length, 0) : 0;
+        parts.push(odd ? Buffer.alloc(size) : pSeq);
+        templates.push({ buf: Buffer.concat(parts), slot });
+      }
+    }
+  }
+  // node:crypto returns strings much faster than Buffers: C travels as latin1 text.
+  let digest = a.toString('latin1');
+  for (let i = 0; i < rounds; i++) {
+    const t = templates[((i & 1) << 2) | ((i % 3 !== 0 ? 1 : 0) << 1) | (i % 7 !== 0 ? 1 : 0)] as { buf: Buffer; slot: number };
+    t.buf.write(digest, t.slot, size, 'latin1');
+    digest = crypto.hash(v.algorithm, t.buf, 'binary');
+  }
+  return Buffer.from(digest, 'latin1');
+}
+
 /** The full crypt string for `password` under `setting` (the salt part of a stored hash). */
 export function shaCrypt(password: string | Buffer, setting: ShaCryptSetting): string {
   const v = VARIANTS[setting.variant];
   const p = typeof password === 'string' ? Buffer.from(password, 'utf8') : password;
   const s = setting.salt;
-  const size = v.size;
 
   // Digest B = H(P S P).
   const b = h(v.algorithm, Buffer.concat([p, s, p]));
@@ -89,18 +169,7 @@ export function shaCrypt(password: string | Buffer, setting: ShaCryptSetting): s
   // S sequence: H(S repeated 16 + A[0] times), first |S| bytes.
   const sSeq = h(v.algorithm, Buffer.concat(new Array<Buffer>(16 + (c[0] as number)).fill(s))).subarray(0, s.length);
 
-  // The rounds, each hashing one of a few layouts of C, P and S: assemble them in one buffer.
-  const work = Buffer.allocUnsafe(size + 2 * pSeq.length + sSeq.length + size);
-  for (let i = 0; i < setting.rounds; i++) {
-    let at = 0;
-    if (i & 1) at += pSeq.copy(work, at);
-    else at += c.copy(work, at);
-    if (i % 3 !== 0) at += sSeq.copy(work, at);
-    if (i % 7 !== 0) at += pSeq.copy(work, at);
-    if (i & 1) at += c.copy(work, at);
-    else at += pSeq.copy(work, at);
-    c = h(v.algorithm, work.subarray(0, at));
-  }
+  c = v.id === '6' ? roundsWasm(c, pSeq, sSeq, setting.rounds) : roundsNode(v, c, pSeq, sSeq, setting.rounds);
 
   const rounds = setting.roundsCustom ? `rounds=${setting.rounds}$` : '';
   return `$${v.id}$${rounds}${s.toString('utf8')}$${encode(v, c)}`;

@@ -1,0 +1,348 @@
+// POP3 benchmark (`npm run bench -- pop3`): ours vs Debian's Dovecot POP3 in the same run, on the
+// same Maildirs and the same passwd-file (SHA512-CRYPT, 5000 rounds), loopback, ssl off on both,
+// one load generator (below) for both. Dovecot runs the tuned process model of BENCHMARKS.md.
+//   logins/s  : USER, PASS, QUIT per session, concurrency 1/16/64 (one user per connection slot)
+//   RETR MB/s : login, RETR of every 100 KB message (stored with LF, sent with CRLF), QUIT
+//   p99 login : from connect to the +OK of PASS; ours includes the grant write (a real GrantStore
+//               on a local API server; each slot comes from its own 127.0.0.x address)
+// Our server runs in a child process so the load generator does not share its event loop.
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { ConfigReader } from '../src/config/reader.ts';
+import { GrantStore } from '../src/grants/store.ts';
+import { KubeClient } from '../src/kube/client.ts';
+import { ensureNamespace, installCrds } from '../src/kube/crds.ts';
+import { ControlPlane } from '../src/local/control-plane.ts';
+import { createLogger } from '../src/observability/log.ts';
+import { parsePop3Config } from '../src/pop3/config.ts';
+import { startPop3Server } from '../src/pop3/server.ts';
+import { percentile, type BenchOptions, type BenchResult } from './types.ts';
+
+const USERS = 64;
+const MESSAGES = 16;
+const MESSAGE_SIZE = 100 * 1024;
+const PASSWORD = 'bench-password';
+const NAMESPACE = 'bench-pop3';
+const MIN = 60_000;
+
+// ---------------------------------------------------------------------------------------------
+// The shared world: users file and Maildirs, owned by nobody so that Dovecot's mail processes
+// (never root) can read them; ours reads them as they are.
+
+function makeWorld(dir: string): { usersFile: string; mailRoot: string } {
+  const hash = execFileSync('doveadm', ['pw', '-s', 'SHA512-CRYPT', '-p', PASSWORD]).toString().trim();
+  const usersFile = path.join(dir, 'users');
+  fs.writeFileSync(usersFile, Array.from({ length: USERS }, (_, i) => `u${i + 1}:${hash}\n`).join(''));
+  fs.chmodSync(usersFile, 0o644);
+  const mailRoot = path.join(dir, 'mail');
+  // One 100 KB text message with LF line ends (some lines start with a dot), hard-linked into every Maildir.
+  const lines: string[] = ['From: bench@example.org', 'To: user@example.org', 'Subject: bench', ''];
+  let size = lines.join('\n').length;
+  for (let i = 0; size < MESSAGE_SIZE; i++) {
+    const line = (i % 50 === 0 ? '.' : '') + `line ${i} `.padEnd(72, 'abcdefghij');
+    lines.push(line);
+    size += line.length + 1;
+  }
+  const source = path.join(dir, 'message');
+  fs.writeFileSync(source, lines.join('\n') + '\n');
+  const sec = Math.floor(Date.now() / 1000);
+  for (let u = 1; u <= USERS; u++) {
+    const md = path.join(mailRoot, `u${u}`);
+    for (const sub of ['new', 'cur', 'tmp']) fs.mkdirSync(path.join(md, sub), { recursive: true });
+    for (let m = 0; m < MESSAGES; m++) fs.linkSync(source, path.join(md, 'cur', `${sec - 1000 + m}.M${m}P1.bench:2,S`));
+  }
+  execFileSync('chown', ['-R', '65534:65534', mailRoot]);
+  return { usersFile, mailRoot };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Ours, as a child process.
+
+async function serve(dir: string, kubeconfig: string): Promise<void> {
+  const client = KubeClient.fromPath(kubeconfig);
+  const store = new GrantStore({ client, namespace: NAMESPACE, ttlMs: 30 * MIN, renewIntervalMs: 5 * MIN, ipv6PrefixLength: 64 });
+  const config = parsePop3Config(
+    new ConfigReader(
+      {
+        listen: { host: '127.0.0.1', port: 0 },
+        allowPlaintextAuth: true,
+        mailRoot: path.join(dir, 'mail'),
+        mailLocation: '%u',
+        usersFile: path.join(dir, 'users'),
+        limits: { maxSessions: 10_000, maxSessionsPerAddress: 10_000 },
+        throttle: { maxFailuresPerAddress: 1_000_000, maxFailuresPerUser: 1_000_000 },
+      },
+      'pop3',
+    ),
+  );
+  const server = await startPop3Server(config, { renewer: store, log: createLogger('pop3') });
+  process.stdout.write(`PORT ${server.port}\n`);
+  process.on('SIGTERM', () => {
+    void server.close().then(() => {
+      store.close();
+      client.close();
+      process.exit(0);
+    });
+  });
+}
+
+async function startOurs(dir: string, kubeconfig: string): Promise<{ port: number; child: ChildProcess }> {
+  const child = spawn(process.execPath, [new URL(import.meta.url).pathname, 'serve', dir, kubeconfig], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+    env: { ...process.env, KUBE_DRAC_LOG_LEVEL: 'warn' },
+  });
+  const port = await new Promise<number>((resolve, reject) => {
+    let out = '';
+    child.stdout?.on('data', (d: Buffer) => {
+      out += d.toString();
+      const m = /PORT (\d+)/.exec(out);
+      if (m) resolve(Number(m[1]));
+    });
+    child.once('exit', (code) => reject(new Error(`our server exited with ${code}`)));
+  });
+  return { port, child };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dovecot, standalone, tuned as BENCHMARKS.md says.
+
+async function freePort(): Promise<number> {
+  const s = net.createServer();
+  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
+  const port = (s.address() as net.AddressInfo).port;
+  await new Promise<void>((r) => s.close(() => r()));
+  return port;
+}
+
+async function startDovecot(dir: string, mailRoot: string, usersFile: string): Promise<{ port: number; child: ChildProcess; conf: string }> {
+  const port = await freePort();
+  const base = path.join(dir, 'dovecot');
+  fs.mkdirSync(base, { recursive: true });
+  const conf = path.join(base, 'dovecot.conf');
+  fs.writeFileSync(
+    conf,
+    `
+base_dir = ${base}/run
+state_dir = ${base}/state
+log_path = ${base}/dovecot.log
+protocols = pop3
+listen = 127.0.0.1
+ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = plain login
+auth_cache_size = 0
+mail_location = maildir:${mailRoot}/%u
+passdb {
+  driver = passwd-file
+  args = scheme=SHA512-CRYPT ${usersFile}
+}
+userdb {
+  driver = static
+  args = uid=65534 gid=65534 home=${mailRoot}/%u
+}
+service pop3-login {
+  inet_listener pop3 {
+    address = 127.0.0.1
+    port = ${port}
+  }
+  inet_listener pop3s {
+    port = 0
+  }
+  service_count = 0
+  process_min_avail = 2
+}
+service pop3 {
+  service_count = 1000
+  process_min_avail = 4
+}
+service anvil {
+  client_limit = 10000
+}
+default_process_limit = 1000
+default_client_limit = 10000
+`,
+  );
+  const child = spawn('dovecot', ['-c', conf, '-F'], { stdio: 'ignore' });
+  for (let i = 0; i < 100; i++) {
+    const up = await new Promise<boolean>((resolve) => {
+      const s = net.connect(port, '127.0.0.1', () => {
+        s.destroy();
+        resolve(true);
+      });
+      s.on('error', () => resolve(false));
+    });
+    if (up) return { port, child, conf };
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  child.kill();
+  throw new Error(`dovecot did not start; see ${base}/dovecot.log`);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The load generator.
+
+class Conn {
+  private buf: Buffer = Buffer.alloc(0);
+  private wake: (() => void) | undefined;
+  private closed = false;
+  readonly socket: net.Socket;
+  constructor(socket: net.Socket) {
+    this.socket = socket;
+    socket.on('data', (d: Buffer) => {
+      this.buf = this.buf.length === 0 ? d : Buffer.concat([this.buf, d]);
+      this.wake?.();
+    });
+    socket.on('close', () => {
+      this.closed = true;
+      this.wake?.();
+    });
+    socket.on('error', () => undefined);
+  }
+  static open(port: number, localAddress: string): Promise<Conn> {
+    return new Promise((resolve, reject) => {
+      const s = net.connect({ port, host: '127.0.0.1', localAddress }, () => resolve(new Conn(s)));
+      s.once('error', reject);
+    });
+  }
+  /** Wait for `end` (a terminator) and return the bytes up to and including it. */
+  async until(end: string): Promise<Buffer> {
+    for (;;) {
+      const i = this.buf.indexOf(end);
+      if (i !== -1) {
+        const out = this.buf.subarray(0, i + end.length);
+        this.buf = this.buf.subarray(i + end.length);
+        return out;
+      }
+      if (this.closed) throw new Error(`closed while waiting for ${JSON.stringify(end)}`);
+      await new Promise<void>((r) => (this.wake = r));
+    }
+  }
+  async line(): Promise<string> {
+    return (await this.until('\r\n')).toString('latin1');
+  }
+  async cmd(text: string): Promise<string> {
+    this.socket.write(text + '\r\n');
+    return this.line();
+  }
+}
+
+interface Measured {
+  sessions: number;
+  bytes: number;
+  loginMs: number[];
+  errors: number;
+  seconds: number;
+  /** CPU seconds of this process (the load generator) over the window. */
+  generatorCpu: number;
+}
+
+async function load(port: number, concurrency: number, seconds: number, retr: boolean): Promise<Measured> {
+  const loginMs: number[] = [];
+  let sessions = 0;
+  let bytes = 0;
+  let errors = 0;
+  let measuring = false;
+  let stop = false;
+  const slot = async (i: number) => {
+    const user = `u${i + 1}`;
+    const localAddress = `127.0.0.${i + 2}`;
+    while (!stop) {
+      try {
+        const t0 = performance.now();
+        const c = await Conn.open(port, localAddress);
+        await c.line();
+        await c.cmd(`USER ${user}`);
+        const ok = await c.cmd(`PASS ${PASSWORD}`);
+        if (!ok.startsWith('+OK')) throw new Error(ok);
+        const t1 = performance.now();
+        let got = 0;
+        if (retr) {
+          for (let m = 1; m <= MESSAGES; m++) {
+            c.socket.write(`RETR ${m}\r\n`);
+            got += (await c.until('\r\n.\r\n')).length;
+          }
+        }
+        await c.cmd('QUIT');
+        c.socket.destroy();
+        if (measuring) {
+          sessions++;
+          bytes += got;
+          loginMs.push(t1 - t0);
+        }
+      } catch {
+        if (measuring) errors++;
+        await new Promise((r) => setTimeout(r, 10));
+      }
+    }
+  };
+  const running = Array.from({ length: concurrency }, (_, i) => slot(i));
+  await new Promise((r) => setTimeout(r, Math.min(2000, seconds * 250))); // warm-up
+  const cpu0 = process.cpuUsage();
+  measuring = true;
+  const started = performance.now();
+  await new Promise((r) => setTimeout(r, seconds * 1000));
+  measuring = false;
+  const elapsed = (performance.now() - started) / 1000;
+  const cpu = process.cpuUsage(cpu0);
+  stop = true;
+  await Promise.all(running);
+  return { sessions, bytes, loginMs: loginMs.sort((a, b) => a - b), errors, seconds: elapsed, generatorCpu: (cpu.user + cpu.system) / 1e6 };
+}
+
+export async function run({ quick }: BenchOptions): Promise<BenchResult[]> {
+  const seconds = quick ? 3 : 8;
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kubedrac-bench-pop3-'));
+  fs.chmodSync(dir, 0o755);
+  const rows: BenchResult[] = [];
+  const plane = new ControlPlane();
+  let ours: { port: number; child: ChildProcess } | undefined;
+  let dovecot: { port: number; child: ChildProcess; conf: string } | undefined;
+  try {
+    const { usersFile, mailRoot } = makeWorld(dir);
+    await plane.start();
+    const client = plane.client();
+    await installCrds(client);
+    await ensureNamespace(client, NAMESPACE);
+    client.close();
+    ours = await startOurs(dir, plane.kubeconfigPath);
+    dovecot = await startDovecot(dir, mailRoot, usersFile);
+
+    const note = (m: Measured) => `${m.seconds.toFixed(0)} s window, generator CPU ${((m.generatorCpu / m.seconds) * 100).toFixed(0)}%${m.errors ? `, ${m.errors} errors` : ''}`;
+    for (const concurrency of [1, 16, 64]) {
+      const a = await load(ours.port, concurrency, seconds, false);
+      const b = await load(dovecot.port, concurrency, seconds, false);
+      const ra = a.sessions / a.seconds;
+      const rb = b.sessions / b.seconds;
+      rows.push({ name: `pop3 logins/s c=${concurrency}`, value: ra, unit: 'logins/s', peer: rb, ratio: ra / rb, target: '>= 1.0x', note: note(a) });
+      const pa = percentile(a.loginMs, 99);
+      const pb = percentile(b.loginMs, 99);
+      rows.push({ name: `pop3 p99 login c=${concurrency}`, value: pa, unit: 'ms', peer: pb, ratio: pb / pa, note: `p50 ${percentile(a.loginMs, 50).toFixed(1)} ms vs ${percentile(b.loginMs, 50).toFixed(1)} ms; ours with grant write` });
+    }
+    for (const concurrency of [1, 16, 64]) {
+      const a = await load(ours.port, concurrency, seconds, true);
+      const b = await load(dovecot.port, concurrency, seconds, true);
+      const ma = a.bytes / a.seconds / 1e6;
+      const mb = b.bytes / b.seconds / 1e6;
+      rows.push({ name: `pop3 RETR MB/s c=${concurrency}`, value: ma, unit: 'MB/s', peer: mb, ratio: ma / mb, target: '>= 1.0x', note: `${MESSAGES} x 100 KB per session incl. login; ${note(a)}` });
+    }
+  } finally {
+    ours?.child.kill('SIGTERM');
+    if (dovecot) {
+      try {
+        execFileSync('doveadm', ['-c', dovecot.conf, 'stop'], { stdio: 'ignore' });
+      } catch {
+        dovecot.child.kill('SIGTERM');
+      }
+    }
+    await plane.stop();
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+  return rows;
+}
+
+if (process.argv[2] === 'serve' && process.argv[1] === new URL(import.meta.url).pathname) {
+  await serve(process.argv[3] as string, process.argv[4] as string);
+}

@@ -7,11 +7,16 @@ import { grantsPath } from '../grants/paths.ts';
 import type { RelayGrant } from '../grants/types.ts';
 import { KubeApiError, type KubeClient } from '../kube/client.ts';
 import { createLogger, type Logger } from '../observability/log.ts';
-import { deleteConflicts, gcErrors, gcLag, grantsDeleted, setGrantCensus, type GrantCensus } from './metrics.ts';
+import { deleteConflicts, gcBulkReads, gcErrors, gcLag, grantsDeleted, setGrantCensus, type GrantCensus } from './metrics.ts';
 import { backoffMs, decide, dueAtMs, isDue, KeyedScheduler, realTimers, type Timers } from './schedule.ts';
 
 /** What the collector needs from the grant cache: its entries and its upsert/delete events. */
-export type GrantEvents = Pick<GrantCache, 'entries' | 'on' | 'off'>;
+export type GrantEvents = Pick<GrantCache, 'entries' | 'on' | 'off' | 'size'>;
+
+/** A grant read by a fresh LIST (`grant` undefined: not there any more). */
+interface Prefetched {
+  grant: RelayGrant | undefined;
+}
 
 export interface GarbageCollectorOptions {
   client: KubeClient;
@@ -34,13 +39,28 @@ export interface GarbageCollectorOptions {
 /** Conflicts in a row on one grant before we leave it to its timer. */
 const MAX_CONFLICT_ROUNDS = 5;
 
+/**
+ * When at least this many due grants wait to be read, and they are at least 1/BULK_SHARE of all
+ * grants, one fresh paged LIST reads them all instead of a GET each: a burst of expiries then costs
+ * little more than its DELETEs. (A LIST without resourceVersion is a quorum read, as fresh as a GET.)
+ */
+const BULK_MIN = 64;
+const BULK_SHARE = 10;
+const BULK_PAGE = 500;
+
 export class GarbageCollector {
   private readonly opts: GarbageCollectorOptions;
   private readonly log: Logger;
   private readonly timers: Timers;
   private readonly scheduler: KeyedScheduler;
-  private readonly queue = new Set<string>();
+  /** Due grants waiting for a worker, with what a bulk read found (undefined: read with a GET). */
+  private readonly queue = new Map<string, Prefetched | undefined>();
+  private unread = 0;
   private readonly inFlight = new Set<string>();
+  /** Due grants being read by a bulk LIST. */
+  private readonly listing = new Set<string>();
+  private bulkPausedUntil = 0;
+  private pumpQueued = false;
   private readonly failures = new Map<string, number>();
   private readonly idleWaiters: (() => void)[] = [];
   private sweepTimer: NodeJS.Timeout | undefined;
@@ -80,13 +100,14 @@ export class GarbageCollector {
     clearInterval(this.sweepTimer);
     this.scheduler.cancelAll();
     this.queue.clear();
+    this.unread = 0;
     setGrantCensus(undefined);
     await this.idle();
   }
 
   /** Resolves when nothing is queued or in flight. */
   idle(): Promise<void> {
-    if (this.queue.size === 0 && this.inFlight.size === 0) return Promise.resolve();
+    if (this.busy() === 0) return Promise.resolve();
     return new Promise((resolve) => this.idleWaiters.push(resolve));
   }
 
@@ -119,25 +140,87 @@ export class GarbageCollector {
     return { active, expiredPending };
   }
 
+  private busy(): number {
+    return this.queue.size + this.inFlight.size + this.listing.size;
+  }
+
   private enqueue(name: string): void {
-    if (!this.running || this.inFlight.has(name)) return;
+    if (!this.running || this.inFlight.has(name) || this.listing.has(name) || this.queue.has(name)) return;
     // A follower drops what comes due: the sweep on becoming leader picks it up again.
     if (!this.opts.isLeader()) return;
-    this.queue.add(name);
-    this.pump();
+    this.queue.set(name, undefined);
+    this.unread++;
+    // Timers that fire together enqueue together: look at the whole batch once, just after.
+    if (!this.pumpQueued) {
+      this.pumpQueued = true;
+      setImmediate(() => {
+        this.pumpQueued = false;
+        this.pump();
+      });
+    }
   }
 
   private pump(): void {
-    while (this.running && this.inFlight.size < this.opts.concurrency && this.queue.size > 0) {
-      const name = this.queue.values().next().value as string;
+    if (!this.running) return;
+    if (
+      this.listing.size === 0 &&
+      this.unread >= BULK_MIN &&
+      this.unread * BULK_SHARE >= this.opts.cache.size &&
+      this.timers.now() >= this.bulkPausedUntil
+    ) {
+      void this.bulkRead();
+    }
+    while (this.inFlight.size < this.opts.concurrency && this.queue.size > 0) {
+      const [name, prefetched] = this.queue.entries().next().value as [string, Prefetched | undefined];
       this.queue.delete(name);
+      if (!prefetched) this.unread--;
       this.inFlight.add(name);
-      void this.collect(name).finally(() => {
+      void this.collect(name, prefetched).finally(() => {
         this.inFlight.delete(name);
         this.pump();
-        if (this.queue.size === 0 && this.inFlight.size === 0) for (const w of this.idleWaiters.splice(0)) w();
+        if (this.busy() === 0) for (const w of this.idleWaiters.splice(0)) w();
       });
     }
+  }
+
+  /** Read every queued unread grant with one fresh paged LIST, then hand them to the workers. */
+  private async bulkRead(): Promise<void> {
+    for (const [name, prefetched] of this.queue) {
+      if (prefetched) continue;
+      this.queue.delete(name);
+      this.listing.add(name);
+    }
+    this.unread = 0;
+    gcBulkReads.inc();
+    const found = new Map<string, RelayGrant>();
+    let failed = false;
+    try {
+      let cont: string | undefined;
+      do {
+        const page = await this.opts.client.request<{ metadata: { continue?: string }; items: RelayGrant[] }>('GET', grantsPath(this.opts.namespace), {
+          query: { limit: BULK_PAGE, continue: cont },
+          timeoutMs: 30_000,
+        });
+        for (const item of page.items) if (this.listing.has(item.metadata.name)) found.set(item.metadata.name, item);
+        cont = page.metadata.continue || undefined;
+      } while (cont);
+    } catch (err) {
+      failed = true;
+      this.bulkPausedUntil = this.timers.now() + 5000;
+      this.log.warn('gc_bulk_read_failed', { error: err as Error, grants: this.listing.size });
+    }
+    for (const name of this.listing) {
+      if (!this.running) break;
+      if (failed) {
+        this.queue.set(name, undefined);
+        this.unread++;
+      } else {
+        this.queue.set(name, { grant: found.get(name) });
+      }
+    }
+    this.listing.clear();
+    this.pump();
+    if (this.busy() === 0) for (const w of this.idleWaiters.splice(0)) w();
   }
 
   private path(name: string): string {
@@ -145,11 +228,11 @@ export class GarbageCollector {
   }
 
   /** Read fresh, decide, delete with preconditions; re-read on conflict; back off on errors. */
-  private async collect(name: string): Promise<void> {
+  private async collect(name: string, prefetched: Prefetched | undefined): Promise<void> {
     try {
       for (let round = 0; round < MAX_CONFLICT_ROUNDS; round++) {
         if (!this.running || !this.opts.isLeader()) return;
-        const grant = await this.opts.client.get<RelayGrant>(this.path(name));
+        const grant = round === 0 && prefetched ? prefetched.grant : await this.opts.client.get<RelayGrant>(this.path(name));
         const decision = decide(grant, this.opts.graceMs, this.timers.now());
         switch (decision.action) {
           case 'done':

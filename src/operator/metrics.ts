@@ -62,3 +62,9 @@ export const grantsExpiredPending = new Gauge({
     if (census) this.set(census().expiredPending);
   },
 });
+
+export const gcBulkReads = new Counter({
+  name: 'kubedrac_operator_bulk_reads_total',
+  help: 'Fresh paged LISTs that read a burst of due grants at once instead of a GET each.',
+  registers: [registry],
+});

@@ -60,13 +60,20 @@ export const realTimers: Timers = {
 };
 
 /**
- * One timer per key. `schedule` replaces the key's timer; `fire(key)` is called at `atMs`
- * (late rather than early: a wait beyond Node's limit is chained through intermediate timers).
+ * One due time per key: `schedule` replaces the key's time (cert-manager's per-key timers that
+ * replace each other), `fire(key)` is called at that time, late rather than early. Underneath it
+ * is one min-heap and one Node timer for the earliest time, not a Node timer per key: 100k
+ * Timeout objects cost ~60 MB of heap, the heap ~3 MB. Replaced and cancelled entries stay in the
+ * heap until they reach the top (or a compaction), and are skipped there.
  */
 export class KeyedScheduler {
   private readonly timers: Timers;
   private readonly fire: (key: string) => void;
-  private readonly table = new Map<string, { atMs: number; handle: unknown }>();
+  private readonly due = new Map<string, number>();
+  private heapAt: number[] = [];
+  private heapKey: string[] = [];
+  private handle: unknown;
+  private armedAt = Infinity;
 
   constructor(fire: (key: string) => void, timers: Timers = realTimers) {
     this.fire = fire;
@@ -74,46 +81,118 @@ export class KeyedScheduler {
   }
 
   get size(): number {
-    return this.table.size;
+    return this.due.size;
   }
 
   /** When `key` is set to fire, or undefined. */
   scheduledAt(key: string): number | undefined {
-    return this.table.get(key)?.atMs;
+    return this.due.get(key);
   }
 
   schedule(key: string, atMs: number): void {
-    const old = this.table.get(key);
-    if (old) {
-      if (old.atMs === atMs) return;
-      this.timers.clearTimeout(old.handle);
-    }
-    this.arm(key, atMs);
+    if (this.due.get(key) === atMs) return;
+    this.due.set(key, atMs);
+    this.push(atMs, key);
+    if (this.heapAt.length > 2 * this.due.size + 1024) this.compact();
+    this.rearm();
   }
 
   cancel(key: string): void {
-    const old = this.table.get(key);
-    if (!old) return;
-    this.timers.clearTimeout(old.handle);
-    this.table.delete(key);
+    if (!this.due.delete(key)) return;
+    if (this.due.size === 0) this.cancelAll();
   }
 
   cancelAll(): void {
-    for (const { handle } of this.table.values()) this.timers.clearTimeout(handle);
-    this.table.clear();
+    this.due.clear();
+    this.heapAt = [];
+    this.heapKey = [];
+    this.disarm();
   }
 
-  private arm(key: string, atMs: number): void {
-    const entry = { atMs, handle: undefined as unknown };
-    entry.handle = this.timers.setTimeout(() => {
-      if (this.table.get(key) !== entry) return; // replaced meanwhile
-      if (this.timers.now() < atMs) {
-        this.arm(key, atMs); // an intermediate hop of a very long wait
-        return;
+  private isLive(i: number): boolean {
+    return this.due.get(this.heapKey[i] as string) === this.heapAt[i];
+  }
+
+  private rearm(): void {
+    while (this.heapAt.length > 0 && !this.isLive(0)) this.pop();
+    if (this.heapAt.length === 0) {
+      this.disarm();
+      return;
+    }
+    const top = this.heapAt[0] as number;
+    if (this.handle !== undefined && this.armedAt === top) return;
+    this.disarm();
+    this.armedAt = top;
+    this.handle = this.timers.setTimeout(() => this.onTimer(), timerDelayMs(top, this.timers.now()));
+  }
+
+  private disarm(): void {
+    if (this.handle !== undefined) this.timers.clearTimeout(this.handle);
+    this.handle = undefined;
+    this.armedAt = Infinity;
+  }
+
+  private onTimer(): void {
+    this.handle = undefined;
+    this.armedAt = Infinity;
+    const now = this.timers.now();
+    const fired: string[] = [];
+    // A hop of a wait beyond Node's limit finds nothing due yet and just re-arms.
+    while (this.heapAt.length > 0 && (this.heapAt[0] as number) <= now) {
+      const live = this.isLive(0);
+      const key = this.heapKey[0] as string;
+      this.pop();
+      if (live) {
+        this.due.delete(key);
+        fired.push(key);
       }
-      this.table.delete(key);
-      this.fire(key);
-    }, timerDelayMs(atMs, this.timers.now()));
-    this.table.set(key, entry);
+    }
+    this.rearm();
+    for (const key of fired) this.fire(key);
+  }
+
+  private compact(): void {
+    this.heapAt = [];
+    this.heapKey = [];
+    for (const [key, at] of this.due) this.push(at, key);
+  }
+
+  private push(at: number, key: string): void {
+    const a = this.heapAt;
+    const k = this.heapKey;
+    let i = a.length;
+    a.push(at);
+    k.push(key);
+    while (i > 0) {
+      const parent = (i - 1) >> 1;
+      if ((a[parent] as number) <= at) break;
+      a[i] = a[parent] as number;
+      k[i] = k[parent] as string;
+      i = parent;
+    }
+    a[i] = at;
+    k[i] = key;
+  }
+
+  private pop(): void {
+    const a = this.heapAt;
+    const k = this.heapKey;
+    const lastAt = a.pop() as number;
+    const lastKey = k.pop() as string;
+    const n = a.length;
+    if (n === 0) return;
+    let i = 0;
+    for (;;) {
+      const l = 2 * i + 1;
+      if (l >= n) break;
+      const r = l + 1;
+      const c = r < n && (a[r] as number) < (a[l] as number) ? r : l;
+      if ((a[c] as number) >= lastAt) break;
+      a[i] = a[c] as number;
+      k[i] = k[c] as string;
+      i = c;
+    }
+    a[i] = lastAt;
+    k[i] = lastKey;
   }
 }

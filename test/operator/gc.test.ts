@@ -10,7 +10,7 @@ import { KubeApiError } from '../../src/kube/client.ts';
 import { registry } from '../../src/observability/metrics.ts';
 import { runOperator, type RunningOperator } from '../../src/operator/main.ts';
 import { kubeForTest, type TestKube } from '../support/kube.ts';
-import { createGrant, eventually, grantExists, sleep } from './support.ts';
+import { createGrant, eventually, grantExists, sleep, testAddress } from './support.ts';
 
 const GRACE_MS = 1000;
 
@@ -86,19 +86,25 @@ operator:
     assert.equal(await grantExists(k.client, k.namespace, name), true);
   });
 
-  it('never loses a renewal racing the delete (24 races, injected timing)', async () => {
+  /**
+   * `rounds` grants come due together (or one by one); each one's renewal is injected between
+   * the operator's read and its delete. Even rounds: the renewal lands before the delete (always
+   * a conflict). Odd rounds: the renewal is sent and the delete follows 0-8 ms later, a true race.
+   * Whatever the order, a renewal that succeeded is never lost.
+   */
+  async function race(rounds: number, together: boolean): Promise<void> {
     const conflictsBefore = await metric('kubedrac_operator_delete_conflicts_total');
-    const rounds = 24;
+    const bulkBefore = await metric('kubedrac_operator_bulk_reads_total');
     const outcomes: { name: string; renewed: boolean; renewedTo: string }[] = [];
     const settled: Promise<void>[] = [];
-    for (let i = 0; i < rounds; i++) {
-      const index = nextIndex();
-      const { name } = { name: `v4-10.0.${(index >> 8) & 255}.${index & 255}` };
+    const dueTogether = Date.now() + 1500;
+    const indexes = Array.from({ length: rounds }, nextIndex);
+    const creates: Promise<string>[] = [];
+    for (const [i, index] of indexes.entries()) {
+      const { name } = testAddress(index);
       const renewedTo = new Date(Date.now() + 3_600_000 + i).toISOString();
       let done!: () => void;
       settled.push(new Promise<void>((r) => (done = r)));
-      // Even rounds: the renewal lands between the read and the delete (always a conflict).
-      // Odd rounds: the renewal is sent and the delete follows 0-8 ms later, a true race.
       racing.set(name, async () => {
         racing.delete(name);
         const renew = k.client
@@ -114,8 +120,11 @@ operator:
         if (i % 2 === 0) await renew;
         else await sleep((i * 7) % 9);
       });
-      await createGrant(k.client, k.namespace, index, Date.now() - 60_000);
+      const create = createGrant(k.client, k.namespace, index, together ? dueTogether - GRACE_MS : Date.now() - 60_000);
+      if (together) creates.push(create);
+      else await create;
     }
+    await Promise.all(creates);
     await Promise.all(settled);
     await op.gc.idle();
     await sleep(300);
@@ -132,7 +141,14 @@ operator:
     }
     const conflicts = (await metric('kubedrac_operator_delete_conflicts_total')) - conflictsBefore;
     assert.ok(conflicts >= rounds / 2, `every injected renewal caused a conflict (${conflicts})`);
-  });
+    const bulk = (await metric('kubedrac_operator_bulk_reads_total')) - bulkBefore;
+    if (together) assert.ok(bulk >= 1, 'read with a bulk LIST');
+    else assert.equal(bulk, 0, 'read with a GET each');
+  }
+
+  it('never loses a renewal racing the delete: 24 grants coming due one by one (GET each)', () => race(24, false));
+
+  it('never loses a renewal racing the delete: 80 grants coming due together (one bulk LIST)', () => race(80, true));
 
   it('deletes many grants expiring together', async () => {
     const count = 200;

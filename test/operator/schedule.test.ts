@@ -149,3 +149,39 @@ describe('KeyedScheduler', () => {
     assert.ok(timers.delays.every((d) => d <= MAX_TIMER_DELAY_MS), `delays ${timers.delays.join(',')}`);
   });
 });
+
+describe('KeyedScheduler against a model', () => {
+  it('fires exactly the live keys, each at its last scheduled time, in time order', () => {
+    // Random schedules, replacements and cancels, checked against a plain map.
+    let seed = 42;
+    const random = () => ((seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31);
+    const timers = new ManualTimers();
+    const fired: [string, number][] = [];
+    const s = new KeyedScheduler((k) => fired.push([k, timers.now()]), timers);
+    const model = new Map<string, number>();
+    for (let step = 0; step < 3000; step++) {
+      const key = `k${Math.floor(random() * 200)}`;
+      const r = random();
+      if (r < 0.7) {
+        const at = timers.now() + Math.floor(random() * 500);
+        s.schedule(key, at);
+        model.set(key, at);
+      } else if (r < 0.8) {
+        s.cancel(key);
+        model.delete(key);
+      } else {
+        const before = fired.length;
+        timers.advance(Math.floor(random() * 100));
+        for (const [k, at] of fired.slice(before)) {
+          assert.equal(model.get(k), at, `${k} fired at its scheduled time`);
+          model.delete(k);
+        }
+      }
+      assert.equal(s.size, model.size);
+      assert.ok(timers.pending.size <= 1, 'one Node timer at most');
+    }
+    for (const [k, at] of fired) assert.ok(at >= 0 && k.startsWith('k'));
+    const times = fired.map(([, at]) => at);
+    assert.deepEqual(times, [...times].sort((a, b) => a - b));
+  });
+});

@@ -1,0 +1,156 @@
+// `npm run bench -- operator`: the operator as users run it (its own process) on a local
+// control plane.
+//  (a) deletions/s when N grants expire at once, against the raw DELETE rate of the same client
+//      class and concurrency on the same API server in the same run (the ceiling);
+//  (b) GC lag (deletion seen on a watch minus expiresAt) at a steady 100 expiries/s;
+//  (c) the operator's RSS holding G grants.
+// Sizes: full N=10k, 30 s at 100/s, G=100k; --quick N=2k, 10 s, G=20k. KUBE_DRAC_BENCH_OPERATOR=a,b,c
+// picks parts (the full G=100k alone takes ~2 min of creates on a 2-core machine).
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { GrantCache } from '../src/grants/cache.ts';
+import { grantsPath } from '../src/grants/paths.ts';
+import type { KubeClient } from '../src/kube/client.ts';
+import { ensureNamespace, installCrds } from '../src/kube/crds.ts';
+import { ControlPlane } from '../src/local/control-plane.ts';
+import { grantBody, kill, scrape, spawnOperator, testAddress, writeOperatorConfig, type OperatorProcess } from '../test/operator/support.ts';
+import { percentile, type BenchOptions, type BenchResult } from './types.ts';
+
+const GRACE_MS = 1000;
+const CONCURRENCY = 16; // the operator's default deleteConcurrency, used for the ceiling too
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+async function createMany(client: KubeClient, namespace: string, count: number, expiresAtOf: (i: number) => number): Promise<number> {
+  const started = Date.now();
+  let next = 0;
+  await Promise.all(
+    Array.from({ length: 48 }, async () => {
+      for (let i = next++; i < count; i = next++) {
+        const { name, address } = testAddress(i);
+        await client.create(grantsPath(namespace), grantBody(name, address, expiresAtOf(i), `user${i}`));
+      }
+    }),
+  );
+  return (count / (Date.now() - started)) * 1000;
+}
+
+async function rawDeleteRate(client: KubeClient, namespace: string, count: number): Promise<number> {
+  const started = performance.now();
+  let next = 0;
+  await Promise.all(
+    Array.from({ length: CONCURRENCY }, async () => {
+      for (let i = next++; i < count; i = next++) await client.delete(grantsPath(namespace, testAddress(i).name));
+    }),
+  );
+  return (count / (performance.now() - started)) * 1000;
+}
+
+async function startOperator(dir: string, kubeconfig: string, namespace: string): Promise<{ proc: OperatorProcess; port: number }> {
+  const proc = spawnOperator(writeOperatorConfig(dir, namespace, { namespace, kubeconfig, identity: `bench-${namespace}` }));
+  const port = await proc.healthPort;
+  while ((await scrape(port, 'kubedrac_operator_leader')) !== 1) await sleep(50);
+  return { proc, port };
+}
+
+/** A watch of our own: when each grant's deletion is seen, and its expiresAt. */
+async function deletionWatch(client: KubeClient, namespace: string) {
+  const cache = new GrantCache({ client, namespace });
+  const expiresAt = new Map<string, number>();
+  const deletedAt = new Map<string, number>();
+  cache.on('upsert', (name: string, entry: { expiresAtMs: number }) => expiresAt.set(name, entry.expiresAtMs));
+  cache.on('delete', (name: string) => deletedAt.set(name, Date.now()));
+  await cache.start();
+  return { cache, expiresAt, deletedAt };
+}
+
+function rssMb(pid: number): { rss: number; hwm: number } {
+  const status = fs.readFileSync(`/proc/${pid}/status`, 'utf8');
+  const kb = (key: string) => Number(new RegExp(`^${key}:\\s+(\\d+) kB`, 'm').exec(status)?.[1] ?? NaN);
+  return { rss: kb('VmRSS') / 1024, hwm: kb('VmHWM') / 1024 };
+}
+
+export async function run({ quick }: BenchOptions): Promise<BenchResult[]> {
+  const burst = quick ? 2000 : 10_000;
+  const steadySeconds = quick ? 10 : 30;
+  const big = quick ? 20_000 : 100_000;
+  const parts = new Set((process.env.KUBE_DRAC_BENCH_OPERATOR ?? 'a,b,c').split(','));
+  const rows: BenchResult[] = [];
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kube-drac-bench-op-'));
+  const plane = new ControlPlane();
+  await plane.start();
+  const client = plane.client();
+  const procs: OperatorProcess[] = [];
+  try {
+    await installCrds(client);
+    // Warm-up: the API server's first writes to a new resource are slow.
+    await ensureNamespace(client, 'bench-warm');
+    await createMany(client, 'bench-warm', 200, () => Date.now() + 3_600_000);
+
+    if (parts.has('a')) {
+      // The ceiling: plain DELETEs, 16 at a time, by the same client class.
+      await ensureNamespace(client, 'bench-raw');
+      const createRate = await createMany(client, 'bench-raw', burst, () => Date.now() + 3_600_000);
+      const raw = await rawDeleteRate(client, 'bench-raw', burst);
+
+      await ensureNamespace(client, 'bench-burst');
+      const op = await startOperator(dir, plane.kubeconfigPath, 'bench-burst');
+      procs.push(op.proc);
+      const watch = await deletionWatch(client, 'bench-burst');
+      // All expire at the same instant, after the creates are done.
+      const expiresAt = Date.now() + Math.ceil((burst / createRate) * 1500) + 3000;
+      await createMany(client, 'bench-burst', burst, () => expiresAt);
+      const dueAt = expiresAt + GRACE_MS;
+      while (watch.deletedAt.size < burst) await sleep(20);
+      const last = Math.max(...watch.deletedAt.values());
+      const first = Math.min(...watch.deletedAt.values());
+      const ours = (burst / Math.max(1, last - dueAt)) * 1000;
+      rows.push({ name: `(a) deletions/s, ${burst} expiring at once`, value: ours, unit: 'deletes/s', peer: raw, ratio: ours / raw, target: '>= 0.8x', note: `ceiling: raw DELETE x${CONCURRENCY}; first deletion ${first - dueAt} ms after due` });
+      await watch.cache.stop();
+      await kill(op.proc, 'SIGTERM');
+    }
+
+    if (parts.has('b')) {
+      await ensureNamespace(client, 'bench-steady');
+      const op = await startOperator(dir, plane.kubeconfigPath, 'bench-steady');
+      procs.push(op.proc);
+      const watch = await deletionWatch(client, 'bench-steady');
+      const count = steadySeconds * 100;
+      const start = Date.now() + Math.ceil((count / 500) * 1000) + 3000;
+      await createMany(client, 'bench-steady', count, (i) => start + i * 10);
+      while (watch.deletedAt.size < count) await sleep(50);
+      const lags = [...watch.deletedAt].map(([name, at]) => (at - (watch.expiresAt.get(name) as number)) / 1000).sort((x, y) => x - y);
+      const note = `grace ${GRACE_MS / 1000} s included; ${count} grants over ${steadySeconds} s`;
+      rows.push({ name: '(b) GC lag p50 at 100 expiries/s', value: percentile(lags, 50), unit: 's', note });
+      rows.push({ name: '(b) GC lag p99 at 100 expiries/s', value: percentile(lags, 99), unit: 's', target: `<= ${(GRACE_MS + 2000) / 1000} s (grace + 2 s)`, note });
+      rows.push({ name: '(b) GC lag max', value: lags[lags.length - 1] as number, unit: 's' });
+      await watch.cache.stop();
+      await kill(op.proc, 'SIGTERM');
+    }
+
+    if (parts.has('c')) {
+      await ensureNamespace(client, 'bench-rss');
+      const op = await startOperator(dir, plane.kubeconfigPath, 'bench-rss');
+      procs.push(op.proc);
+      const idle = rssMb(op.proc.child.pid as number);
+      // Future expiries spread over a day: one timer per grant, as in production.
+      const now = Date.now();
+      await createMany(client, 'bench-rss', big, (i) => now + 3_600_000 + (i % 86_400) * 1000);
+      while ((await scrape(op.port, 'kubedrac_grant_cache_entries')) < big) await sleep(200);
+      await sleep(2000);
+      const held = rssMb(op.proc.child.pid as number);
+      rows.push({ name: `(c) operator RSS with ${big} grants`, value: held.rss, unit: 'MB', target: big === 100_000 ? '<= 100 MB' : undefined, note: `peak ${held.hwm.toFixed(0)} MB; ${idle.rss.toFixed(0)} MB with none` });
+      if (big !== 100_000) {
+        const per100k = idle.rss + ((held.rss - idle.rss) / big) * 100_000;
+        rows.push({ name: '(c) operator RSS, extrapolated to 100k', value: per100k, unit: 'MB', target: '<= 100 MB', note: `linear from ${big}` });
+      }
+      await kill(op.proc, 'SIGTERM');
+    }
+  } finally {
+    await Promise.all(procs.map((p) => kill(p)));
+    client.close();
+    await plane.stop();
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+  return rows;
+}

@@ -13,6 +13,8 @@ export interface MaildirMessage {
   path: string;
   /** Size as sent: bare LF counted as CRLF. */
   size: number;
+  /** Size of the file. */
+  rawSize: number;
   /** RFC 1939 unique-id: 1-70 characters in 0x21-0x7E. */
   uid: string;
 }
@@ -134,7 +136,7 @@ export async function snapshotMaildir(maildir: string): Promise<MaildirMessage[]
     } catch {
       continue;
     }
-    messages.push({ baseName: f.baseName, path: f.path, size, uid: uidFor(f.baseName) });
+    messages.push({ baseName: f.baseName, path: f.path, size, rawSize: f.rawSize, uid: uidFor(f.baseName) });
   }
   return messages;
 }
@@ -191,31 +193,33 @@ export class DotStuffer {
     return this.limited ? this.encodeLimited(chunk) : this.encodeAll(chunk);
   }
 
-  /** RETR: copy the runs between line ends, adding CR before bare LF and a dot before a leading dot. */
+  /**
+   * RETR: copy the runs between line ends into one output buffer, adding CR before a bare LF and
+   * a dot before a leading dot. (No per-line objects: at 100 KB a message has ~1500 lines.)
+   */
   private encodeAll(chunk: Buffer): Buffer {
     const n = chunk.length;
-    const parts: Buffer[] = [];
+    const out = Buffer.allocUnsafe(2 * n + 1); // worst case: every byte a bare LF or ".\n"
+    let w = 0;
     let start = 0;
-    if (this.atLineStart && chunk[0] === 0x2e) parts.push(DOT);
+    if (this.atLineStart && chunk[0] === 0x2e) out[w++] = 0x2e;
     for (let lf = chunk.indexOf(0x0a); lf !== -1; lf = chunk.indexOf(0x0a, lf + 1)) {
       const hadCr = lf > 0 ? chunk[lf - 1] === 0x0d : this.prevCr;
-      if (!hadCr) {
-        parts.push(chunk.subarray(start, lf), CRLF);
-        start = lf + 1;
+      if (hadCr) {
+        w += chunk.copy(out, w, start, lf + 1);
+      } else {
+        w += chunk.copy(out, w, start, lf);
+        out[w++] = 0x0d;
+        out[w++] = 0x0a;
       }
-      const next = lf + 1;
-      if (next < n && chunk[next] === 0x2e) {
-        if (start < next) parts.push(chunk.subarray(start, next));
-        parts.push(DOT);
-        start = next;
-      }
+      start = lf + 1;
+      if (start < n && chunk[start] === 0x2e) out[w++] = 0x2e;
     }
+    w += chunk.copy(out, w, start, n);
     const last = chunk[n - 1];
     this.atLineStart = last === 0x0a;
     this.prevCr = last === 0x0d;
-    if (parts.length === 0) return chunk; // CRLF text without leading dots: no copy
-    if (start < n) parts.push(chunk.subarray(start));
-    return Buffer.concat(parts);
+    return out.subarray(0, w);
   }
 
   /** TOP: the header, the empty line that ends it, then at most `bodyLines` body lines. */
@@ -267,9 +271,39 @@ const DOT = Buffer.from('.');
 const CRLF = Buffer.from('\r\n');
 const TERMINATOR = Buffer.from('.\r\n');
 
-/** Open a message for streaming; the caller iterates chunks and feeds a DotStuffer. */
-export function openMessageStream(file: string): fs.ReadStream {
-  return fs.createReadStream(file, { highWaterMark: 128 * 1024 });
+/** Open a message where the snapshot saw it, or wherever another reader moved it; undefined when gone. */
+async function openMessage(maildir: string, msg: MaildirMessage): Promise<fsp.FileHandle | undefined> {
+  try {
+    return await fsp.open(msg.path, 'r');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+  }
+  const moved = await locateMessage(maildir, msg);
+  return moved === undefined ? undefined : fsp.open(moved, 'r');
+}
+
+/**
+ * A message as POP3 multi-line data (RETR, or TOP with `bodyLines`), read in chunks: never the
+ * whole of a large message in memory. Throws before the first chunk when the message is gone.
+ */
+export async function* messageData(maildir: string, msg: MaildirMessage, bodyLines?: number): AsyncGenerator<Buffer> {
+  const fh = await openMessage(maildir, msg);
+  if (fh === undefined) throw new Error(`message ${msg.baseName} is gone`);
+  const stuffer = new DotStuffer(bodyLines);
+  // The encoder copies what it returns, so one read buffer serves the whole message.
+  const buf = Buffer.allocUnsafe(Math.min(256 * 1024, msg.rawSize + 1));
+  try {
+    for (;;) {
+      const { bytesRead } = await fh.read(buf, 0, buf.length, null);
+      if (bytesRead === 0) break;
+      const out = stuffer.push(buf.subarray(0, bytesRead));
+      if (out.length > 0) yield out;
+      if (stuffer.done) break;
+    }
+  } finally {
+    await fh.close();
+  }
+  yield stuffer.end();
 }
 
 /**

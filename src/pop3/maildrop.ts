@@ -1,5 +1,5 @@
 // A user's Maildir as a POP3 maildrop: locked, listed once at login, streamed, deleted at UPDATE.
-import { ensureMaildirFolders, snapshotMaildir, locateMessage, openMessageStream, deleteMessages, DotStuffer } from '../mail/maildir.ts';
+import { deleteMessages, ensureMaildirFolders, messageData, snapshotMaildir } from '../mail/maildir.ts';
 import type { MaildirMessage } from '../mail/maildir.ts';
 import { maildirPathFor } from '../mail/paths.ts';
 import type { LockOptions } from './lock.ts';
@@ -11,21 +11,6 @@ export interface MaildropOptions {
   /** Dovecot-style location template under mailRoot, e.g. `%d/%n/Maildir`. */
   mailLocation: string;
   lock: LockOptions;
-}
-
-async function* encode(file: string, bodyLines: number | undefined): AsyncGenerator<Buffer> {
-  const stuffer = new DotStuffer(bodyLines);
-  const stream = openMessageStream(file);
-  try {
-    for await (const chunk of stream) {
-      const out = stuffer.push(chunk as Buffer);
-      if (out.length > 0) yield out;
-      if (stuffer.done) break;
-    }
-  } finally {
-    stream.destroy();
-  }
-  yield stuffer.end();
 }
 
 /** Lock and list the maildrop of `user`; throws MaildropInUseError when another session has it. */
@@ -42,12 +27,7 @@ export async function openMaildrop(user: string, opts: MaildropOptions): Promise
   }
   return {
     messages,
-    async *content(index: number, bodyLines?: number): AsyncGenerator<Buffer> {
-      const msg = messages[index] as MaildirMessage;
-      const file = await locateMessage(dir, msg);
-      if (file === undefined) throw new Error(`message ${msg.baseName} is gone`);
-      yield* encode(file, bodyLines);
-    },
+    content: (index: number, bodyLines?: number) => messageData(dir, messages[index] as MaildirMessage, bodyLines),
     async remove(indexes: number[]) {
       const { deleted, failed } = await deleteMessages(dir, indexes.map((i) => messages[i] as MaildirMessage));
       return { removed: deleted, failed: failed.length };

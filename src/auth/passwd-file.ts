@@ -6,7 +6,7 @@ import path from 'node:path';
 import type { Logger } from '../observability/log.ts';
 import { isValidUserName } from '../mail/paths.ts';
 import type { Scheme, StoredPassword } from './schemes.ts';
-import { PasswordSchemeError, parseStoredPassword } from './schemes.ts';
+import { PasswordSchemeError, isPlainSecret, parseStoredPassword } from './schemes.ts';
 
 export interface UserEntry {
   user: string;
@@ -108,6 +108,12 @@ export class UserDatabase {
 
   lookup(user: string): UserEntry | undefined {
     return this.users.get(user);
+  }
+
+  /** Whether any user's secret is stored in the clear (only those can use APOP). */
+  get hasPlainSecrets(): boolean {
+    for (const entry of this.users.values()) if (isPlainSecret(entry.password)) return true;
+    return false;
   }
 
   private schedule(): void {

@@ -112,6 +112,18 @@ function plainEqual(password: string, value: string): boolean {
   return crypto.timingSafeEqual(a, b);
 }
 
+/** Whether the secret is stored in the clear (PLAIN): needed for challenge-response such as APOP. */
+export function isPlainSecret(p: StoredPassword): boolean {
+  return p.scheme === 'PLAIN' || p.scheme === 'CLEAR' || p.scheme === 'CLEARTEXT';
+}
+
+/** RFC 1939 APOP: `digest` must be MD5(banner + secret) in lowercase hex; only for PLAIN secrets. */
+export function verifyApop(stored: StoredPassword, banner: string, digest: string): boolean {
+  if (!isPlainSecret(stored) || !/^[0-9a-f]{32}$/.test(digest)) return false;
+  const expected = crypto.createHash('md5').update(banner + stored.value, 'utf8').digest();
+  return crypto.timingSafeEqual(expected, Buffer.from(digest, 'hex'));
+}
+
 /** Whether the scheme costs real CPU (worth moving off the event loop). */
 export function isExpensive(p: StoredPassword): boolean {
   return p.scheme !== 'PLAIN' && p.scheme !== 'CLEAR' && p.scheme !== 'CLEARTEXT';

@@ -2,8 +2,8 @@
 // user and a wrong password), maildrop lock, and the grant for the client address.
 import crypto from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { UserDatabase } from '../auth/passwd-file.ts';
-import { parseStoredPassword } from '../auth/schemes.ts';
+import type { UserDatabase, UserEntry } from '../auth/passwd-file.ts';
+import { parseStoredPassword, verifyApop } from '../auth/schemes.ts';
 import type { StoredPassword } from '../auth/schemes.ts';
 import { shaCryptHash } from '../auth/sha-crypt.ts';
 import type { LoginThrottle } from '../auth/throttle.ts';
@@ -46,7 +46,17 @@ export class Pop3Login {
     this.decoy = parseStoredPassword(`{SHA512-CRYPT}${shaCryptHash(crypto.randomBytes(18).toString('base64'))}`);
   }
 
-  async login(user: string, password: string, client: LoginClient): Promise<LoginOutcome> {
+  /** USER/PASS and AUTH: check the password against the stored hash. */
+  login(user: string, password: string, client: LoginClient): Promise<LoginOutcome> {
+    return this.attempt(user, client, (entry) => this.deps.verifier.verify(entry?.password ?? this.decoy, password));
+  }
+
+  /** APOP: MD5(banner + secret), possible only for users whose secret is stored in the clear. */
+  apop(user: string, banner: string, digest: string, client: LoginClient): Promise<LoginOutcome> {
+    return this.attempt(user, client, (entry) => Promise.resolve(entry !== undefined && verifyApop(entry.password, banner, digest)));
+  }
+
+  private async attempt(user: string, client: LoginClient, check: (entry: UserEntry | undefined) => Promise<boolean>): Promise<LoginOutcome> {
     const started = Date.now();
     const d = this.deps;
     const failLater = async <T extends LoginOutcome>(outcome: T): Promise<T> => {
@@ -64,7 +74,7 @@ export class Pop3Login {
     const entry = isValidUserName(user) ? d.users.lookup(user) : undefined;
     let ok: boolean;
     try {
-      ok = await d.verifier.verify(entry?.password ?? this.decoy, password);
+      ok = await check(entry);
     } catch (err) {
       d.log.error('password_check_failed', { session: client.sessionId, error: err as Error });
       return { result: 'temporary', reason: 'password check failed' };

@@ -78,6 +78,10 @@ class Connection {
       maxErrors: cfg.limits.maxErrors,
       login: (user, password) =>
         server.login.login(user, password, { grantAddress: opts.grantAddress, throttleAddress: opts.throttleAddress, sessionId }),
+      // RFC 1939's timestamp, unique per session; only when some user could use APOP at all.
+      apopBanner: server.users.hasPlainSecrets ? `<${process.pid}.${sessionId}@${server.config.implementation}>` : undefined,
+      apop: (user, banner, digest) =>
+        server.login.apop(user, banner, digest, { grantAddress: opts.grantAddress, throttleAddress: opts.throttleAddress, sessionId }),
       onEvent: (event, fields) => {
         if (event === 'retrieved') retrievedBytes.inc(fields.bytes as number);
         else if (event === 'deleted') deletedMessages.inc(fields.count as number);
@@ -272,6 +276,7 @@ function handshake(socket: net.Socket, reloader: TlsReloader): Promise<tls.TLSSo
 
 interface ServerContext {
   config: Pop3Config;
+  users: UserDatabase;
   tls: TlsReloader | undefined;
   login: Pop3Login;
 }
@@ -292,7 +297,7 @@ export async function startPop3Server(config: Pop3Config, deps: Pop3ServerDeps):
     loginWaitForGrantMs: config.loginWaitForGrantMs,
     log,
   });
-  const ctx: ServerContext = { config, tls: reloader, login };
+  const ctx: ServerContext = { config, users, tls: reloader, login };
   const limiter = new ConnectionLimiter({ maxTotal: config.limits.maxSessions, maxPerAddress: config.limits.maxSessionsPerAddress });
   const connections = new Set<Connection>();
   const sockets = new Set<net.Socket>();

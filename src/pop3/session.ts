@@ -53,6 +53,12 @@ export interface SessionOptions {
   /** Consecutive bad commands before the session is ended. */
   maxErrors: number;
   login(user: string, password: string): Promise<LoginOutcome>;
+  /**
+   * The APOP timestamp (`<...@...>`) for the greeting, when some user's secret allows APOP;
+   * undefined: APOP is neither advertised nor accepted.
+   */
+  apopBanner?: string;
+  apop?(user: string, banner: string, digest: string): Promise<LoginOutcome>;
   onEvent?(event: string, fields: Record<string, unknown>): void;
 }
 
@@ -94,7 +100,8 @@ export class Pop3Session {
   }
 
   greeting(): void {
-    this.io.write(`+OK ${this.opts.implementation} POP3 server ready.`);
+    const banner = this.opts.apopBanner === undefined ? '' : ` ${this.opts.apopBanner}`;
+    this.io.write(`+OK ${this.opts.implementation} POP3 server ready.${banner}`);
   }
 
   get isSecure(): boolean {
@@ -160,7 +167,7 @@ export class Pop3Session {
         case 'STLS':
           return this.stls();
         case 'APOP':
-          return this.err('APOP is not supported here; use USER/PASS or AUTH over TLS.');
+          return this.apopCommand(args);
         case 'PROXY':
           // A PROXY header from a peer that is not a trusted proxy: never believed, connection ended.
           this.io.write('-ERR PROXY protocol is not accepted from this address.');
@@ -241,6 +248,16 @@ export class Pop3Session {
     await this.login(user, rest);
   }
 
+  private apopCommand(args: string[]): Promise<void> | void {
+    const banner = this.opts.apopBanner;
+    if (banner === undefined || !this.opts.apop) return this.err('APOP is not available; use USER/PASS or AUTH.');
+    // Same rule as for passwords: the user name and the session are not to be seen in the clear.
+    if (!this.plaintextAllowed()) return this.tlsRequired();
+    if (args.length !== 2) return this.err('APOP takes a user name and a digest.');
+    const apop = this.opts.apop.bind(this.opts);
+    return this.login(args[0] as string, '', () => apop(args[0] as string, banner, (args[1] as string).toLowerCase()));
+  }
+
   private authCommand(args: string[]): Promise<void> | void {
     if (args.length === 0) {
       // RFC 1734-style listing, still sent by some clients.
@@ -307,8 +324,8 @@ export class Pop3Session {
     this.io.write('+ UGFzc3dvcmQ6');
   }
 
-  private async login(user: string, password: string): Promise<void> {
-    const outcome = await this.opts.login(user, password);
+  private async login(user: string, password: string, check?: () => Promise<LoginOutcome>): Promise<void> {
+    const outcome = await (check ? check() : this.opts.login(user, password));
     if (this.state !== 'AUTHORIZATION') {
       // The connection went away while we were checking: give the lock back.
       if (outcome.result === 'ok') await outcome.maildrop.release();

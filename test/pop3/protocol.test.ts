@@ -128,6 +128,22 @@ describe('POP3 protocol (loopback, plaintext allowed)', () => {
     await c.cmd('QUIT');
   });
 
+  it('APOP works for a user with a PLAIN secret only, with the per-session timestamp', async () => {
+    const apop = async (user: string, secret: string) => {
+      const c = await RawClient.connect(s.server.port);
+      const banner = /<[^>]+>/.exec(c.greeting)?.[0];
+      assert.ok(banner, `greeting advertises APOP: ${c.greeting}`);
+      const digest = crypto.createHash('md5').update(banner + secret).digest('hex');
+      const r = await c.cmd(`APOP ${user} ${digest}`);
+      await c.cmd('QUIT');
+      return r;
+    };
+    assert.match(await apop('carol', world.passwords.carol), /^\+OK Logged in/);
+    assert.match(await apop('carol', 'wrong'), /^-ERR \[AUTH\]/);
+    // alice's secret is a SHA512-CRYPT hash: APOP cannot work for her, whatever she sends.
+    assert.match(await apop('alice', world.passwords.alice), /^-ERR \[AUTH\]/);
+  });
+
   it('unknown user and wrong password get the same reply, and neither gets a grant', async () => {
     const before = s.renewer.calls.length;
     const c = await RawClient.connect(s.server.port);

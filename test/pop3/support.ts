@@ -120,6 +120,7 @@ export class RawClient {
   private buffer = '';
   private waiters: Array<() => void> = [];
   closed = false;
+  greeting = '';
 
   private constructor(socket: net.Socket) {
     this.socket = socket;
@@ -153,7 +154,7 @@ export class RawClient {
       s.once('error', reject);
     });
     const c = new RawClient(socket);
-    if (opts.greeting !== false) await c.line();
+    if (opts.greeting !== false) c.greeting = await c.line();
     return c;
   }
 

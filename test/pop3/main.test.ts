@@ -1,0 +1,71 @@
+// runPop3: config document in, listeners and the health endpoint up, metrics named as the issue
+// says, and SIGTERM closing everything without deleting mail.
+import assert from 'node:assert/strict';
+import net from 'node:net';
+import { after, describe, it } from 'node:test';
+import { parseConfig } from '../../src/config/load.ts';
+import { runPop3 } from '../../src/pop3/main.ts';
+import { RawClient, RecordingRenewer, deliverWithLda, makeWorld, testMessage } from './support.ts';
+
+describe('runPop3', () => {
+  const world = makeWorld('main');
+  after(() => world.cleanup());
+
+  it('serves POP3 and /metrics, /readyz; SIGTERM closes the listeners', async () => {
+    deliverWithLda(world, 'carol', testMessage('kept', ['body']));
+    const doc = parseConfig(
+      JSON.stringify({
+        metrics: { host: '127.0.0.1', port: 0 },
+        pop3: {
+          listen: { host: '127.0.0.1', port: 0 },
+          tls: { certFile: world.cert.certFile, keyFile: world.cert.keyFile },
+          tlsPort: 0,
+          allowPlaintextAuth: true,
+          mailRoot: world.mailRoot,
+          usersFile: world.usersFile,
+          passwordThreads: 1,
+        },
+      }),
+      'test',
+    );
+    const renewer = new RecordingRenewer();
+    const role = await runPop3(doc, { renewer });
+    const c = await RawClient.connect(role.server.port);
+    assert.match(await c.login('carol', world.passwords.carol), /^\+OK Logged in, 1 messages/);
+    assert.match(await c.cmd('DELE 1'), /^\+OK/);
+    assert.equal(renewer.calls.length, 1);
+
+    const base = `http://127.0.0.1:${role.healthPort}`;
+    assert.equal((await fetch(`${base}/readyz`)).status, 200);
+    const metrics = await (await fetch(`${base}/metrics`)).text();
+    for (const name of [
+      'kubedrac_pop3_connections_total',
+      'kubedrac_pop3_sessions_active',
+      'kubedrac_pop3_logins_total',
+      'kubedrac_pop3_retrieved_bytes_total',
+      'kubedrac_pop3_deleted_messages_total',
+      'kubedrac_pop3_tls_handshakes_total',
+      'kubedrac_proxy_header_errors_total',
+    ]) {
+      assert.match(metrics, new RegExp(`# TYPE ${name} `), name);
+    }
+    assert.match(metrics, /kubedrac_pop3_logins_total\{result="success"\} [1-9]/);
+    assert.match(metrics, /kubedrac_pop3_sessions_active 1/);
+
+    process.emit('SIGTERM', 'SIGTERM');
+    // The session is ended without UPDATE, the listener closes.
+    assert.ok(await c.waitClosed());
+    await role.close();
+    await assert.rejects(
+      new Promise((resolve, reject) => {
+        const s = net.connect(role.server.port, '127.0.0.1', () => resolve(s));
+        s.on('error', reject);
+      }),
+    );
+    const again = await runPop3(doc, { renewer, handleSignals: false });
+    const d = await RawClient.connect(again.server.port);
+    assert.match(await d.login('carol', world.passwords.carol), /^\+OK Logged in, 1 messages/, 'DELE without QUIT deleted nothing');
+    await d.cmd('QUIT');
+    await again.close();
+  });
+});

@@ -8,6 +8,8 @@ commands:
   local-cluster [--dir DIR]   run a real etcd + kube-apiserver on loopback with the CRDs installed;
                               prints KUBECONFIG=<path> once ready
   operator [--config FILE]    delete expired RelayGrants (leader-elected on a Lease)
+  smtp [--config FILE]        the SMTP relay gate, local delivery and onward relay
+  all-in-one [--state-dir D]  everything on loopback for trying it out (npm start)
   help                        this text
 
 options for roles:
@@ -19,6 +21,8 @@ type Command = (args: string[]) => Promise<void>;
 const COMMANDS: Record<string, () => Promise<Command>> = {
   'local-cluster': async () => (await import('./local/cli.ts')).runLocalCluster,
   operator: async () => (await import('./operator/main.ts')).main,
+  smtp: async () => (await import('./smtp/main.ts')).main,
+  'all-in-one': async () => (await import('./local/all-in-one.ts')).runAllInOne,
 };
 
 async function main(argv: string[]): Promise<void> {

@@ -1,6 +1,6 @@
 // `kube-drac operator`: the grant cache (list + watch), Lease leader election, and garbage
 // collection of expired RelayGrants by the leader; /metrics, /healthz and /readyz.
-import { loadRoleConfig } from '../config/args.ts';
+import { runRoleProcess } from '../role-process.ts';
 import type { ConfigDocument } from '../config/load.ts';
 import { GrantCache } from '../grants/cache.ts';
 import { grantsPath } from '../grants/paths.ts';
@@ -124,18 +124,6 @@ export async function runOperator(doc: ConfigDocument, log: Logger = createLogge
   };
 }
 
-export async function main(args: string[]): Promise<void> {
-  const doc = loadRoleConfig('operator', args);
-  const log = createLogger('operator');
-  const running = await runOperator(doc, log);
-  await new Promise<void>((resolve) => {
-    const onSignal = (signal: NodeJS.Signals) => {
-      log.info('signal', { signal });
-      resolve();
-    };
-    process.once('SIGTERM', onSignal);
-    process.once('SIGINT', onSignal);
-  });
-  await running.close();
-  process.exit(0);
+export function main(args: string[]): Promise<void> {
+  return runRoleProcess('operator', args, (doc, log) => runOperator(doc, log));
 }

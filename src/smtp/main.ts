@@ -1,9 +1,9 @@
 // `kube-drac smtp`: the grant cache (list + watch), live lookups for cache misses, the SMTP
 // listeners, and the health endpoint (ready once the cache has synced).
+import { runRoleProcess } from '../role-process.ts';
 import { UserDatabase } from '../auth/passwd-file.ts';
 import { LoginThrottle } from '../auth/throttle.ts';
 import { PasswordVerifier } from '../auth/verifier.ts';
-import { loadRoleConfig } from '../config/args.ts';
 import type { ConfigDocument } from '../config/load.ts';
 import { covers, grantKeyFor, parseGrantAddress, parseIp } from '../grants/address.ts';
 import { GrantCache } from '../grants/cache.ts';
@@ -95,18 +95,6 @@ export async function runSmtp(doc: ConfigDocument, log: Logger = createLogger('s
 }
 
 /** `kube-drac smtp [--config FILE]`: run until SIGTERM or SIGINT, then close cleanly. */
-export async function main(args: string[]): Promise<void> {
-  const doc = loadRoleConfig('smtp', args);
-  const log = createLogger('smtp');
-  const running = await runSmtp(doc, log);
-  await new Promise<void>((resolve) => {
-    const onSignal = (signal: NodeJS.Signals) => {
-      log.info('signal', { signal });
-      resolve();
-    };
-    process.once('SIGTERM', onSignal);
-    process.once('SIGINT', onSignal);
-  });
-  await running.close();
-  process.exit(0);
+export function main(args: string[]): Promise<void> {
+  return runRoleProcess('smtp', args, (doc, log) => runSmtp(doc, log));
 }

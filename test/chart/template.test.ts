@@ -1,0 +1,354 @@
+// The Helm chart rendered by the real helm: lint, the objects with the minimal and with every
+// option on, least-privilege RBAC exactly, alerts on metrics the code defines, the CRD copy, and
+// values the schema or the chart refuse with a message naming the value.
+// Run: npm test -- test/chart/template.test.ts
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import { before, describe, test } from 'node:test';
+import {
+  CHART,
+  MINIMAL,
+  REPO,
+  VALUES_ALL,
+  definedMetricNames,
+  find,
+  helm,
+  metricsIn,
+  ofKind,
+  podSpec,
+  render,
+  spec,
+  type K8sObject,
+} from './support.ts';
+
+const ROLES = ['pop3', 'smtp', 'operator'] as const;
+
+interface Rule {
+  apiGroups: string[];
+  resources: string[];
+  verbs: string[];
+  resourceNames?: string[];
+}
+
+/** The rules each role must have, exactly: nothing more (ARCHITECTURE.md, issue 6). */
+function expectedRules(leaseName: string): Record<(typeof ROLES)[number], Rule[]> {
+  return {
+    pop3: [{ apiGroups: ['kubedrac.io'], resources: ['relaygrants'], verbs: ['get', 'create', 'patch'] }],
+    smtp: [{ apiGroups: ['kubedrac.io'], resources: ['relaygrants'], verbs: ['get', 'list', 'watch'] }],
+    operator: [
+      { apiGroups: ['kubedrac.io'], resources: ['relaygrants'], verbs: ['get', 'list', 'watch', 'delete'] },
+      { apiGroups: ['coordination.k8s.io'], resources: ['leases'], resourceNames: [leaseName], verbs: ['get', 'update', 'patch'] },
+      { apiGroups: ['coordination.k8s.io'], resources: ['leases'], verbs: ['create'] },
+      { apiGroups: [''], resources: ['events'], verbs: ['create'] },
+    ],
+  };
+}
+
+function checkHardenedPods(objects: K8sObject[], prefix: string): void {
+  for (const role of ROLES) {
+    const pod = podSpec(find(objects, 'Deployment', `${prefix}-${role}`));
+    assert.equal(pod.serviceAccountName, `${prefix}-${role}`);
+    assert.equal(pod.securityContext?.runAsNonRoot, true, `${role}: pod runAsNonRoot`);
+    assert.deepEqual(pod.securityContext?.seccompProfile, { type: 'RuntimeDefault' }, `${role}: pod seccomp`);
+    assert.equal(pod.containers.length, 1);
+    const c = pod.containers[0]!;
+    assert.equal(c.securityContext?.runAsNonRoot, true, `${role}: runAsNonRoot`);
+    assert.equal(c.securityContext?.readOnlyRootFilesystem, true, `${role}: readOnlyRootFilesystem`);
+    assert.equal(c.securityContext?.allowPrivilegeEscalation, false, `${role}: allowPrivilegeEscalation`);
+    assert.equal(c.securityContext?.privileged, false, `${role}: privileged`);
+    assert.deepEqual(c.securityContext?.capabilities, { drop: ['ALL'] }, `${role}: capabilities`);
+    assert.deepEqual(c.securityContext?.seccompProfile, { type: 'RuntimeDefault' }, `${role}: seccomp`);
+    // Probes on the metrics port, which the container declares.
+    assert.deepEqual(c.livenessProbe?.httpGet, { path: '/healthz', port: 'metrics' }, `${role}: liveness`);
+    assert.deepEqual(c.readinessProbe?.httpGet, { path: '/readyz', port: 'metrics' }, `${role}: readiness`);
+    assert.ok(c.ports?.some((p) => p.name === 'metrics'), `${role}: metrics port`);
+    assert.ok(c.resources && Object.keys(c.resources).length > 0, `${role}: resources`);
+    // A writable /tmp on an emptyDir (the root filesystem is read-only).
+    const tmp = c.volumeMounts?.find((m) => m.mountPath === '/tmp');
+    assert.ok(tmp, `${role}: /tmp mount`);
+    assert.ok(pod.volumes?.find((v) => v.name === tmp.name)?.emptyDir !== undefined, `${role}: /tmp is an emptyDir`);
+    // The role and its config file, the namespace from the downward API.
+    assert.deepEqual(c.args, [role, '--config', `/etc/kube-drac/config/${role}.yaml`]);
+    assert.equal(c.env?.find((e) => e.name === 'POD_NAMESPACE')?.valueFrom?.fieldRef?.fieldPath, 'metadata.namespace');
+    const config = pod.volumes?.find((v) => v.configMap !== undefined)?.configMap;
+    assert.equal(config?.name, `${prefix}-config`);
+    assert.deepEqual(config?.items, [{ key: `${role}.yaml`, path: `${role}.yaml` }]);
+    assert.ok(c.volumeMounts?.some((m) => m.mountPath === '/etc/kube-drac/config' && m.readOnly === true));
+  }
+}
+
+function servicePorts(objects: K8sObject[], name: string): Record<string, { port: number; targetPort: string; nodePort?: number }> {
+  const ports = spec<{ ports: Array<{ name: string; port: number; targetPort: string; nodePort?: number }> }>(find(objects, 'Service', name)).ports;
+  return Object.fromEntries(ports.map((p) => [p.name, { port: p.port, targetPort: p.targetPort, ...(p.nodePort ? { nodePort: p.nodePort } : {}) }]));
+}
+
+describe('helm lint', () => {
+  test('passes --strict with the minimal values and with every option on', async () => {
+    for (const args of [MINIMAL, ['-f', VALUES_ALL]]) {
+      const r = await helm(['lint', CHART, '--strict', ...args]);
+      assert.equal(r.code, 0, `helm lint ${args.join(' ')}:\n${r.stdout}\n${r.stderr}`);
+      assert.match(r.stdout, /1 chart\(s\) linted, 0 chart\(s\) failed/);
+    }
+  });
+});
+
+describe('helm template with the defaults', () => {
+  test('refuses without a certificate and a smarthost, saying which values to set', async () => {
+    const r = await helm(['template', 'r', CHART]);
+    assert.notEqual(r.code, 0);
+    assert.match(r.stderr, /tls\.existingSecret/);
+    assert.match(r.stderr, /tls\.certManager\.enabled/);
+    assert.match(r.stderr, /smtp\.smarthost\.host is required/);
+  });
+
+  let objects: K8sObject[];
+  before(async () => {
+    objects = await render(MINIMAL);
+  });
+
+  test('renders the three roles with hardened pods, probes, /tmp and their config; operator has 2 replicas', () => {
+    assert.deepEqual(ofKind(objects, 'Deployment').map((d) => d.metadata.name).sort(), ['r-kube-drac-operator', 'r-kube-drac-pop3', 'r-kube-drac-smtp']);
+    checkHardenedPods(objects, 'r-kube-drac');
+    assert.equal(spec<{ replicas: number }>(find(objects, 'Deployment', 'r-kube-drac-operator')).replicas, 2);
+    // The operator reaches no mail, certificate or users file.
+    const op = podSpec(find(objects, 'Deployment', 'r-kube-drac-operator'));
+    assert.deepEqual(op.volumes?.map((v) => v.name).sort(), ['config', 'tmp']);
+  });
+
+  test('pop3 and smtp mount the TLS Secret, the users Secret and the mail claim (ReadWriteMany by default)', () => {
+    for (const role of ['pop3', 'smtp']) {
+      const pod = podSpec(find(objects, 'Deployment', `r-kube-drac-${role}`));
+      const volumes = Object.fromEntries((pod.volumes ?? []).map((v) => [v.name, v]));
+      assert.equal(volumes.tls?.secret?.secretName, 'mail-tls');
+      assert.equal(volumes.users?.secret?.secretName, 'r-kube-drac-users');
+      assert.equal(volumes.mail?.persistentVolumeClaim?.claimName, 'r-kube-drac-mail');
+    }
+    const pvc = find(objects, 'PersistentVolumeClaim', 'r-kube-drac-mail');
+    assert.deepEqual(spec<{ accessModes: string[] }>(pvc).accessModes, ['ReadWriteMany']);
+    assert.equal(pvc.metadata.annotations?.['helm.sh/resource-policy'], 'keep');
+    find(objects, 'Secret', 'r-kube-drac-users');
+  });
+
+  test('Services: POP3 110/995 and SMTP 25 (no 465) onto the container ports, LoadBalancer with externalTrafficPolicy Local', () => {
+    assert.deepEqual(servicePorts(objects, 'r-kube-drac-pop3'), { pop3: { port: 110, targetPort: 'pop3' }, pop3s: { port: 995, targetPort: 'pop3s' } });
+    assert.deepEqual(servicePorts(objects, 'r-kube-drac-smtp'), { smtp: { port: 25, targetPort: 'smtp' } });
+    for (const role of ['pop3', 'smtp']) {
+      const s = spec<{ type: string; externalTrafficPolicy: string }>(find(objects, 'Service', `r-kube-drac-${role}`));
+      assert.equal(s.type, 'LoadBalancer');
+      assert.equal(s.externalTrafficPolicy, 'Local');
+    }
+    const pop3 = podSpec(find(objects, 'Deployment', 'r-kube-drac-pop3')).containers[0]!;
+    assert.deepEqual(pop3.ports?.map((p) => [p.name, p.containerPort]), [['pop3', 1110], ['pop3s', 1995], ['metrics', 9090]]);
+    const smtp = podSpec(find(objects, 'Deployment', 'r-kube-drac-smtp')).containers[0]!;
+    assert.deepEqual(smtp.ports?.map((p) => [p.name, p.containerPort]), [['smtp', 2525], ['metrics', 9090]]);
+    for (const role of ROLES) assert.deepEqual(servicePorts(objects, `r-kube-drac-${role}-metrics`), { metrics: { port: 9090, targetPort: 'metrics' } });
+  });
+
+  test('RBAC: one ServiceAccount, Role and RoleBinding per role with exactly the rules it needs; nothing cluster-wide', () => {
+    const rules = expectedRules('r-kube-drac-operator');
+    for (const role of ROLES) {
+      const name = `r-kube-drac-${role}`;
+      find(objects, 'ServiceAccount', name);
+      assert.deepEqual((find(objects, 'Role', name) as unknown as { rules: Rule[] }).rules, rules[role], `${role} rules`);
+      const binding = find(objects, 'RoleBinding', name) as unknown as { roleRef: unknown; subjects: unknown };
+      assert.deepEqual(binding.roleRef, { apiGroup: 'rbac.authorization.k8s.io', kind: 'Role', name });
+      assert.deepEqual(binding.subjects, [{ kind: 'ServiceAccount', name, namespace: 'mail' }]);
+    }
+    assert.equal(ofKind(objects, 'Role').length, 3);
+    assert.deepEqual([...ofKind(objects, 'ClusterRole'), ...ofKind(objects, 'ClusterRoleBinding')], []);
+    // The Lease the operator may touch is the one its config names.
+    const config = find(objects, 'ConfigMap', 'r-kube-drac-config') as unknown as { data: Record<string, string> };
+    assert.match(config.data['operator.yaml'] ?? '', /leaseName: r-kube-drac-operator$/m);
+  });
+
+  test('no monitoring, NetworkPolicy, Certificate or dashboard unless asked; PDBs on; a helm test hook Pod', () => {
+    for (const kind of ['ServiceMonitor', 'PodMonitor', 'PrometheusRule', 'NetworkPolicy', 'Certificate']) assert.deepEqual(ofKind(objects, kind), [], kind);
+    assert.equal(ofKind(objects, 'ConfigMap').length, 1);
+    assert.equal(ofKind(objects, 'PodDisruptionBudget').length, 3);
+    const testPod = find(objects, 'Pod', 'r-kube-drac-test-services');
+    assert.equal(testPod.metadata.annotations?.['helm.sh/hook'], 'test');
+    const script = JSON.stringify(testPod);
+    for (const probe of ['greeting r-kube-drac-pop3 110', 'greeting r-kube-drac-smtp 25', 'ready r-kube-drac-operator-metrics 9090']) assert.ok(script.includes(probe), probe);
+  });
+});
+
+describe('helm template with every option on (test/chart/values-all.yaml)', () => {
+  let objects: K8sObject[];
+  before(async () => {
+    objects = await render(['-f', VALUES_ALL]);
+  });
+
+  test('hardened pods everywhere; the image, replicas, scheduling and extra env are applied', () => {
+    checkHardenedPods(objects, 'mail');
+    for (const role of ROLES) {
+      const d = find(objects, 'Deployment', `mail-${role}`);
+      assert.equal(spec<{ replicas: number }>(d).replicas, 3);
+      assert.equal(podSpec(d).containers[0]?.['image' as keyof object], 'registry.example.org/kube-drac:1.2.3');
+      assert.equal(d.metadata.labels?.team, 'mail');
+    }
+    const pop3 = podSpec(find(objects, 'Deployment', 'mail-pop3'));
+    assert.equal(pop3.priorityClassName, 'mail-critical');
+    assert.deepEqual(pop3.nodeSelector, { 'kubernetes.io/os': 'linux' });
+    assert.ok(pop3.containers[0]?.env?.some((e) => e.name === 'UV_THREADPOOL_SIZE' && e.value === '8'));
+    assert.ok(podSpec(find(objects, 'Deployment', 'mail-smtp')).affinity);
+  });
+
+  test('SMTPS 465 onto 2465, NodePorts, and externalTrafficPolicy Cluster allowed because PROXY protocol carries the address', () => {
+    assert.deepEqual(servicePorts(objects, 'mail-smtp'), {
+      smtp: { port: 25, targetPort: 'smtp', nodePort: 30025 },
+      smtps: { port: 465, targetPort: 'smtps', nodePort: 30465 },
+    });
+    assert.deepEqual(servicePorts(objects, 'mail-pop3'), {
+      pop3: { port: 110, targetPort: 'pop3', nodePort: 30110 },
+      pop3s: { port: 995, targetPort: 'pop3s', nodePort: 30995 },
+    });
+    const smtp = podSpec(find(objects, 'Deployment', 'mail-smtp')).containers[0]!;
+    assert.deepEqual(smtp.ports?.map((p) => [p.name, p.containerPort]), [['smtp', 2525], ['smtps', 2465], ['metrics', 9191]]);
+    assert.equal(spec<{ externalTrafficPolicy: string }>(find(objects, 'Service', 'mail-smtp')).externalTrafficPolicy, 'Cluster');
+    const config = (find(objects, 'ConfigMap', 'mail-config') as unknown as { data: Record<string, string> }).data;
+    for (const role of ['pop3', 'smtp']) assert.match(config[`${role}.yaml`] ?? '', /trustedProxies:\n\s+- 10\.0\.0\.0\/8\n\s+- fd00::\/8/);
+  });
+
+  test('existing Secrets and claim are used; cert-manager issues the TLS Secret; the smarthost password is mounted', () => {
+    const smtp = podSpec(find(objects, 'Deployment', 'mail-smtp'));
+    const volumes = Object.fromEntries((smtp.volumes ?? []).map((v) => [v.name, v]));
+    assert.equal(volumes.users?.secret?.secretName, 'mail-users');
+    assert.equal(volumes.tls?.secret?.secretName, 'mail-tls');
+    assert.equal(volumes.mail?.persistentVolumeClaim?.claimName, 'mail-maildirs');
+    assert.equal(volumes['smarthost-auth']?.secret?.secretName, 'smarthost-auth');
+    assert.deepEqual(ofKind(objects, 'PersistentVolumeClaim'), []);
+    assert.deepEqual(ofKind(objects, 'Secret'), []);
+    const cert = spec<{ secretName: string; dnsNames: string[]; issuerRef: { name: string } }>(find(objects, 'Certificate', 'mail'));
+    assert.equal(cert.secretName, 'mail-tls');
+    assert.deepEqual(cert.dnsNames, ['mail.example.org', 'pop.example.org']);
+    assert.equal(cert.issuerRef.name, 'letsencrypt');
+  });
+
+  test('RBAC is the same least privilege, with the Lease named after the release', () => {
+    const rules = expectedRules('mail-operator');
+    for (const role of ROLES) assert.deepEqual((find(objects, 'Role', `mail-${role}`) as unknown as { rules: Rule[] }).rules, rules[role]);
+    assert.deepEqual(find(objects, 'ServiceAccount', 'mail-pop3').metadata.annotations, { 'example.org/identity': 'mail' });
+  });
+
+  test('ServiceMonitor labels each target with its role; every alert and dashboard panel uses metrics the code defines', () => {
+    const sm = spec<{ endpoints: Array<{ port: string; relabelings: unknown[] }> }>(find(objects, 'ServiceMonitor', 'mail'));
+    assert.equal(sm.endpoints[0]?.port, 'metrics');
+    assert.deepEqual(sm.endpoints[0]?.relabelings, [{ sourceLabels: ['__meta_kubernetes_pod_label_app_kubernetes_io_component'], targetLabel: 'role' }]);
+    const known = definedMetricNames();
+    assert.ok(known.size > 20, 'metric names found in src/');
+    const rule = spec<{ groups: Array<{ rules: Array<{ alert: string; expr: string; labels: Record<string, string> }> }> }>(find(objects, 'PrometheusRule', 'mail'));
+    const alerts = rule.groups[0]?.rules ?? [];
+    assert.deepEqual(alerts.map((a) => a.alert).sort(), [
+      'KubeDracExpiredGrantsPiling',
+      'KubeDracGcLagHigh',
+      'KubeDracGrantWritesFailing',
+      'KubeDracNoOperatorLeader',
+      'KubeDracRelayDenialSpike',
+      'KubeDracSmtpGrantCacheNotSynced',
+      'KubeDracTwoOperatorLeaders',
+    ]);
+    for (const a of alerts) {
+      assert.ok(metricsIn(a.expr).length > 0, `${a.alert} uses a kube-drac metric`);
+      for (const m of metricsIn(a.expr)) assert.ok(known.has(m), `${a.alert}: ${m} is not a metric the code defines`);
+      assert.match(a.expr, /namespace="mail"/, `${a.alert} is scoped to the release namespace`);
+      assert.equal(a.labels.team, 'mail');
+    }
+    // The label values the alerts select on are the ones the code uses.
+    assert.match(alerts.find((a) => a.alert === 'KubeDracGrantWritesFailing')?.expr ?? '', /op="failed"/);
+    assert.match(alerts.find((a) => a.alert === 'KubeDracRelayDenialSpike')?.expr ?? '', /decision="denied"/);
+    assert.match(alerts.find((a) => a.alert === 'KubeDracGcLagHigh')?.expr ?? '', /> 120$/);
+    const store = fs.readFileSync(`${REPO}src/grants/store.ts`, 'utf8');
+    assert.match(store, /grantWrites\.inc\(\{ op: 'failed' \}\)/);
+    const policy = fs.readFileSync(`${REPO}src/smtp/relay-policy.ts`, 'utf8');
+    assert.match(policy, /decision: 'denied'/);
+
+    const board = JSON.parse((find(objects, 'ConfigMap', 'mail-dashboard') as unknown as { data: Record<string, string> }).data['kube-drac.json'] ?? '') as {
+      panels: Array<{ title: string; targets: Array<{ expr: string }> }>;
+    };
+    assert.ok(board.panels.length >= 8);
+    for (const p of board.panels) for (const t of p.targets) for (const m of metricsIn(t.expr)) assert.ok(known.has(m), `dashboard "${p.title}": ${m} is not defined`);
+    assert.equal(find(objects, 'ConfigMap', 'mail-dashboard').metadata.labels?.grafana_dashboard, '1');
+  });
+
+  test('NetworkPolicies: mail ports open, metrics from the monitoring namespace, egress to DNS, API server and smarthost', () => {
+    const pols = ofKind(objects, 'NetworkPolicy');
+    assert.equal(pols.length, 3);
+    const smtp = spec<{ policyTypes: string[]; ingress: Array<{ ports: Array<{ port: number }>; from?: unknown[] }>; egress: Array<{ ports: Array<{ port: number }>; to?: unknown[] }> }>(
+      find(objects, 'NetworkPolicy', 'mail-smtp'),
+    );
+    assert.deepEqual(smtp.policyTypes, ['Ingress', 'Egress']);
+    assert.deepEqual(smtp.ingress[0]?.ports.map((p) => p.port), [2525, 2465]);
+    assert.equal(smtp.ingress[0]?.from, undefined);
+    assert.deepEqual(smtp.ingress[1]?.ports.map((p) => p.port), [9191]);
+    assert.deepEqual(smtp.ingress[1]?.from, [{ namespaceSelector: { matchLabels: { 'kubernetes.io/metadata.name': 'monitoring' } } }]);
+    assert.deepEqual(smtp.egress.map((e) => e.ports.map((p) => p.port)), [[53, 53], [443, 6443], [587]]);
+    const op = spec<{ ingress: Array<{ ports: Array<{ port: number }> }>; egress: unknown[] }>(find(objects, 'NetworkPolicy', 'mail-operator'));
+    assert.deepEqual(op.ingress.map((i) => i.ports.map((p) => p.port)), [[9191]]);
+    assert.equal(op.egress.length, 2);
+  });
+
+  test('PodMonitor instead of ServiceMonitor', async () => {
+    const objs = await render([...MINIMAL, '--set', 'metrics.podMonitor.enabled=true']);
+    const pm = spec<{ podMetricsEndpoints: Array<{ port: string; relabelings: unknown[] }> }>(find(objs, 'PodMonitor', 'r-kube-drac'));
+    assert.equal(pm.podMetricsEndpoints[0]?.port, 'metrics');
+    assert.equal(pm.podMetricsEndpoints[0]?.relabelings.length, 1);
+    assert.deepEqual(ofKind(objs, 'ServiceMonitor'), []);
+  });
+
+  test('roles can be turned off one by one', async () => {
+    const objs = await render([...MINIMAL, '--set', 'pop3.enabled=false', '--set', 'operator.enabled=false']);
+    assert.deepEqual(ofKind(objs, 'Deployment').map((d) => d.metadata.name), ['r-kube-drac-smtp']);
+    assert.deepEqual(ofKind(objs, 'Role').map((d) => d.metadata.name), ['r-kube-drac-smtp']);
+    assert.deepEqual(Object.keys((find(objs, 'ConfigMap', 'r-kube-drac-config') as unknown as { data: object }).data), ['smtp.yaml']);
+  });
+});
+
+describe('values the chart refuses, with a message naming the value', () => {
+  // [what, --set arguments, what stderr must say]
+  const cases: Array<[string, string[], RegExp]> = [
+    ['a duration that is not one', ['grants.ttl=30min'], /\/grants\/ttl.*'30min' does not match/],
+    ['an IPv6 prefix too short', ['grants.ipv6PrefixLength=16'], /\/grants\/ipv6PrefixLength.*minimum/],
+    ['an unknown top-level key (typo)', ['smpt.enabled=false'], /additional properties 'smpt' not allowed/],
+    ['an unknown pop3 config key', ['pop3.config.maxSesions=5'], /\/pop3\/config.*additional properties 'maxSesions' not allowed/],
+    ['a pop3 config key the chart sets itself', ['pop3.config.usersFile=/x'], /\/pop3\/config.*additional properties 'usersFile' not allowed/],
+    ['an smtp config value out of range', ['smtp.config.maxRecipients=0'], /\/smtp\/config\/maxRecipients.*minimum/],
+    ['a Service type kube-drac cannot serve', ['service.type=ExternalName'], /\/service\/type.*value must be one of/],
+    ['an unknown traffic policy', ['service.externalTrafficPolicy=Sometimes'], /\/service\/externalTrafficPolicy/],
+    ['a writable root filesystem', ['securityContext.readOnlyRootFilesystem=false'], /\/securityContext\/readOnlyRootFilesystem.*must be true/],
+    ['running as root allowed', ['podSecurityContext.runAsNonRoot=false'], /\/podSecurityContext\/runAsNonRoot.*must be true/],
+    ['negative replicas', ['pop3.replicas=-1'], /\/pop3\/replicas.*minimum/],
+    ['a local domain that is not one', ['smtp.localDomains[0]=not_a_domain'], /\/smtp\/localDomains\/0.*does not match/],
+    ['a trusted network that is not a CIDR', ['smtp.trustedNetworks[0]=office'], /\/smtp\/trustedNetworks\/0.*does not match/],
+    ['the metrics port on a mail port', ['metrics.port=2525'], /\/metrics\/port/],
+    ['a bad image digest', ['image.digest=latest'], /\/image\/digest.*does not match/],
+    ['a bad password scheme', ['pop3.config.defaultPasswordScheme=MD5'], /\/pop3\/config\/defaultPasswordScheme.*value must be one of/],
+    // Checks across values, made by the chart itself.
+    ['externalTrafficPolicy Cluster without PROXY protocol', ['service.externalTrafficPolicy=Cluster'], /externalTrafficPolicy=Cluster hides client addresses.*open the relay to everybody/],
+    ['PROXY protocol without trusted CIDRs', ['proxyProtocol.enabled=true'], /proxyProtocol\.enabled needs proxyProtocol\.trustedCIDRs/],
+    ['a trusted network of the whole Internet', ['smtp.trustedNetworks[0]=0.0.0.0/0'], /smtp\.trustedNetworks contains 0\.0\.0\.0\/0.*open relay/],
+    ['proxies trusted from anywhere', ['proxyProtocol.enabled=true', 'proxyProtocol.trustedCIDRs[0]=::/0'], /proxyProtocol\.trustedCIDRs contains ::\/0/],
+    ['smarthost TLS both ways', ['smtp.smarthost.secure=true', 'smtp.smarthost.requireTLS=true'], /smarthost\.secure .* and smtp\.smarthost\.requireTLS .* are exclusive/],
+    ['smarthost auth without its Secret', ['smtp.smarthost.auth.enabled=true'], /smtp\.smarthost\.auth\.enabled needs smtp\.smarthost\.auth\.user and smtp\.smarthost\.auth\.existingSecret/],
+    ['cert-manager without an issuer', ['tls.existingSecret=', 'tls.certManager.enabled=true'], /tls\.certManager\.enabled needs tls\.certManager\.issuerRef\.name/],
+    ['a Maildir template escaping the volume', ['mail.location=../%u'], /mail\.location "\.\.\/%u" must be a path relative to the mail volume/],
+    ['ServiceMonitor and PodMonitor both', ['metrics.serviceMonitor.enabled=true', 'metrics.podMonitor.enabled=true'], /enable one of them/],
+  ];
+  for (const [what, sets, message] of cases) {
+    test(what, async () => {
+      const r = await helm(['template', 'r', CHART, ...MINIMAL, ...sets.flatMap((s) => ['--set', s])]);
+      assert.notEqual(r.code, 0, `helm accepted ${sets.join(' ')}`);
+      assert.match(r.stderr.replace(/\n\s*/g, ' '), message);
+    });
+  }
+});
+
+describe('the CRD', () => {
+  test("the chart's crds/ holds exactly the top-level crds/ (one source of truth)", () => {
+    const top = fs.readdirSync(`${REPO}crds`).filter((f) => f.endsWith('.yaml')).sort();
+    const chart = fs.readdirSync(`${CHART}crds`).sort();
+    assert.deepEqual(chart, top, 'the same files');
+    for (const f of top) {
+      assert.equal(fs.readFileSync(`${CHART}crds/${f}`, 'utf8'), fs.readFileSync(`${REPO}crds/${f}`, 'utf8'), `charts/kube-drac/crds/${f} drifted from crds/${f}: copy it again`);
+    }
+  });
+});

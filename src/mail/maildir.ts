@@ -111,31 +111,41 @@ export async function snapshotMaildir(maildir: string): Promise<MaildirMessage[]
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') continue;
       throw err;
     }
-    for (const name of names) {
-      if (name.startsWith('.')) continue;
-      const baseName = maildirBaseName(name);
+    // Stat in parallel: one after another, each would wait for its own trip to the thread pool.
+    const stats = await Promise.all(
+      names.map(async (name) => {
+        if (name.startsWith('.')) return undefined;
+        const file = path.join(dir, name);
+        try {
+          const st = await fsp.stat(file);
+          return st.isFile() ? { name, file, size: st.size } : undefined;
+        } catch {
+          return undefined; // moved or deleted meanwhile
+        }
+      }),
+    );
+    for (const st of stats) {
+      if (st === undefined) continue;
+      const baseName = maildirBaseName(st.name);
       if (seen.has(baseName)) continue; // mid-rename by another reader: count it once
-      const file = path.join(dir, name);
-      let st: fs.Stats;
-      try {
-        st = await fsp.stat(file);
-      } catch {
-        continue; // moved or deleted meanwhile
-      }
-      if (!st.isFile()) continue;
       seen.add(baseName);
-      found.push({ baseName, path: file, rawSize: st.size });
+      found.push({ baseName, path: st.file, rawSize: st.size });
     }
   }
   found.sort((a, b) => deliveredAt(a.baseName) - deliveredAt(b.baseName) || (a.baseName < b.baseName ? -1 : a.baseName > b.baseName ? 1 : 0));
+  const sized = await Promise.all(
+    found.map(async (f) => {
+      try {
+        return { f, size: await sizeOf(f.path, f.baseName, f.rawSize) };
+      } catch {
+        return undefined;
+      }
+    }),
+  );
   const messages: MaildirMessage[] = [];
-  for (const f of found) {
-    let size: number;
-    try {
-      size = await sizeOf(f.path, f.baseName, f.rawSize);
-    } catch {
-      continue;
-    }
+  for (const item of sized) {
+    if (item === undefined) continue;
+    const { f, size } = item;
     messages.push({ baseName: f.baseName, path: f.path, size, rawSize: f.rawSize, uid: uidFor(f.baseName) });
   }
   return messages;
@@ -292,13 +302,16 @@ export async function* messageData(maildir: string, msg: MaildirMessage, bodyLin
   const stuffer = new DotStuffer(bodyLines);
   // The encoder copies what it returns, so one read buffer serves the whole message.
   const buf = Buffer.allocUnsafe(Math.min(256 * 1024, msg.rawSize + 1));
+  let total = 0;
   try {
     for (;;) {
       const { bytesRead } = await fh.read(buf, 0, buf.length, null);
       if (bytesRead === 0) break;
+      total += bytesRead;
       const out = stuffer.push(buf.subarray(0, bytesRead));
       if (out.length > 0) yield out;
-      if (stuffer.done) break;
+      // Maildir files do not change once delivered: the size seen at login is the end.
+      if (stuffer.done || total >= msg.rawSize) break;
     }
   } finally {
     await fh.close();

@@ -1,5 +1,5 @@
 // `kube-drac pop3`: the POP3 listeners, the grant store that logins renew grants through, and the
-// health endpoint. SIGTERM stops accepting, ends sessions without deleting anything, and exits.
+// health endpoint. SIGTERM (via runRoleProcess) stops accepting, ends sessions without deleting anything.
 import type { ConfigDocument } from '../config/load.ts';
 import { GrantStore } from '../grants/store.ts';
 import type { GrantRenewer } from '../grants/types.ts';
@@ -7,6 +7,7 @@ import { KubeClient } from '../kube/client.ts';
 import { startHealthServer } from '../observability/health.ts';
 import { createLogger, setLogLevel, type Logger } from '../observability/log.ts';
 import { collectProcessMetrics } from '../observability/metrics.ts';
+import { runRoleProcess } from '../role-process.ts';
 import { parsePop3Config } from './config.ts';
 import { startPop3Server, type Pop3Server } from './server.ts';
 
@@ -18,15 +19,12 @@ export interface RunningPop3Role {
 }
 
 export interface RunPop3Options {
-  log?: Logger;
-  /** Close on SIGTERM/SIGINT (default true; tests turn it off). */
-  handleSignals?: boolean;
-  /** Use this instead of a GrantStore on the configured cluster (the all-in-one may share one). */
+  /** Use this instead of a GrantStore on the configured cluster (tests, or a process sharing one). */
   renewer?: GrantRenewer;
 }
 
-export async function runPop3(doc: ConfigDocument, opts: RunPop3Options = {}): Promise<RunningPop3Role> {
-  const log = opts.log ?? createLogger('pop3');
+/** Start the POP3 role from a config document; `close()` ends sessions (deleting nothing) and stops. */
+export async function runPop3(doc: ConfigDocument, log: Logger = createLogger('pop3'), opts: RunPop3Options = {}): Promise<RunningPop3Role> {
   setLogLevel(doc.common.log.level);
   const config = parsePop3Config(doc.section('pop3'));
   collectProcessMetrics();
@@ -58,25 +56,22 @@ export async function runPop3(doc: ConfigDocument, opts: RunPop3Options = {}): P
     throw err;
   }
   const healthServer = health;
-
   let closing: Promise<void> | undefined;
-  const close = (): Promise<void> =>
-    (closing ??= (async () => {
-      process.off('SIGTERM', onSignal);
-      process.off('SIGINT', onSignal);
-      await server.close();
-      await healthServer.close();
-      store?.close();
-      client?.close();
-      log.info('pop3_stopped');
-    })());
-  const onSignal = (signal: NodeJS.Signals) => {
-    log.info('pop3_stopping', { signal });
-    void close();
+  return {
+    server,
+    healthPort: healthServer.port,
+    close: () =>
+      (closing ??= (async () => {
+        await server.close();
+        await healthServer.close();
+        store?.close();
+        client?.close();
+        log.info('pop3_stopped');
+      })()),
   };
-  if (opts.handleSignals !== false) {
-    process.once('SIGTERM', onSignal);
-    process.once('SIGINT', onSignal);
-  }
-  return { server, healthPort: healthServer.port, close };
+}
+
+/** `kube-drac pop3 [--config FILE]`: run until SIGTERM or SIGINT, then close cleanly. */
+export function main(args: string[]): Promise<void> {
+  return runRoleProcess('pop3', args, (doc, log) => runPop3(doc, log));
 }

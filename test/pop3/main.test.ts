@@ -1,5 +1,5 @@
 // runPop3: config document in, listeners and the health endpoint up, metrics named as the issue
-// says, and SIGTERM closing everything without deleting mail.
+// says, and close() (what SIGTERM runs) ending sessions without deleting mail.
 import assert from 'node:assert/strict';
 import net from 'node:net';
 import { after, describe, it } from 'node:test';
@@ -11,7 +11,7 @@ describe('runPop3', () => {
   const world = makeWorld('main');
   after(() => world.cleanup());
 
-  it('serves POP3 and /metrics, /readyz; SIGTERM closes the listeners', async () => {
+  it('serves POP3 and /metrics, /readyz; close ends sessions without deleting and stops the listeners', async () => {
     deliverWithLda(world, 'carol', testMessage('kept', ['body']));
     const doc = parseConfig(
       JSON.stringify({
@@ -29,7 +29,7 @@ describe('runPop3', () => {
       'test',
     );
     const renewer = new RecordingRenewer();
-    const role = await runPop3(doc, { renewer });
+    const role = await runPop3(doc, undefined, { renewer });
     const c = await RawClient.connect(role.server.port);
     assert.match(await c.login('carol', world.passwords.carol), /^\+OK Logged in, 1 messages/);
     assert.match(await c.cmd('DELE 1'), /^\+OK/);
@@ -52,17 +52,16 @@ describe('runPop3', () => {
     assert.match(metrics, /kubedrac_pop3_logins_total\{result="success"\} [1-9]/);
     assert.match(metrics, /kubedrac_pop3_sessions_active 1/);
 
-    process.emit('SIGTERM', 'SIGTERM');
     // The session is ended without UPDATE, the listener closes.
-    assert.ok(await c.waitClosed());
     await role.close();
+    assert.ok(await c.waitClosed());
     await assert.rejects(
       new Promise((resolve, reject) => {
         const s = net.connect(role.server.port, '127.0.0.1', () => resolve(s));
         s.on('error', reject);
       }),
     );
-    const again = await runPop3(doc, { renewer, handleSignals: false });
+    const again = await runPop3(doc, undefined, { renewer });
     const d = await RawClient.connect(again.server.port);
     assert.match(await d.login('carol', world.passwords.carol), /^\+OK Logged in, 1 messages/, 'DELE without QUIT deleted nothing');
     await d.cmd('QUIT');

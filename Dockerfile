@@ -1,0 +1,45 @@
+# syntax=docker/dockerfile:1
+# kube-drac: one image, every role. `docker run IMAGE pop3|smtp|operator [--config FILE]`.
+# test/image/image.test.ts performs these steps without Docker (keep the two in step).
+
+ARG NODE_IMAGE=node:24-bookworm
+ARG RUNTIME_IMAGE=node:24-bookworm-slim
+
+# 1. Compile TypeScript to dist/ with the dev dependencies (tsc).
+FROM ${NODE_IMAGE} AS build
+WORKDIR /src
+COPY package.json package-lock.json ./
+RUN npm ci --no-audit --no-fund
+COPY tsconfig.json tsconfig.build.json ./
+COPY src/ src/
+RUN npm run build
+
+# 2. Production dependencies only, in a stage of their own so no dev file reaches the image.
+FROM ${NODE_IMAGE} AS deps
+WORKDIR /app
+COPY package.json package-lock.json ./
+RUN npm ci --omit=dev --no-audit --no-fund \
+ && npm cache clean --force
+
+# 3. The runtime: Node and the app, no compilers, no npm, no shell tools beyond the slim base.
+FROM ${RUNTIME_IMAGE}
+LABEL org.opencontainers.image.title="kube-drac" \
+      org.opencontainers.image.description="POP-before-SMTP relay authorization (DRAC) as a Kubernetes operator" \
+      org.opencontainers.image.licenses="MIT" \
+      org.opencontainers.image.source="https://github.com/kube-drac/kube-drac"
+# npm, npx and corepack are not needed to run: remove them (less to patch, less to exploit).
+RUN rm -rf /usr/local/lib/node_modules/npm /usr/local/lib/node_modules/corepack \
+           /usr/local/bin/npm /usr/local/bin/npx /usr/local/bin/corepack /opt/yarn* /usr/local/bin/yarn /usr/local/bin/yarnpkg
+WORKDIR /app
+ENV NODE_ENV=production
+COPY --from=deps /app/node_modules/ node_modules/
+COPY --from=build /src/dist/ dist/
+COPY package.json ./
+COPY crds/ crds/
+RUN chmod 0755 dist/cli.js && ln -s /app/dist/cli.js /usr/local/bin/kube-drac
+# The image's `node` user (uid 1000, matching the chart's runAsUser); never root.
+USER 1000:1000
+# pop3 1110, pop3s 1995, smtp 2525, smtps 2465, metrics/health 9090.
+EXPOSE 1110 1995 2525 2465 9090
+ENTRYPOINT ["kube-drac"]
+CMD ["help"]

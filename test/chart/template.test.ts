@@ -333,6 +333,12 @@ describe('values the chart refuses, with a message naming the value', () => {
     ['a Maildir template escaping the volume', ['mail.location=../%u'], /mail\.location "\.\.\/%u" must be a path relative to the mail volume/],
     ['ServiceMonitor and PodMonitor both', ['metrics.serviceMonitor.enabled=true', 'metrics.podMonitor.enabled=true'], /enable one of them/],
   ];
+  test('a Kubernetes older than 1.31 (the CRD needs its CEL ip/cidr libraries)', async () => {
+    const r = await helm(['template', 'r', CHART, ...MINIMAL, '--kube-version', '1.30.4']);
+    assert.notEqual(r.code, 0);
+    assert.match(r.stderr, /Kubernetes v1\.30\.4 is too old: the RelayGrant CRD's validation rules need 1\.31 or later/);
+    assert.equal((await helm(['template', 'r', CHART, ...MINIMAL, '--kube-version', '1.31.0'])).code, 0);
+  });
   for (const [what, sets, message] of cases) {
     test(what, async () => {
       const r = await helm(['template', 'r', CHART, ...MINIMAL, ...sets.flatMap((s) => ['--set', s])]);

@@ -127,6 +127,10 @@ each value alone; these checks need two or more.
 {{- if or (hasPrefix "/" .Values.mail.location) (regexMatch "(^|/)\\.\\.(/|$)" .Values.mail.location) -}}
 {{- $errors = append $errors (printf "mail.location %q must be a path relative to the mail volume without .. (e.g. %%d/%%n/Maildir)" .Values.mail.location) -}}
 {{- end -}}
+{{- $kube := .Capabilities.KubeVersion.Version -}}
+{{- if and (not (hasPrefix "v0.0.0" $kube)) (semverCompare "<1.31.0-0" $kube) -}}
+{{- $errors = append $errors (printf "Kubernetes %s is too old: the RelayGrant CRD's validation rules need 1.31 or later" $kube) -}}
+{{- end -}}
 {{- if $errors -}}
 {{- fail (printf "\n\nkube-drac cannot be installed with these values:\n  - %s\n" (join "\n  - " $errors)) -}}
 {{- end -}}

@@ -8,6 +8,7 @@ commands:
   local-cluster [--dir DIR]   run a real etcd + kube-apiserver on loopback with the CRDs installed;
                               prints KUBECONFIG=<path> once ready
   operator [--config FILE]    delete expired RelayGrants (leader-elected on a Lease)
+  pop3 [--config FILE]        the POP3 server; each login creates or renews its address's grant
   smtp [--config FILE]        the SMTP relay gate, local delivery and onward relay
   all-in-one [--state-dir D]  everything on loopback for trying it out (npm start)
   help                        this text
@@ -21,6 +22,7 @@ type Command = (args: string[]) => Promise<void>;
 const COMMANDS: Record<string, () => Promise<Command>> = {
   'local-cluster': async () => (await import('./local/cli.ts')).runLocalCluster,
   operator: async () => (await import('./operator/main.ts')).main,
+  pop3: async () => (await import('./pop3/main.ts')).main,
   smtp: async () => (await import('./smtp/main.ts')).main,
   'all-in-one': async () => (await import('./local/all-in-one.ts')).runAllInOne,
 };

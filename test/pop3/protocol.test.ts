@@ -2,8 +2,13 @@
 // injection, drops, PROXY headers, garbage).
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
+import fs from 'node:fs';
+import net from 'node:net';
+import path from 'node:path';
+import tls from 'node:tls';
 import { after, before, describe, it } from 'node:test';
 import { snapshotMaildir } from '../../src/mail/maildir.ts';
+import { makeCert } from '../net/certs.ts';
 import { RawClient, RecordingRenewer, deliverWithLda, makeWorld, maildirOf, startServer, testMessage, type StartedServer, type World } from './support.ts';
 
 const b64 = (s: string) => Buffer.from(s, 'utf8').toString('base64');
@@ -286,6 +291,46 @@ describe('POP3 TLS rules', () => {
     assert.match(await c.login('carol', 'carol'), /^\+OK/);
     await c.cmd('QUIT');
     assert.equal(s.renewer.calls.length, 1);
+  });
+
+  it('serves a rotated certificate on both ports without a restart', async () => {
+    const servedCn = (port: number, stls: boolean) =>
+      new Promise<string>((resolve, reject) => {
+        const done = (sock: tls.TLSSocket) => {
+          const cn = sock.getPeerCertificate().subject.CN;
+          sock.destroy();
+          resolve(Array.isArray(cn) ? cn.join() : (cn ?? ''));
+        };
+        if (!stls) {
+          const t = tls.connect({ port, host: '127.0.0.1', rejectUnauthorized: false }, () => done(t));
+          t.on('error', reject);
+          return;
+        }
+        const plain = net.connect(port, '127.0.0.1');
+        let seen = '';
+        plain.on('data', (d: Buffer) => {
+          seen += d.toString();
+          if (seen.includes('ready')) {
+            seen = '';
+            plain.write('STLS\r\n');
+          } else if (seen.includes('Begin TLS')) {
+            plain.removeAllListeners('data');
+            const t = tls.connect({ socket: plain, rejectUnauthorized: false }, () => done(t));
+            t.on('error', reject);
+          }
+        });
+        plain.on('error', reject);
+      });
+    assert.equal(await servedCn(s.server.tlsPort as number, false), 'localhost');
+    // Rotate: a new pair written over the files the server was started with.
+    const next = makeCert(path.join(world.dir, 'rotated'), 'rotated.example');
+    fs.copyFileSync(next.keyFile, world.cert.keyFile);
+    fs.copyFileSync(next.certFile, world.cert.certFile);
+    for (let i = 0; i < 100 && (await servedCn(s.server.tlsPort as number, false)) !== 'rotated.example'; i++) {
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    assert.equal(await servedCn(s.server.tlsPort as number, false), 'rotated.example');
+    assert.equal(await servedCn(s.server.port, true), 'rotated.example');
   });
 
   it('implicit TLS on the POP3S port allows login at once', async () => {

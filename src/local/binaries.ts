@@ -52,14 +52,33 @@ function isExecutable(file: string): boolean {
 export type ProgressFn = (line: string) => void;
 
 /** `go build -v` prints each package as it is compiled: turn that into a progress line now and then. */
-async function goBuild(module: string, pkgs: string[], outDir: string, progress: ProgressFn): Promise<void> {
+async function goBuild(module: string, targets: { pkg: string; file: string }[], outDir: string, progress: ProgressFn): Promise<void> {
+  const pkgs = targets.map((t) => t.pkg);
   const tmpDir = fs.mkdtempSync(path.join(path.dirname(outDir), `.build-${module}-`));
   progress(`building ${pkgs.join(', ')} with Go (first use on this machine; this takes several minutes)`);
   const started = Date.now();
   let compiled = 0;
   let lastReport = Date.now();
-  await new Promise<void>((resolve, reject) => {
-    const child = spawn('go', ['build', '-v', '-o', tmpDir + path.sep, ...pkgs], {
+  // One `go build` per binary, each with its own output name: a package path ending in a major
+  // version (go.etcd.io/etcd/server/v3) would otherwise be named after its parent (`server`).
+  for (const target of targets) {
+    await runGoBuild(module, target.pkg, path.join(tmpDir, target.file), () => {
+      compiled++;
+      if (Date.now() - lastReport > 10_000) {
+        lastReport = Date.now();
+        progress(`  ${module}: ${compiled} packages compiled, ${Math.round((Date.now() - started) / 1000)} s`);
+      }
+    });
+  }
+  fs.mkdirSync(outDir, { recursive: true });
+  for (const f of fs.readdirSync(tmpDir)) fs.renameSync(path.join(tmpDir, f), path.join(outDir, f));
+  fs.rmSync(tmpDir, { recursive: true, force: true });
+  progress(`  ${module}: built in ${Math.round((Date.now() - started) / 1000)} s into ${outDir}`);
+}
+
+function runGoBuild(module: string, pkg: string, output: string, onPackage: () => void): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    const child = spawn('go', ['build', '-v', '-o', output, pkg], {
       cwd: path.join(TOOLS_DIR, module),
       env: { ...process.env, CGO_ENABLED: process.env.CGO_ENABLED ?? '0', GOFLAGS: process.env.GOFLAGS ?? '-buildvcs=false' },
       stdio: ['ignore', 'pipe', 'pipe'],
@@ -69,15 +88,8 @@ async function goBuild(module: string, pkgs: string[], outDir: string, progress:
     child.stderr.on('data', (chunk: string) => {
       for (const line of chunk.split('\n')) {
         if (line === '') continue;
-        if (/^[\w.-]+(\/[\w.~+-]+)*$/.test(line)) {
-          compiled++;
-        } else {
-          errors += line + '\n';
-        }
-      }
-      if (Date.now() - lastReport > 10_000) {
-        lastReport = Date.now();
-        progress(`  ${module}: ${compiled} packages compiled, ${Math.round((Date.now() - started) / 1000)} s`);
+        if (/^[\w.-]+(\/[\w.~+-]+)*$/.test(line)) onPackage();
+        else errors += line + '\n';
       }
     });
     child.on('error', (err) =>
@@ -85,13 +97,9 @@ async function goBuild(module: string, pkgs: string[], outDir: string, progress:
     );
     child.on('exit', (code) => {
       if (code === 0) resolve();
-      else reject(new Error(`go build in tools/${module} failed (exit ${code}):\n${errors.slice(-4000)}`));
+      else reject(new Error(`go build ${pkg} in tools/${module} failed (exit ${code}):\n${errors.slice(-4000)}`));
     });
   });
-  fs.mkdirSync(outDir, { recursive: true });
-  for (const f of fs.readdirSync(tmpDir)) fs.renameSync(path.join(tmpDir, f), path.join(outDir, f));
-  fs.rmSync(tmpDir, { recursive: true, force: true });
-  progress(`  ${module}: built in ${Math.round((Date.now() - started) / 1000)} s into ${outDir}`);
 }
 
 /** One builder at a time per machine (tests and `npm start` may start together). */
@@ -152,8 +160,12 @@ export async function ensureBinaries(tools: ToolName[], progress: ProgressFn = (
       for (const [module, moduleTools] of missing) {
         const dir = moduleCacheDir(module);
         const todo = moduleTools.filter((t) => !isExecutable(path.join(dir, BUILDS[t].file)));
-        if (todo.length > 0) await goBuild(module, todo.map((t) => BUILDS[t].pkg), dir, progress);
-        for (const t of moduleTools) found[t] = path.join(dir, BUILDS[t].file);
+        if (todo.length > 0) await goBuild(module, todo.map((t) => BUILDS[t]), dir, progress);
+        for (const t of moduleTools) {
+          const file = path.join(dir, BUILDS[t].file);
+          if (!isExecutable(file)) throw new Error(`go build of ${BUILDS[t].pkg} finished but left no executable ${file}`);
+          found[t] = file;
+        }
       }
     });
   }

@@ -38,6 +38,16 @@ function canI(kube: TestKube, sa: string, verb: string, resource: string, namesp
   });
 }
 
+/** kubectl with `input` on stdin; resolves with the exit code and output instead of throwing. */
+function kubectlWithInput(kube: TestKube, args: string[], input: string): Promise<{ code: number; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    const child = execFile(testBinaries().kubectl, ['--kubeconfig', kube.kubeconfigPath, '-n', kube.namespace, ...args], (err, stdout, stderr) => {
+      resolve({ code: err ? (typeof err.code === 'number' ? err.code : 1) : 0, stdout, stderr });
+    });
+    child.stdin?.end(input);
+  });
+}
+
 async function install(kube: TestKube, release: string, args: string[]): Promise<void> {
   const r = await helm(['install', release, CHART, '--kubeconfig', kube.kubeconfigPath, '--namespace', kube.namespace, '--timeout', '2m', ...args]);
   assert.equal(r.code, 0, `helm install failed:\n${r.stdout}\n${r.stderr}`);
@@ -179,6 +189,27 @@ describe('helm install with the minimal values', () => {
       }),
     );
     assert.deepEqual(wrong, []);
+  });
+
+  test('every pod the chart makes passes Pod Security "restricted" admission (server-side dry run)', async () => {
+    await kube.kubectl('label', 'namespace', kube.namespace, 'pod-security.kubernetes.io/enforce=restricted', '--overwrite');
+    // The admission is on: a pod that may escalate is refused.
+    const bad = { apiVersion: 'v1', kind: 'Pod', metadata: { name: 'psa-control' }, spec: { containers: [{ name: 'c', image: 'busybox' }] } };
+    const refused = await kubectlWithInput(kube, ['create', '--dry-run=server', '-f', '-'], JSON.stringify(bad));
+    assert.notEqual(refused.code, 0);
+    assert.match(refused.stderr, /violates PodSecurity "restricted/);
+    const pods: unknown[] = [];
+    for (const role of ['pop3', 'smtp', 'operator']) {
+      const d = JSON.parse(await kube.kubectl('get', 'deployment', `r-kube-drac-${role}`, '-o', 'json')) as { spec: { template: { metadata: unknown; spec: unknown } } };
+      pods.push({ apiVersion: 'v1', kind: 'Pod', metadata: { ...(d.spec.template.metadata as object), name: `psa-${role}` }, spec: d.spec.template.spec });
+    }
+    const hook = await helm(['template', 'r', CHART, ...MINIMAL, '--show-only', 'templates/tests/services-answer.yaml']);
+    pods.push(hook.stdout);
+    for (const pod of pods) {
+      const r = await kubectlWithInput(kube, ['create', '--dry-run=server', '-f', '-'], typeof pod === 'string' ? pod : JSON.stringify(pod));
+      assert.equal(r.code, 0, `${r.stderr}`);
+      assert.match(r.stdout, /created \(server dry run\)/);
+    }
   });
 
   test('helm uninstall removes the release but keeps the mail claim', async () => {

@@ -280,7 +280,10 @@ describe('helm template with every option on (test/chart/values-all.yaml)', () =
     assert.deepEqual(smtp.ingress[0]?.ports.map((p) => p.port), [2525, 2465]);
     assert.equal(smtp.ingress[0]?.from, undefined);
     assert.deepEqual(smtp.ingress[1]?.ports.map((p) => p.port), [9191]);
-    assert.deepEqual(smtp.ingress[1]?.from, [{ namespaceSelector: { matchLabels: { 'kubernetes.io/metadata.name': 'monitoring' } } }]);
+    assert.deepEqual(smtp.ingress[1]?.from, [
+      { namespaceSelector: { matchLabels: { 'kubernetes.io/metadata.name': 'monitoring' } } },
+      { podSelector: { matchLabels: { 'app.kubernetes.io/instance': 'r', 'app.kubernetes.io/component': 'helm-test' } } },
+    ]);
     assert.deepEqual(smtp.egress.map((e) => e.ports.map((p) => p.port)), [[53, 53], [443, 6443], [587]]);
     const op = spec<{ ingress: Array<{ ports: Array<{ port: number }> }>; egress: unknown[] }>(find(objects, 'NetworkPolicy', 'mail-operator'));
     assert.deepEqual(op.ingress.map((i) => i.ports.map((p) => p.port)), [[9191]]);

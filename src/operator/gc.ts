@@ -256,7 +256,6 @@ export class GarbageCollector {
           grantsDeleted.inc();
           gcLag.observe(Math.max(0, this.timers.now() - decision.expiresAtMs) / 1000);
           this.failures.delete(name);
-          this.log.debug('gc_grant_deleted', { grant: name, lagMs: this.timers.now() - decision.expiresAtMs });
           return;
         } catch (err) {
           if (!(err instanceof KubeApiError)) throw err;

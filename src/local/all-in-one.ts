@@ -144,8 +144,11 @@ export async function runAllInOne(args: string[]): Promise<void> {
     client.close();
     const configs = writeConfigs(stateDir, plane.kubeconfigPath);
     for (const { role } of ROLES) {
-      const child = spawn(process.execPath, [CLI, role, '--config', configs[role] as string], { stdio: ['ignore', 'pipe', 'pipe'] });
+      // Its own process group, handed to the control plane's watchdog: if this process is killed
+      // outright, the roles go with the control plane instead of holding the ports.
+      const child = spawn(process.execPath, [CLI, role, '--config', configs[role] as string], { stdio: ['ignore', 'pipe', 'pipe'], detached: true });
       children.push(child);
+      if (child.pid !== undefined) plane.adoptProcessGroup(child.pid);
       for (const stream of [child.stdout, child.stderr]) {
         readline.createInterface({ input: stream }).on('line', (line) => say(humanLine(line)));
       }

@@ -51,6 +51,7 @@ export class ControlPlane {
   private readonly opts: ControlPlaneOptions;
   private binaries: Binaries | undefined;
   private procs: Proc[] = [];
+  private readonly adopted: number[] = [];
   private watchdog: ChildProcess | undefined;
   private etcdPort = 0;
   private etcdPeerPort = 0;
@@ -203,8 +204,17 @@ export class ControlPlane {
   }
 
   private recordProcessGroups(): void {
-    const pgids = this.procs.map((p) => p.child.pid).filter((pid): pid is number => pid !== undefined);
+    const pgids = [...this.procs.map((p) => p.child.pid), ...this.adopted].filter((pid): pid is number => pid !== undefined);
     fs.writeFileSync(path.join(this.dir, 'pgids'), pgids.join(' ') + '\n');
+  }
+
+  /**
+   * Let the watchdog end another process group too if this process dies without cleaning up
+   * (the all-in-one's role processes). The caller still stops them itself on a normal exit.
+   */
+  adoptProcessGroup(pgid: number): void {
+    this.adopted.push(pgid);
+    this.recordProcessGroups();
   }
 
   private async waitReady(timeoutMs = 90_000): Promise<void> {

@@ -2,7 +2,7 @@
 // (tsc into dist/, `npm ci --omit=dev`, the runtime layout with `kube-drac` on PATH), then every
 // role started from that copy against the test API server. Run: npm test -- test/image/image.test.ts
 import assert from 'node:assert/strict';
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
@@ -11,6 +11,7 @@ import { after, before, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { kubeForTest, type TestKube } from '../support/kube.ts';
+import { freePort, killRoles, startRoleProcess, type StartedRole } from './roles.ts';
 
 const run = promisify(execFile);
 const REPO = fileURLToPath(new URL('../../', import.meta.url));
@@ -39,7 +40,6 @@ let tmp = '';
 let app = '';
 let binDir = '';
 let kube: TestKube;
-const children = new Set<ChildProcess>();
 
 /** The environment of the image: `kube-drac` and Node 24 on PATH, nothing from the repo. */
 function imageEnv(): NodeJS.ProcessEnv {
@@ -67,62 +67,10 @@ function copy(rel: string, to: string): void {
   fs.cpSync(path.join(REPO, rel), path.join(to, rel), { recursive: true });
 }
 
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.on('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as net.AddressInfo;
-      s.close(() => resolve(port));
-    });
-  });
-}
-
-async function waitReady(port: number, child: ChildProcess, output: () => string): Promise<void> {
-  const deadline = Date.now() + 60_000;
-  for (;;) {
-    if (child.exitCode !== null) throw new Error(`the role exited with ${child.exitCode} before it was ready:\n${output()}`);
-    try {
-      const res = await fetch(`http://127.0.0.1:${port}/readyz`);
-      if (res.status === 200) return;
-    } catch {
-      // not listening yet
-    }
-    if (Date.now() > deadline) throw new Error(`/readyz never answered 200:\n${output()}`);
-    await new Promise((r) => setTimeout(r, 200));
-  }
-}
-
-interface Started {
-  child: ChildProcess;
-  output: () => string;
-  /** SIGTERM, then the exit code. */
-  stop(): Promise<number | null>;
-}
-
-async function startRole(role: string, config: string, metricsPort: number): Promise<Started> {
+async function startRole(role: string, config: string, metricsPort: number): Promise<StartedRole> {
   const file = path.join(tmp, `${role}.yaml`);
   fs.writeFileSync(file, config);
-  const child = spawn('kube-drac', [role, '--config', file], { cwd: tmp, env: imageEnv(), stdio: ['ignore', 'pipe', 'pipe'] });
-  children.add(child);
-  let out = '';
-  child.stdout?.on('data', (c: Buffer) => (out += c.toString()));
-  child.stderr?.on('data', (c: Buffer) => (out += c.toString()));
-  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
-  exited.then(() => children.delete(child), () => undefined);
-  const started: Started = {
-    child,
-    output: () => out,
-    stop: async () => {
-      child.kill('SIGTERM');
-      const timer = setTimeout(() => child.kill('SIGKILL'), 15_000);
-      const code = await exited;
-      clearTimeout(timer);
-      return code;
-    },
-  };
-  await waitReady(metricsPort, child, started.output);
-  return started;
+  return startRoleProcess('kube-drac', [role, '--config', file], { cwd: tmp, env: imageEnv(), metricsPort });
 }
 
 /** Read one reply line (or lines until `done` says so) from a socket. */
@@ -189,7 +137,7 @@ describe('the image, built by hand from the Dockerfile steps', () => {
   });
 
   after(async () => {
-    for (const child of children) child.kill('SIGKILL');
+    killRoles();
     await kube?.cleanup();
     if (tmp) fs.rmSync(tmp, { recursive: true, force: true });
   });

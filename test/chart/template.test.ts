@@ -3,7 +3,9 @@
 // values the schema or the chart refuse with a message naming the value.
 // Run: npm test -- test/chart/template.test.ts
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
+import os from 'node:os';
 import { before, describe, test } from 'node:test';
 import {
   CHART,
@@ -88,6 +90,23 @@ describe('helm lint', () => {
       const r = await helm(['lint', CHART, '--strict', ...args]);
       assert.equal(r.code, 0, `helm lint ${args.join(' ')}:\n${r.stdout}\n${r.stderr}`);
       assert.match(r.stdout, /1 chart\(s\) linted, 0 chart\(s\) failed/);
+    }
+  });
+});
+
+describe('helm package', () => {
+  test('packages the chart with its CRD, schema, dashboard and helm test', async () => {
+    const dir = fs.mkdtempSync(`${os.tmpdir()}/kube-drac-package-`);
+    try {
+      const r = await helm(['package', CHART, '--destination', dir]);
+      assert.equal(r.code, 0, r.stderr);
+      const tgz = `${dir}/kube-drac-0.1.0.tgz`;
+      const list = execFileSync('tar', ['-tzf', tgz], { encoding: 'utf8' }).split('\n');
+      for (const f of ['Chart.yaml', 'values.yaml', 'values.schema.json', 'crds/relaygrants.kubedrac.io.yaml', 'dashboards/kube-drac.json', 'templates/NOTES.txt', 'templates/tests/services-answer.yaml']) {
+        assert.ok(list.includes(`kube-drac/${f}`), `${f} is not in the package`);
+      }
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
     }
   });
 });

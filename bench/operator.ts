@@ -5,7 +5,8 @@
 //  (b) GC lag (deletion seen on a watch minus expiresAt) at a steady 100 expiries/s;
 //  (c) the operator's RSS holding G grants.
 // Sizes: full N=10k, 30 s at 100/s, G=100k; --quick N=2k, 10 s, G=20k. KUBE_DRAC_BENCH_OPERATOR=a,b,c
-// picks parts (the full G=100k alone takes ~2 min of creates on a 2-core machine).
+// picks parts, KUBE_DRAC_BENCH_OPERATOR_GRANTS=G sets G (the full G=100k alone takes 2-5 min of
+// creates on a shared 2-core machine).
 import { execFile } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -83,7 +84,7 @@ async function importFloorMb(): Promise<number> {
 export async function run({ quick }: BenchOptions): Promise<BenchResult[]> {
   const burst = quick ? 2000 : 10_000;
   const steadySeconds = quick ? 10 : 30;
-  const big = quick ? 20_000 : 100_000;
+  const big = Number(process.env.KUBE_DRAC_BENCH_OPERATOR_GRANTS) || (quick ? 20_000 : 100_000);
   const parts = new Set((process.env.KUBE_DRAC_BENCH_OPERATOR ?? 'a,b,c').split(','));
   const rows: BenchResult[] = [];
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kube-drac-bench-op-'));

@@ -181,11 +181,13 @@ export class LeaderElector {
         failures = 0;
       } catch (err) {
         // Said once, then every 10th time: an unreachable API server must not flood the log.
-        if (++failures === 1 || failures % 10 === 0) {
+        if (!this.stopping && (++failures === 1 || failures % 10 === 0)) {
           this.log.warn(this.leading ? 'lease_renew_failed' : 'lease_acquire_failed', { lease: this.opts.leaseName, error: err as Error, failures });
         }
       }
       if (this.stopping) break;
+      // A write that took longer than the deadline is no ground to act on: the next round renews.
+      if (ok && this.mono() - this.renewedAtMs >= this.opts.renewDeadlineMs) ok = false;
       if (ok && !this.leading) this.startLeading();
       else if (!ok && this.leading && this.mono() - this.renewedAtMs >= this.opts.renewDeadlineMs) this.stepDown('renew deadline passed');
       const pause = this.leading ? this.opts.retryPeriodMs : this.opts.retryPeriodMs * (1 + Math.random() * (JITTER - 1));
@@ -230,7 +232,7 @@ export class LeaderElector {
     const sentAt = this.mono();
     let current = this.leading ? this.lease : undefined;
     if (!current) {
-      current = await this.opts.client.get<Lease>(this.path(), { timeoutMs });
+      current = await this.opts.client.get<Lease>(this.path(), { timeoutMs, signal: this.wake.signal });
       if (!current) return this.create(sentAt, timeoutMs);
       this.observe(current);
       if (!leaseIsFree(current.spec, this.opts.identity, this.observedAtMs, this.mono())) {
@@ -240,7 +242,7 @@ export class LeaderElector {
     }
     const next: Lease = { ...current, spec: acquiredSpec(current.spec, this.opts.identity, this.opts.leaseDurationMs, this.wall()) };
     try {
-      const written = await this.opts.client.request<Lease>('PUT', this.path(), { body: next, timeoutMs });
+      const written = await this.opts.client.request<Lease>('PUT', this.path(), { body: next, timeoutMs, signal: this.wake.signal });
       this.wrote(written, sentAt);
       return true;
     } catch (err) {
@@ -260,7 +262,7 @@ export class LeaderElector {
       spec: acquiredSpec(undefined, this.opts.identity, this.opts.leaseDurationMs, this.wall()),
     };
     try {
-      const written = await this.opts.client.create<Lease>(leasePath(this.opts.namespace), body, { timeoutMs });
+      const written = await this.opts.client.create<Lease>(leasePath(this.opts.namespace), body, { timeoutMs, signal: this.wake.signal });
       this.wrote(written, sentAt);
       return true;
     } catch (err) {
@@ -308,18 +310,28 @@ export class LeaderElector {
   }
 
   private async release(): Promise<void> {
-    const held = this.held;
-    if (!held || held.spec?.holderIdentity !== this.opts.identity) return;
-    try {
-      const written = await this.opts.client.request<Lease>('PUT', this.path(), {
-        body: { ...held, spec: releasedSpec(held.spec, this.wall()) },
-        timeoutMs: 2000,
-      });
-      this.observe(written);
-      this.log.info('lease_released', { lease: this.opts.leaseName, identity: this.opts.identity });
-    } catch (err) {
-      // A 409 means someone else already wrote it: nothing of ours to release.
-      this.log.warn('lease_release_failed', { lease: this.opts.leaseName, error: err as Error });
+    let held = this.held;
+    // Two tries: a renewal cut short by stop() may still have landed, making our copy stale.
+    for (let attempt = 0; attempt < 2 && held?.spec?.holderIdentity === this.opts.identity; attempt++) {
+      try {
+        const written = await this.opts.client.request<Lease>('PUT', this.path(), {
+          body: { ...held, spec: releasedSpec(held.spec, this.wall()) },
+          timeoutMs: 2000,
+        });
+        this.observe(written);
+        this.log.info('lease_released', { lease: this.opts.leaseName, identity: this.opts.identity });
+        return;
+      } catch (err) {
+        if (!(err instanceof KubeApiError && err.status === 409) || attempt > 0) {
+          this.log.warn('lease_release_failed', { lease: this.opts.leaseName, error: err as Error });
+          return;
+        }
+        try {
+          held = await this.opts.client.get<Lease>(this.path(), { timeoutMs: 2000 });
+        } catch {
+          return;
+        }
+      }
     }
   }
 

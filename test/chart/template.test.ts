@@ -7,6 +7,7 @@ import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import { before, describe, test } from 'node:test';
+import * as yaml from 'js-yaml';
 import {
   CHART,
   MINIMAL,
@@ -91,6 +92,62 @@ describe('helm lint', () => {
       assert.equal(r.code, 0, `helm lint ${args.join(' ')}:\n${r.stdout}\n${r.stderr}`);
       assert.match(r.stdout, /1 chart\(s\) linted, 0 chart\(s\) failed/);
     }
+  });
+});
+
+describe('values.yaml and values.schema.json', () => {
+  interface SchemaNode {
+    type?: string;
+    properties?: Record<string, SchemaNode>;
+    additionalProperties?: boolean | SchemaNode;
+  }
+  /** Key paths of nested mappings, down to leaves (lists and free-form maps are leaves). */
+  function valuePaths(v: unknown, prefix: string, out: string[]): string[] {
+    if (v !== null && typeof v === 'object' && !Array.isArray(v) && Object.keys(v).length > 0) {
+      for (const [k, child] of Object.entries(v)) valuePaths(child, prefix ? `${prefix}.${k}` : k, out);
+    } else {
+      out.push(prefix);
+    }
+    return out;
+  }
+  function schemaPaths(node: SchemaNode, prefix: string, out: string[]): string[] {
+    if (node.properties && node.additionalProperties === false) {
+      for (const [k, child] of Object.entries(node.properties)) schemaPaths(child, prefix ? `${prefix}.${k}` : k, out);
+    } else {
+      out.push(prefix);
+    }
+    return out;
+  }
+  const values = yaml.load(fs.readFileSync(`${CHART}values.yaml`, 'utf8'));
+  const schema = JSON.parse(fs.readFileSync(`${CHART}values.schema.json`, 'utf8')) as SchemaNode;
+
+  test('every value in values.yaml is described by the schema, and the schema knows no value values.yaml lacks', () => {
+    const fromValues = valuePaths(values, '', []);
+    const fromSchema = schemaPaths(schema, '', []);
+    // A value is covered when the schema has its path or a free-form parent of it.
+    const covered = (p: string) => fromSchema.some((s) => p === s || p.startsWith(`${s}.`) || s.startsWith(`${p}.`));
+    assert.deepEqual(fromValues.filter((p) => !covered(p)), [], 'values without a schema entry');
+    // `<role>.config` sections are optional keys of the roles' config: the schema lists them all, values.yaml shows a few.
+    const optional = (p: string) => /^(pop3|smtp)\.config\./.test(p) || fromValues.some((v) => v === p || v.startsWith(`${p}.`) || p.startsWith(`${v}.`));
+    assert.deepEqual(fromSchema.filter((p) => !optional(p)), [], 'schema entries values.yaml does not document');
+  });
+
+  test('every value in values.yaml comes with a comment (above it or above its section)', () => {
+    const lines = fs.readFileSync(`${CHART}values.yaml`, 'utf8').split('\n');
+    const undocumented: string[] = [];
+    for (let i = 0; i < lines.length; i++) {
+      // Section headers (`key:` alone on its line) are documented by their keys.
+      const m = /^( *)([A-Za-z][\w]*):\s*\S/.exec(lines[i] ?? '');
+      if (!m) continue;
+      const indent = (m[1] as string).length;
+      // A comment right above, or above the first key of the enclosing block.
+      let j = i - 1;
+      while (j >= 0 && /^\s*[A-Za-z][\w]*:/.test(lines[j] ?? '') && (/^( *)/.exec(lines[j] ?? '')?.[1]?.length ?? 0) === indent) j--;
+      const above = lines[j] ?? '';
+      const parentKey = /^( *)[A-Za-z][\w]*:\s*$/.exec(above);
+      if (!/^\s*#/.test(above) && !(parentKey && (parentKey[1] as string).length < indent)) undocumented.push(`${i + 1}: ${lines[i]?.trim() ?? ''}`);
+    }
+    assert.deepEqual(undocumented, []);
   });
 });
 

@@ -186,6 +186,15 @@ describe('helm template with the defaults', () => {
     assert.deepEqual(ofKind(objects, 'Deployment').map((d) => d.metadata.name).sort(), ['r-kube-drac-operator', 'r-kube-drac-pop3', 'r-kube-drac-smtp']);
     checkHardenedPods(objects, 'r-kube-drac');
     assert.equal(spec<{ replicas: number }>(find(objects, 'Deployment', 'r-kube-drac-operator')).replicas, 2);
+    // Replicas prefer different nodes unless told otherwise.
+    for (const role of ROLES) {
+      const affinity = podSpec(find(objects, 'Deployment', `r-kube-drac-${role}`)).affinity as {
+        podAntiAffinity: { preferredDuringSchedulingIgnoredDuringExecution: Array<{ podAffinityTerm: { topologyKey: string; labelSelector: { matchLabels: Record<string, string> } } }> };
+      };
+      const term = affinity.podAntiAffinity.preferredDuringSchedulingIgnoredDuringExecution[0]?.podAffinityTerm;
+      assert.equal(term?.topologyKey, 'kubernetes.io/hostname');
+      assert.equal(term?.labelSelector.matchLabels['app.kubernetes.io/component'], role);
+    }
     // The operator reaches no mail, certificate or users file.
     const op = podSpec(find(objects, 'Deployment', 'r-kube-drac-operator'));
     assert.deepEqual(op.volumes?.map((v) => v.name).sort(), ['config', 'tmp']);
@@ -266,7 +275,10 @@ describe('helm template with every option on (test/chart/values-all.yaml)', () =
     assert.equal(pop3.priorityClassName, 'mail-critical');
     assert.deepEqual(pop3.nodeSelector, { 'kubernetes.io/os': 'linux' });
     assert.ok(pop3.containers[0]?.env?.some((e) => e.name === 'UV_THREADPOOL_SIZE' && e.value === '8'));
-    assert.ok(podSpec(find(objects, 'Deployment', 'mail-smtp')).affinity);
+    // A given affinity replaces the default one.
+    const smtpAffinity = JSON.stringify(podSpec(find(objects, 'Deployment', 'mail-smtp')).affinity);
+    assert.match(smtpAffinity, /"app.kubernetes.io\/component":"smtp"/);
+    assert.doesNotMatch(smtpAffinity, /"app.kubernetes.io\/instance"/);
   });
 
   test('SMTPS 465 onto 2465, NodePorts, and externalTrafficPolicy Cluster allowed because PROXY protocol carries the address', () => {

@@ -76,6 +76,20 @@ operator:
     assert.ok((await metric('kubedrac_grants_active')) >= 1);
   });
 
+  it('counts active and expired-pending grants over its cache', async () => {
+    const expiresAt = Date.now() + 3_600_000;
+    const name = await createGrant(k.client, k.namespace, nextIndex(), expiresAt);
+    await eventually('the cache has it', () => op.cache.get(name) !== undefined);
+    const now = op.gc.census(expiresAt - 1);
+    const later = op.gc.census(expiresAt);
+    assert.ok(now.active >= 1);
+    assert.equal(later.active, now.active - 1);
+    assert.equal(later.expiredPending, now.expiredPending + 1);
+    const current = op.gc.census();
+    assert.equal(await metric('kubedrac_grants_active'), current.active);
+    assert.equal(await metric('kubedrac_grants_expired_pending'), current.expiredPending);
+  });
+
   it('keeps a grant renewed just before its timer fires', async () => {
     const expiresAt = Date.now() + 800;
     const name = await createGrant(k.client, k.namespace, nextIndex(), expiresAt);

@@ -13,11 +13,30 @@ export interface MaildropOptions {
   lock: LockOptions;
 }
 
+/** Maildirs known to have their folders (so a login does not pay three mkdir calls). */
+const prepared = new Set<string>();
+
+async function prepare(dir: string): Promise<void> {
+  if (prepared.has(dir)) return;
+  await ensureMaildirFolders(dir);
+  if (prepared.size >= 100_000) prepared.clear();
+  prepared.add(dir);
+}
+
 /** Lock and list the maildrop of `user`; throws MaildropInUseError when another session has it. */
 export async function openMaildrop(user: string, opts: MaildropOptions): Promise<Maildrop> {
   const dir = maildirPathFor(opts.mailRoot, opts.mailLocation, user);
-  await ensureMaildirFolders(dir);
-  const lock = await lockMaildrop(dir, opts.lock);
+  await prepare(dir);
+  let lock;
+  try {
+    lock = await lockMaildrop(dir, opts.lock);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+    // The Maildir was removed since we last saw it: make it again.
+    prepared.delete(dir);
+    await prepare(dir);
+    lock = await lockMaildrop(dir, opts.lock);
+  }
   let messages: MaildirMessage[];
   try {
     messages = await snapshotMaildir(dir);

@@ -211,7 +211,7 @@ class Connection {
       /* discard */
     }
     await new Promise<void>((resolve) => (plain.writableLength === 0 ? resolve() : plain.once('drain', resolve)));
-    const secure = await handshake(plain, reloader);
+    const secure = await handshake(plain, reloader, this.server.config.timeouts.authorizationMs);
     plain.off('close', this.onClose);
     this.attach(secure);
   }
@@ -252,22 +252,34 @@ class Connection {
   }
 }
 
-function handshake(socket: net.Socket, reloader: TlsReloader): Promise<tls.TLSSocket> {
+/** TLS server handshake on `socket`; settles on success, error, close or after `timeoutMs`. */
+function handshake(socket: net.Socket, reloader: TlsReloader, timeoutMs: number): Promise<tls.TLSSocket> {
   return new Promise((resolve, reject) => {
     const secure = new tls.TLSSocket(socket, {
       isServer: true,
       secureContext: reloader.context,
       SNICallback: (_name, cb) => cb(null, reloader.context),
     });
-    const onError = (err: Error) => {
+    const fail = (err: Error) => {
+      cleanup();
       tlsHandshakes.inc({ result: 'failure' });
       secure.destroy();
       socket.destroy();
       reject(err);
     };
-    secure.once('error', onError);
-    secure.once('secure', () => {
+    const onError = (err: Error) => fail(err);
+    const onClose = () => fail(new Error('connection closed during the TLS handshake'));
+    const timer = setTimeout(() => fail(new Error(`no TLS handshake within ${timeoutMs} ms`)), timeoutMs);
+    timer.unref();
+    const cleanup = () => {
+      clearTimeout(timer);
       secure.off('error', onError);
+      secure.off('close', onClose);
+    };
+    secure.once('error', onError);
+    secure.once('close', onClose);
+    secure.once('secure', () => {
+      cleanup();
       tlsHandshakes.inc({ result: 'success' });
       resolve(secure);
     });
@@ -327,21 +339,20 @@ export async function startPop3Server(config: Pop3Config, deps: Pop3ServerDeps):
     if (!slot.ok) {
       connectionsRefused.inc({ reason: slot.reason });
       const text = slot.reason === 'total' ? 'Too many sessions on this server' : 'Too many sessions from your address';
-      socket.end(`-ERR [SYS/TEMP] ${text}; try again later.\r\n`);
+      // On the POP3S port nothing may be said before TLS: just close.
+      if (implicitTls) socket.destroy();
+      else socket.end(`-ERR [SYS/TEMP] ${text}; try again later.\r\n`);
       setTimeout(() => socket.destroy(), 2000).unref();
       return;
     }
     let stream: net.Socket = socket;
     if (implicitTls) {
-      const timer = setTimeout(() => socket.destroy(), config.timeouts.authorizationMs);
       try {
-        stream = await handshake(socket, reloader as TlsReloader);
+        stream = await handshake(socket, reloader as TlsReloader, config.timeouts.authorizationMs);
       } catch (err) {
         log.debug('tls_handshake_failed', { peer, error: err as Error });
         slot.release();
         return;
-      } finally {
-        clearTimeout(timer);
       }
     }
     sessionsActive.inc();

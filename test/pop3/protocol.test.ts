@@ -433,6 +433,28 @@ describe('POP3 grants, proxies, limits', () => {
     b.destroy();
   });
 
+  it('a client that leaves during the TLS handshake gives its session slot back', async () => {
+    const s = await start({ limits: { maxSessionsPerAddress: 2 } });
+    for (let i = 0; i < 5; i++) {
+      const sock = net.connect(s.server.tlsPort as number, '127.0.0.1');
+      await new Promise((r) => sock.once('connect', r));
+      sock.write(Buffer.from([0x16, 0x03, 0x01])); // the start of a ClientHello, then gone
+      sock.destroy();
+    }
+    let reply = '';
+    for (let i = 0; i < 100 && !reply.startsWith('+OK'); i++) {
+      try {
+        const c = await RawClient.connect(s.server.tlsPort as number, { tls: true, greeting: false });
+        reply = await c.line().catch(() => '');
+        c.destroy();
+      } catch {
+        reply = ''; // refused while the slots are taken
+      }
+      if (!reply.startsWith('+OK')) await new Promise((r) => setTimeout(r, 50));
+    }
+    assert.match(reply, /^\+OK .*ready/);
+  });
+
   it('ends an idle session before login', async () => {
     const s = await start({ timeouts: { authorization: '1s' } });
     const c = await RawClient.connect(s.server.port);

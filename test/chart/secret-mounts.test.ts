@@ -1,10 +1,11 @@
-// The chart's pop3 config, as rendered, run by the real role with its Secrets laid out the way the
+// The chart's rendered configs run by the real roles (pop3 in detail) with its Secrets laid out the way the
 // kubelet mounts them (files are symlinks into `..data`, which an update swaps atomically):
 // POP3S serves the mounted certificate and the mounted users log in, and an updated Secret (new
 // certificate, new user) takes effect without a restart. Run: npm test -- test/chart/secret-mounts.test.ts
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
+import net from 'node:net';
 import tls from 'node:tls';
 import { after, before, describe, test } from 'node:test';
 import { makeCert, tempDir } from '../net/certs.ts';
@@ -17,6 +18,7 @@ let kube: TestKube;
 let pop3: StartedRole;
 let tlsPort = 0;
 let generation = 0;
+let rendered: Record<string, string> | undefined;
 
 /** Write a Secret volume the way the kubelet's AtomicWriter does: a fresh dir, then swap `..data`. */
 function writeSecretVolume(dir: string, files: Record<string, string>): void {
@@ -30,6 +32,30 @@ function writeSecretVolume(dir: string, files: Record<string, string>): void {
     const link = path.join(dir, name);
     if (!fs.existsSync(link)) fs.symlinkSync(path.join('..data', name), link);
   }
+}
+
+/** Start `role` from the sources with the chart's rendered config, changed only where a pod differs. */
+async function startRendered(role: string, metrics: number, ports: Array<[string, string]>): Promise<StartedRole> {
+  if (rendered === undefined) {
+    const objects = await render(MINIMAL);
+    rendered = (find(objects, 'ConfigMap', 'r-kube-drac-config') as unknown as { data: Record<string, string> }).data;
+  }
+  // Only what the pod gives differently: paths of the mounts, loopback ports, the cluster.
+  let config =
+    `kubernetes: {namespace: ${kube.namespace}, kubeconfig: ${kube.kubeconfigPath}}\n` +
+    (rendered[`${role}.yaml`] ?? '')
+      .replaceAll('/etc/kube-drac/', `${tmp}/etc/`)
+      .replace('/var/mail/kube-drac', `${tmp}/mail`)
+      .replaceAll('0.0.0.0', '127.0.0.1')
+      .replace('port: 9090', `port: ${metrics}`)
+      .replace('level: info', 'level: warn');
+  for (const [from, to] of ports) {
+    assert.ok(config.includes(from), `${role}.yaml has ${from}`);
+    config = config.replace(from, to);
+  }
+  const file = path.join(tmp, `${role}.yaml`);
+  fs.writeFileSync(file, config);
+  return startRoleProcess(process.execPath, [path.join(REPO, 'src/cli.ts'), role, '--config', file], { cwd: tmp, env: process.env, metricsPort: metrics });
 }
 
 /** Log in over POP3S; resolves with the certificate's CN and the reply to PASS. */
@@ -69,25 +95,12 @@ describe('the rendered pop3 config with kubelet-style Secret mounts', () => {
     writeSecretVolume(path.join(tmp, 'etc/users'), { passwd: 'alice:{PLAIN}alice-pw\n' });
     for (const user of ['alice', 'bob']) for (const d of ['cur', 'new', 'tmp']) fs.mkdirSync(path.join(tmp, 'mail', user, d), { recursive: true });
 
-    const objects = await render(MINIMAL);
-    const rendered = (find(objects, 'ConfigMap', 'r-kube-drac-config') as unknown as { data: Record<string, string> }).data['pop3.yaml'] ?? '';
     const [popPort, metrics] = [await freePort(), await freePort()];
     tlsPort = await freePort();
-    // Only what the pod gives differently: paths of the mounts, loopback ports, the cluster.
-    const config =
-      `kubernetes: {namespace: ${kube.namespace}, kubeconfig: ${kube.kubeconfigPath}}\n` +
-      rendered
-        .replaceAll('/etc/kube-drac/', `${tmp}/etc/`)
-        .replace('/var/mail/kube-drac', `${tmp}/mail`)
-        .replaceAll('0.0.0.0', '127.0.0.1')
-        .replace('port: 1110', `port: ${popPort}`)
-        .replace('tlsPort: 1995', `tlsPort: ${tlsPort}`)
-        .replace('port: 9090', `port: ${metrics}`)
-        .replace('level: info', 'level: warn');
-    assert.match(config, new RegExp(`tlsPort: ${tlsPort}`));
-    const file = path.join(tmp, 'pop3.yaml');
-    fs.writeFileSync(file, config);
-    pop3 = await startRoleProcess(process.execPath, [path.join(REPO, 'src/cli.ts'), 'pop3', '--config', file], { cwd: tmp, env: process.env, metricsPort: metrics });
+    pop3 = await startRendered('pop3', metrics, [
+      ['port: 1110', `port: ${popPort}`],
+      ['tlsPort: 1995', `tlsPort: ${tlsPort}`],
+    ]);
   });
   after(async () => {
     killRoles();
@@ -114,5 +127,31 @@ describe('the rendered pop3 config with kubelet-style Secret mounts', () => {
       await new Promise((r) => setTimeout(r, 500));
     }
     assert.equal(pop3.child.exitCode, null, 'still the same process');
+  });
+
+  test('the rendered smtp and operator configs start and become ready as they are', async () => {
+    const [smtpPort, smtpMetrics, opMetrics] = [await freePort(), await freePort(), await freePort()];
+    const smtp = await startRendered('smtp', smtpMetrics, [['port: 2525', `port: ${smtpPort}`]]);
+    const op = await startRendered('operator', opMetrics, []);
+    // SMTP offers STARTTLS with the mounted certificate.
+    const ehlo = await new Promise<string>((resolve, reject) => {
+      const socket = net.connect(smtpPort, '127.0.0.1');
+      let text = '';
+      socket.setEncoding('utf8');
+      socket.on('data', (c: string) => {
+        text += c;
+        if (/^220 /m.test(text) && !text.includes('EHLO sent')) {
+          text += 'EHLO sent\n';
+          socket.write('EHLO client.example\r\n');
+        } else if (/^250 /m.test(text)) {
+          socket.end('QUIT\r\n');
+          resolve(text);
+        }
+      });
+      socket.on('error', reject);
+      socket.setTimeout(15_000, () => socket.destroy(new Error(`no EHLO reply: ${text}`)));
+    });
+    assert.match(ehlo, /^250[- ]STARTTLS/m);
+    for (const r of [smtp, op]) assert.equal(await r.stop(), 0, r.output());
   });
 });

@@ -89,10 +89,14 @@ export async function ensureMaildirFolders(maildir: string): Promise<void> {
   for (const sub of ['cur', 'new', 'tmp']) await fsp.mkdir(path.join(maildir, sub), { recursive: true, mode: 0o700 });
 }
 
-/** The leading delivery time of a Maildir name (`<seconds>.`), for a natural order. */
+/**
+ * Delivery order of a Maildir name: `<seconds>.M<microseconds>...` (Dovecot, Postfix, our SMTP),
+ * compared as numbers (`M99999` comes before `M100000`), then by name. Other names sort last.
+ */
 function deliveredAt(baseName: string): number {
-  const m = /^(\d+)[.]/.exec(baseName);
-  return m ? Number(m[1]) : Number.MAX_SAFE_INTEGER;
+  const m = /^(\d+)\.(?:M(\d{1,6})(?!\d))?/.exec(baseName);
+  if (!m) return Number.MAX_SAFE_INTEGER;
+  return Number(m[1]) * 1e6 + (m[2] === undefined ? 0 : Number(m[2]));
 }
 
 /**

@@ -81,6 +81,18 @@ describe('Maildir reading', () => {
     assert.deepEqual(again.map((m) => m.uid), list.map((m) => m.uid));
   });
 
+  it('orders by delivery time, microseconds compared as numbers', async () => {
+    const dir = path.join(world.dir, 'order-maildir');
+    for (const sub of ['new', 'cur', 'tmp']) fs.mkdirSync(path.join(dir, sub), { recursive: true });
+    for (const name of ['1700000001.M5P1.h', '1700000000.M100000P1.h', '1700000000.M99999P2.h:2,S', '1700000000.M7P3.h', 'odd-name']) {
+      fs.writeFileSync(path.join(dir, name.includes(':') ? 'cur' : 'new', name), 'x\n');
+    }
+    assert.deepEqual(
+      (await snapshotMaildir(dir)).map((m) => m.uid),
+      ['1700000000.M7P3.h', '1700000000.M99999P2.h', '1700000000.M100000P1.h', '1700000001.M5P1.h', 'odd-name'],
+    );
+  });
+
   it('computes sizes itself when the name has no W=, and hashes over-long names', async () => {
     const dir = path.join(world.dir, 'plain-maildir');
     for (const sub of ['new', 'cur', 'tmp']) fs.mkdirSync(path.join(dir, sub), { recursive: true });

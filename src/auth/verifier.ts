@@ -42,7 +42,8 @@ export class PasswordVerifier {
   }
 
   private spawn(): Slot {
-    const worker = new Worker(new URL('./hash-worker.ts', import.meta.url));
+    // The sources run as .ts (tests, npm start) and as compiled .js (the image): name the sibling.
+    const worker = new Worker(new URL(import.meta.url.endsWith('.ts') ? './hash-worker.ts' : './hash-worker.js', import.meta.url));
     worker.unref();
     const slot: Slot = { worker, busy: 0 };
     worker.on('message', (answer: HashAnswer) => {

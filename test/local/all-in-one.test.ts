@@ -8,27 +8,12 @@ import path from 'node:path';
 import { describe, it } from 'node:test';
 import { promisify } from 'node:util';
 import { testBinaries } from '../support/kube.ts';
+import { isAlive, testAssetsDir } from '../support/local.ts';
 
 const run = promisify(execFile);
 const CLI = new URL('../../src/cli.ts', import.meta.url).pathname;
 
-function assetsDir(): string {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kd-assets-'));
-  const b = testBinaries();
-  for (const [name, file] of [['kube-apiserver', b.kubeApiserver], ['etcd', b.etcd], ['kubectl', b.kubectl], ['helm', b.helm]]) {
-    fs.symlinkSync(file as string, path.join(dir, name as string));
-  }
-  return dir;
-}
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 async function swaks(...args: string[]): Promise<{ code: number; out: string }> {
   try {
@@ -43,7 +28,7 @@ async function swaks(...args: string[]): Promise<{ code: number; out: string }> 
 async function startAllInOne(t: { after: (fn: () => void) => void }): Promise<{ child: ChildProcess; stateDir: string; out: string }> {
   const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'kd-demo-'));
   const child = spawn(process.execPath, [CLI, 'all-in-one', '--state-dir', stateDir], {
-    env: { ...process.env, KUBEBUILDER_ASSETS: assetsDir() },
+    env: { ...process.env, KUBEBUILDER_ASSETS: testAssetsDir() },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   t.after(() => {
@@ -106,7 +91,7 @@ describe('npm start (the all-in-one) and the README walkthrough', () => {
     assert.equal(roles.length, 3, 'operator, pop3 and smtp run as processes');
     child.kill('SIGINT');
     assert.equal(await new Promise((r) => child.on('exit', r)), 0);
-    assert.ok(![...pgids, ...roles].some(alive), 'no process left behind');
+    assert.ok(![...pgids, ...roles].some(isAlive), 'no process left behind');
     assert.ok(!fs.existsSync(path.dirname(kubeconfig)));
     fs.rmSync(stateDir, { recursive: true, force: true });
   });
@@ -119,8 +104,8 @@ describe('npm start (the all-in-one) and the README walkthrough', () => {
     assert.equal(pgids.length, 5, 'etcd, kube-apiserver and the three roles are watched');
     child.kill('SIGKILL');
     const deadline = Date.now() + 15_000;
-    while ([...pgids, ...roles].some(alive) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
-    assert.ok(![...pgids, ...roles].some(alive), 'the watchdog ended every process');
+    while ([...pgids, ...roles].some(isAlive) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+    assert.ok(![...pgids, ...roles].some(isAlive), 'the watchdog ended every process');
     fs.rmSync(stateDir, { recursive: true, force: true });
   });
 });

@@ -8,24 +8,15 @@ import path from 'node:path';
 import { describe, it } from 'node:test';
 import { promisify } from 'node:util';
 import { testBinaries } from '../support/kube.ts';
+import { isAlive, testAssetsDir } from '../support/local.ts';
 
 const run = promisify(execFile);
 const CLI = new URL('../../src/cli.ts', import.meta.url).pathname;
 
-/** A KUBEBUILDER_ASSETS folder with the binaries, so these tests also exercise that override. */
-function assetsDir(): string {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kd-assets-'));
-  const b = testBinaries();
-  fs.symlinkSync(b.kubeApiserver, path.join(dir, 'kube-apiserver'));
-  fs.symlinkSync(b.etcd, path.join(dir, 'etcd'));
-  fs.symlinkSync(b.kubectl, path.join(dir, 'kubectl'));
-  fs.symlinkSync(b.helm, path.join(dir, 'helm'));
-  return dir;
-}
 
 function startCli(args: string[]): { child: ChildProcess; kubeconfig: Promise<string> } {
   const child = spawn(process.execPath, [CLI, 'local-cluster', ...args], {
-    env: { ...process.env, KUBEBUILDER_ASSETS: assetsDir() },
+    env: { ...process.env, KUBEBUILDER_ASSETS: testAssetsDir() },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let out = '';
@@ -42,14 +33,6 @@ function startCli(args: string[]): { child: ChildProcess; kubeconfig: Promise<st
   return { child, kubeconfig };
 }
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 async function eventually(what: string, check: () => boolean, timeoutMs = 15_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
@@ -69,12 +52,12 @@ describe('kube-drac local-cluster', () => {
     assert.equal(stdout.trim(), 'customresourcedefinition.apiextensions.k8s.io/relaygrants.kubedrac.io');
     const pids = fs.readFileSync(path.join(dir, 'pgids'), 'utf8').trim().split(/\s+/).map(Number);
     assert.equal(pids.length, 2);
-    assert.ok(pids.every(alive));
+    assert.ok(pids.every(isAlive));
 
     child.kill('SIGINT');
     const code = await new Promise((r) => child.on('exit', r));
     assert.equal(code, 0);
-    assert.ok(!pids.some(alive), 'etcd and kube-apiserver are gone');
+    assert.ok(!pids.some(isAlive), 'etcd and kube-apiserver are gone');
     assert.ok(fs.existsSync(path.join(dir, 'etcd')), 'a folder given with --dir is kept');
     fs.rmSync(dir, { recursive: true, force: true });
   });
@@ -84,7 +67,7 @@ describe('kube-drac local-cluster', () => {
     const dir = path.dirname(await kubeconfig);
     const pids = fs.readFileSync(path.join(dir, 'pgids'), 'utf8').trim().split(/\s+/).map(Number);
     child.kill('SIGKILL');
-    await eventually('children ended by the watchdog', () => !pids.some(alive));
+    await eventually('children ended by the watchdog', () => !pids.some(isAlive));
     await eventually('temp folder removed', () => !fs.existsSync(dir));
   });
 

@@ -1,8 +1,8 @@
 // Users from a Dovecot-compatible passwd-file (`user:{SCHEME}hash[:uid:gid:gecos:home:shell:extra]`),
 // mounted from a Secret and reloaded when it changes. A file that does not parse is refused as a
 // whole and the last good one stays in force: half a users file would lock people out.
+import { FileWatch } from '../net/file-watch.ts';
 import fs from 'node:fs';
-import path from 'node:path';
 import type { Logger } from '../observability/log.ts';
 import { isValidUserName } from '../mail/paths.ts';
 import type { Scheme, StoredPassword } from './schemes.ts';
@@ -69,9 +69,7 @@ export class UserDatabase {
   private users: Map<string, UserEntry>;
   private fingerprint: string;
   private readonly opts: Required<UserDatabaseOptions>;
-  private watcher: fs.FSWatcher | undefined;
-  private poll: NodeJS.Timeout | undefined;
-  private debounce: NodeJS.Timeout | undefined;
+  private readonly watch: FileWatch;
   private closed = false;
   /** Set when the newest file on disk was refused (for readiness and logs). */
   lastError: string | undefined;
@@ -82,16 +80,14 @@ export class UserDatabase {
     this.users = parsePasswdFile(text, this.opts.file, this.opts.defaultScheme);
     this.fingerprint = text;
     this.opts.log.info('users_loaded', { file: this.opts.file, users: this.users.size });
-    try {
-      this.watcher = fs.watch(path.dirname(path.resolve(this.opts.file)), { persistent: false }, () => this.schedule());
-      this.watcher.on('error', (err) => this.opts.log.warn('users_watch_error', { error: err }));
-    } catch (err) {
-      this.opts.log.warn('users_watch_unavailable', { error: err as Error });
-    }
-    if (this.opts.pollIntervalMs > 0) {
-      this.poll = setInterval(() => this.reload(), this.opts.pollIntervalMs);
-      this.poll.unref();
-    }
+    this.watch = new FileWatch({
+      files: [this.opts.file],
+      onChange: () => this.reload(),
+      pollIntervalMs: this.opts.pollIntervalMs,
+      debounceMs: this.opts.debounceMs,
+      log: this.opts.log,
+      eventPrefix: 'users',
+    });
   }
 
   private read(): string {
@@ -114,13 +110,6 @@ export class UserDatabase {
   get hasPlainSecrets(): boolean {
     for (const entry of this.users.values()) if (isPlainSecret(entry.password)) return true;
     return false;
-  }
-
-  private schedule(): void {
-    if (this.closed) return;
-    clearTimeout(this.debounce);
-    this.debounce = setTimeout(() => this.reload(), this.opts.debounceMs);
-    this.debounce.unref();
   }
 
   /** Re-read the file; returns whether a new version was taken. A broken file keeps the old users. */
@@ -147,8 +136,6 @@ export class UserDatabase {
 
   close(): void {
     this.closed = true;
-    this.watcher?.close();
-    clearInterval(this.poll);
-    clearTimeout(this.debounce);
+    this.watch.close();
   }
 }

@@ -1,9 +1,9 @@
 // Server certificates from mounted files, reloaded when they change. Kubernetes rotates a Secret
 // volume in place by swapping the `..data` symlink, so the files' own inodes never change: watch
 // the directories, and re-read periodically as a safety net (watches can miss events).
+import { FileWatch } from './file-watch.ts';
 import { X509Certificate, createHash } from 'node:crypto';
 import fs from 'node:fs';
-import path from 'node:path';
 import tls from 'node:tls';
 import type { Logger } from '../observability/log.ts';
 import { tlsReloads } from './metrics.ts';
@@ -65,11 +65,9 @@ function loadFiles(files: TlsFiles, minVersion: tls.SecureVersion): Loaded {
 export class TlsReloader {
   private loaded: Loaded;
   private readonly opts: Required<Omit<TlsReloaderOptions, 'log'>> & { log: Logger };
-  private readonly watchers: fs.FSWatcher[] = [];
+  private readonly watch: FileWatch;
   private readonly servers = new Set<tls.Server>();
   private readonly listeners: Array<(context: tls.SecureContext) => void> = [];
-  private poll: NodeJS.Timeout | undefined;
-  private debounce: NodeJS.Timeout | undefined;
   private closed = false;
 
   /** Load the files now (throws TlsFilesError when they are unusable) and start watching. */
@@ -77,20 +75,14 @@ export class TlsReloader {
     this.opts = { pollIntervalMs: 60_000, debounceMs: 200, minVersion: 'TLSv1.2', ...opts };
     this.loaded = loadFiles(this.opts, this.opts.minVersion);
     this.opts.log.info('tls_loaded', { certFile: this.opts.certFile, notAfter: this.loaded.notAfter });
-    const dirs = new Set([path.dirname(path.resolve(this.opts.certFile)), path.dirname(path.resolve(this.opts.keyFile))]);
-    for (const dir of dirs) {
-      try {
-        const w = fs.watch(dir, { persistent: false }, () => this.schedule());
-        w.on('error', (err) => this.opts.log.warn('tls_watch_error', { dir, error: err }));
-        this.watchers.push(w);
-      } catch (err) {
-        this.opts.log.warn('tls_watch_unavailable', { dir, error: err as Error });
-      }
-    }
-    if (this.opts.pollIntervalMs > 0) {
-      this.poll = setInterval(() => this.reload(), this.opts.pollIntervalMs);
-      this.poll.unref();
-    }
+    this.watch = new FileWatch({
+      files: [this.opts.certFile, this.opts.keyFile],
+      onChange: () => this.reload(),
+      pollIntervalMs: this.opts.pollIntervalMs,
+      debounceMs: this.opts.debounceMs,
+      log: this.opts.log,
+      eventPrefix: 'tls',
+    });
   }
 
   get context(): tls.SecureContext {
@@ -119,13 +111,6 @@ export class TlsReloader {
     this.listeners.push(listener);
   }
 
-  private schedule(): void {
-    if (this.closed) return;
-    clearTimeout(this.debounce);
-    this.debounce = setTimeout(() => this.reload(), this.opts.debounceMs);
-    this.debounce.unref();
-  }
-
   /** Re-read the files; a change is applied, a broken pair is logged and the old one kept. Returns whether it changed. */
   reload(): boolean {
     if (this.closed) return false;
@@ -148,10 +133,7 @@ export class TlsReloader {
 
   close(): void {
     this.closed = true;
-    clearInterval(this.poll);
-    clearTimeout(this.debounce);
-    for (const w of this.watchers) w.close();
-    this.watchers.length = 0;
+    this.watch.close();
     this.servers.clear();
   }
 }

@@ -15,6 +15,14 @@ export interface IpPrefix {
 }
 
 const HEX = '0123456789abcdef';
+const BYTE_HEX = Array.from({ length: 256 }, (_, b) => (HEX[b >> 4] as string) + (HEX[b & 15] as string));
+
+/** Lowercase hex of the bytes (an IPv6 address's 32 digits in its grant name). */
+function hexOf(bytes: Uint8Array): string {
+  let hex = '';
+  for (const b of bytes) hex += BYTE_HEX[b] as string;
+  return hex;
+}
 
 function parseIpv4Into(text: string, out: Uint8Array, offset: number): boolean {
   let part = 0;
@@ -205,12 +213,7 @@ export function grantNameOf(p: IpPrefix): string {
   if (p.family === 4) {
     body = `v4-${(p.bytes).join('.')}`;
   } else {
-    let hex = 'v6-';
-    for (let i = 0; i < 16; i++) {
-      const b = p.bytes[i] as number;
-      hex += (HEX[b >> 4] as string) + (HEX[b & 15] as string);
-    }
-    body = hex;
+    body = `v6-${hexOf(p.bytes)}`;
   }
   return p.prefixLength === (p.family === 4 ? 32 : 128) ? body : `${body}-${p.prefixLength}`;
 }
@@ -287,7 +290,6 @@ function isCanonicalIpv4(text: string, from: number): boolean {
   return parts === 4;
 }
 
-const BYTE_HEX = Array.from({ length: 256 }, (_, b) => (HEX[b >> 4] as string) + (HEX[b & 15] as string));
 
 /**
  * The grant names that could cover one client IP, computed for the hot path of every RCPT: the
@@ -320,14 +322,14 @@ export class ClientGrantNames {
       const v4 = formatIp(parsed);
       return new ClientGrantNames(4, `v4-${v4}`, v4, '');
     }
-    let hex = '';
-    for (let i = 0; i < 16; i++) hex += BYTE_HEX[parsed.bytes[i] as number] as string;
+    const hex = hexOf(parsed.bytes);
     return new ClientGrantNames(6, `v6-${hex}`, '', hex);
   }
 
   /** The name of the grant for this address's prefix of length `len`. */
   prefixName(len: number): string {
     if (this.family === 4) return grantNameOf(prefixOf(parseIp(this.text) as IpPrefix, len));
+    if (len === 128) return this.exact; // the whole address: its name has no length suffix
     const whole = len >> 2;
     const rest = len & 3;
     let hex = this.hex.slice(0, whole);

@@ -19,6 +19,7 @@ import { ControlPlane } from '../src/local/control-plane.ts';
 import { createLogger } from '../src/observability/log.ts';
 import { parsePop3Config } from '../src/pop3/config.ts';
 import { startPop3Server } from '../src/pop3/server.ts';
+import { spawnServerUnderTest } from './server-process.ts';
 import { percentile, type BenchOptions, type BenchResult } from './types.ts';
 
 const USERS = 64;
@@ -90,20 +91,7 @@ async function serve(dir: string, kubeconfig: string): Promise<void> {
 }
 
 async function startOurs(dir: string, kubeconfig: string): Promise<{ port: number; child: ChildProcess }> {
-  const child = spawn(process.execPath, [new URL(import.meta.url).pathname, 'serve', dir, kubeconfig], {
-    stdio: ['ignore', 'pipe', 'inherit'],
-    env: { ...process.env, KUBE_DRAC_LOG_LEVEL: 'warn' },
-  });
-  const port = await new Promise<number>((resolve, reject) => {
-    let out = '';
-    child.stdout?.on('data', (d: Buffer) => {
-      out += d.toString();
-      const m = /PORT (\d+)/.exec(out);
-      if (m) resolve(Number(m[1]));
-    });
-    child.once('exit', (code) => reject(new Error(`our server exited with ${code}`)));
-  });
-  return { port, child };
+  return spawnServerUnderTest(new URL(import.meta.url).pathname, ['serve', dir, kubeconfig]);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@
 // (c) 10 KB messages/s delivered into a Maildir, ours vs Postfix (virtual(8) into Maildir).
 // Our server runs in a child process (`node bench/smtp.ts serve ...`) so the load generator in
 // this process does not share its event loop.
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
@@ -20,6 +20,7 @@ import { MaildirLocalUsers } from '../src/smtp/local-users.ts';
 import { RelayPolicy } from '../src/smtp/relay-policy.ts';
 import { startSmtpServer } from '../src/smtp/server.ts';
 import { startPostfix, type PostfixInstance } from '../test/smtp/postfix.ts';
+import { spawnServerUnderTest } from './server-process.ts';
 import { percentile, type BenchOptions, type BenchResult } from './types.ts';
 
 const GRANTS = 100_000;
@@ -85,19 +86,7 @@ async function serve(dir: string): Promise<void> {
 }
 
 async function startOurs(dir: string): Promise<{ port: number; child: ChildProcess; maildir: string }> {
-  const child = spawn(process.execPath, [new URL(import.meta.url).pathname, 'serve', dir], {
-    stdio: ['ignore', 'pipe', 'inherit'],
-    env: { ...process.env, KUBE_DRAC_LOG_LEVEL: 'warn' },
-  });
-  const port = await new Promise<number>((resolve, reject) => {
-    let out = '';
-    child.stdout?.on('data', (d: Buffer) => {
-      out += d.toString();
-      const m = /PORT (\d+)/.exec(out);
-      if (m) resolve(Number(m[1]));
-    });
-    child.once('exit', (code) => reject(new Error(`our server exited with ${code}`)));
-  });
+  const { port, child } = await spawnServerUnderTest(new URL(import.meta.url).pathname, ['serve', dir]);
   return { port, child, maildir: path.join(dir, 'mail', 'bench') };
 }
 

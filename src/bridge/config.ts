@@ -1,0 +1,125 @@
+// The `bridge:` section of the config file, checked whole before anything listens. Every
+// listener is off until enabled; each has a port and an allow-list (default: the section's).
+import fs from 'node:fs';
+import { ConfigError, type ConfigReader } from '../config/reader.ts';
+import { NetworkList } from '../net/networks.ts';
+
+export interface BridgeListenerConfig {
+  host: string;
+  port: number;
+  allow: NetworkList;
+}
+
+export interface BridgeConfig {
+  socketmap: (BridgeListenerConfig & { mapName: string }) | undefined;
+  policy: BridgeListenerConfig | undefined;
+  whoson: (BridgeListenerConfig & { udp: boolean }) | undefined;
+  drac: (BridgeListenerConfig & { allowFile: string | undefined; portmapper: { host: string; port: number } | undefined }) | undefined;
+  authPolicy: (BridgeListenerConfig & { apiHeader: { name: string; value: string } }) | undefined;
+}
+
+/** Where each protocol listens unless told otherwise (whoson's is its registered port). */
+export const DEFAULT_PORTS = { socketmap: 9400, policy: 9401, whoson: 9876, drac: 9402, authPolicy: 9403, portmapper: 111 } as const;
+
+/** Loopback only: the chart adds the pod network, a site adds its MTAs and login servers. */
+const DEFAULT_ALLOW = ['127.0.0.0/8', '::1/128'];
+
+const HOST = { re: /^(?:\d{1,3}(?:\.\d{1,3}){3}|[0-9A-Fa-f:]+|[A-Za-z0-9.-]+)$/, describe: 'an IP address or host name to listen on' };
+const HEADER_NAME = { re: /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/, describe: 'an HTTP header name such as X-API-Key' };
+const MAP_NAME = { re: /^[A-Za-z0-9_.-]{1,64}$/, describe: 'a map name such as drac (letters, digits, _ . -)' };
+
+/** The secret Dovecot sends in `auth_policy_server_api_header`, read from a mounted file. */
+function readApiKey(key: string, file: string): string {
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new ConfigError(key, `cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`);
+  }
+  const value = text.replace(/\r?\n$/, '');
+  if (value.length < 16 || /[\r\n]/.test(value)) {
+    throw new ConfigError(key, `${file} must hold one line of at least 16 characters (the API key Dovecot sends)`);
+  }
+  return value;
+}
+
+export function parseBridgeConfig(r: ConfigReader): BridgeConfig {
+  const host = r.string('host', '0.0.0.0', HOST);
+  const allowDefault = r.cidrList('allow', DEFAULT_ALLOW);
+
+  const listener = (s: ConfigReader, defaultPort: number): BridgeListenerConfig => ({
+    host: s.string('host', host, HOST),
+    port: s.port('port', defaultPort),
+    allow: NetworkList.parse(s.cidrList('allow', allowDefault), s.keyPath('allow')),
+  });
+  const enabled = (s: ConfigReader): boolean => s.bool('enabled', false);
+
+  const sm = r.section('socketmap');
+  const socketmap = enabled(sm) ? { ...listener(sm, DEFAULT_PORTS.socketmap), mapName: sm.string('mapName', 'drac', MAP_NAME) } : undefined;
+  sm.finish();
+
+  const p = r.section('policy');
+  const policy = enabled(p) ? listener(p, DEFAULT_PORTS.policy) : undefined;
+  p.finish();
+
+  const w = r.section('whoson');
+  const whoson = enabled(w) ? { ...listener(w, DEFAULT_PORTS.whoson), udp: w.bool('udp', true) } : undefined;
+  w.finish();
+
+  const d = r.section('drac');
+  let drac: BridgeConfig['drac'];
+  if (enabled(d)) {
+    const base = listener(d, DEFAULT_PORTS.drac);
+    const allowFile = d.optionalString('allowFile');
+    if (allowFile !== undefined && !fs.existsSync(allowFile)) {
+      throw new ConfigError(d.keyPath('allowFile'), `${allowFile} does not exist (expected a dracd.allow file of "netmask netaddr" lines)`);
+    }
+    const pm = d.section('portmapper');
+    const portmapper = pm.bool('enabled', true) ? { host: pm.string('host', base.host, HOST), port: pm.port('port', DEFAULT_PORTS.portmapper) } : undefined;
+    pm.finish();
+    drac = { ...base, allowFile, portmapper };
+  }
+  d.finish();
+
+  const a = r.section('authPolicy');
+  let authPolicy: BridgeConfig['authPolicy'];
+  if (enabled(a)) {
+    const base = listener(a, DEFAULT_PORTS.authPolicy);
+    const name = a.string('apiHeaderName', 'X-API-Key', HEADER_NAME);
+    const value = readApiKey(a.keyPath('apiKeyFile'), a.string('apiKeyFile'));
+    authPolicy = { ...base, apiHeader: { name, value } };
+  }
+  a.finish();
+
+  r.finish();
+  const config = { socketmap, policy, whoson, drac, authPolicy };
+  if (Object.values(config).every((v) => v === undefined)) {
+    throw new ConfigError(
+      r.path || 'bridge',
+      'no listener is enabled: set enabled: true under at least one of bridge.socketmap, bridge.policy, bridge.whoson, bridge.drac, bridge.authPolicy',
+    );
+  }
+  const ports = new Map<string, string>();
+  const claim = (key: string, hostName: string, port: number, proto: string) => {
+    if (port === 0) return;
+    const id = `${proto}/${hostName}:${port}`;
+    const other = ports.get(id);
+    if (other) throw new ConfigError(key, `port ${port} is already used by ${other}`);
+    ports.set(id, key);
+  };
+  for (const [name, l] of Object.entries(config)) if (l) claim(r.keyPath(`${name}.port`), l.host, l.port, 'tcp');
+  if (whoson?.udp) claim(r.keyPath('whoson.port'), whoson.host, whoson.port, 'udp');
+  if (drac) claim(r.keyPath('drac.port'), drac.host, drac.port, 'udp');
+  if (drac?.portmapper) claim(r.keyPath('drac.portmapper.port'), drac.portmapper.host, drac.portmapper.port, 'tcp');
+  return config;
+}
+
+/** Whether any enabled listener reads grants (and so needs the cache). */
+export function bridgeReads(c: BridgeConfig): boolean {
+  return c.socketmap !== undefined || c.policy !== undefined || c.whoson !== undefined;
+}
+
+/** Whether any enabled listener writes grants (and so needs create/patch rights). */
+export function bridgeWrites(c: BridgeConfig): boolean {
+  return c.drac !== undefined || c.authPolicy !== undefined || c.whoson !== undefined;
+}

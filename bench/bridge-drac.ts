@@ -1,6 +1,6 @@
 // DRAC RPC benchmark on the local control plane: logins as `dracauth()` makes them — a fresh UDP
 // socket, the portmapper asked where program 900101 is (rpcbind v4 GETADDR, what Debian's
-// libtirpc clnt_create sends), then ADD over UDP — against the DRAC listener running in a process
+// libtirpc clnt_create sends, or PMAP v2 GETPORT, what classic builds send), then ADD over UDP — against the DRAC listener running in a process
 // of its own with a real GrantStore. Three mixes: realistic (a pool of addresses, each logging in
 // about three times within the renew interval, so GrantStore coalesces most), repeats only (no
 // API write: the protocol's ceiling) and first logins only (one API write per ADD: the API's
@@ -111,18 +111,31 @@ function exchange(socket: dgram.Socket, msg: Buffer, port: number, counters: { r
 
 let nextXid = 0x1000;
 
-/** One login as dracauth() makes it: new socket, GETADDR for 900101 v1 udp, then ADD. Resolves with the addstat. */
-async function dracauth(ipv4: number, counters: { retransmits: number }): Promise<number> {
+/**
+ * One login as dracauth() makes it: a new socket, the portmapper asked where 900101 v1 udp is,
+ * then ADD. `classic` asks with PMAP v2 GETPORT (SOCK_RPC builds); otherwise with rpcbind v4
+ * GETADDR, as Debian's libtirpc does. Resolves with the addstat.
+ */
+async function dracauth(ipv4: number, classic: boolean, counters: { retransmits: number }): Promise<number> {
   const socket = dgram.createSocket('udp4');
   await new Promise<void>((r) => socket.bind(0, '127.0.0.1', r));
   try {
-    const rpcb = new XdrWriter().uint32(DRAC_PROGRAM).uint32(1).string('udp').string(`${HOST}.0.111`).string('').toBuffer();
-    const where = decodeReply(await exchange(socket, encodeCall(nextXid++, PMAP_PROGRAM, 4, 3, rpcb), 111, counters));
-    if (where.kind !== 'accepted' || where.stat !== ACCEPT.SUCCESS) throw new Error(`GETADDR failed: ${JSON.stringify(where)}`);
-    const uaddr = new XdrReader(where.results).string(255);
-    const parts = uaddr.split('.');
-    if (!hostOfUniversalAddress(uaddr)) throw new Error(`GETADDR gave ${JSON.stringify(uaddr)}`);
-    const port = Number(parts[4]) * 256 + Number(parts[5]);
+    let port: number;
+    if (classic) {
+      const mapping = new XdrWriter().uint32(DRAC_PROGRAM).uint32(1).uint32(17).uint32(0).toBuffer();
+      const where = decodeReply(await exchange(socket, encodeCall(nextXid++, PMAP_PROGRAM, 2, 3, mapping), 111, counters));
+      if (where.kind !== 'accepted' || where.stat !== ACCEPT.SUCCESS) throw new Error(`GETPORT failed: ${JSON.stringify(where)}`);
+      port = new XdrReader(where.results).uint32();
+    } else {
+      const rpcb = new XdrWriter().uint32(DRAC_PROGRAM).uint32(1).string('udp').string(`${HOST}.0.111`).string('').toBuffer();
+      const where = decodeReply(await exchange(socket, encodeCall(nextXid++, PMAP_PROGRAM, 4, 3, rpcb), 111, counters));
+      if (where.kind !== 'accepted' || where.stat !== ACCEPT.SUCCESS) throw new Error(`GETADDR failed: ${JSON.stringify(where)}`);
+      const uaddr = new XdrReader(where.results).string(255);
+      if (!hostOfUniversalAddress(uaddr)) throw new Error(`GETADDR gave ${JSON.stringify(uaddr)}`);
+      const parts = uaddr.split('.');
+      port = Number(parts[parts.length - 2]) * 256 + Number(parts[parts.length - 1]);
+    }
+    if (port === 0) throw new Error('the portmapper does not know program 900101');
     const args = new XdrWriter().uint32(ipv4).toBuffer();
     const added = decodeReply(await exchange(socket, encodeCall(nextXid++, DRAC_PROGRAM, 1, 1, args), port, counters));
     if (added.kind !== 'accepted' || added.stat !== ACCEPT.SUCCESS) throw new Error(`ADD failed: ${JSON.stringify(added)}`);
@@ -153,7 +166,7 @@ async function phase(child: ChildProcess, addresses: number[]): Promise<PhaseRes
     Array.from({ length: CONCURRENCY }, async () => {
       for (let i = next++; i < addresses.length; i = next++) {
         const t0 = performance.now();
-        const stat = await dracauth(addresses[i] as number, counters);
+        const stat = await dracauth(addresses[i] as number, i % 2 === 1, counters);
         latencies.push(performance.now() - t0);
         if (stat !== ADDSTAT.ADD_SUCCESS) throw new Error(`ADD answered ${stat}`);
       }
@@ -168,7 +181,7 @@ async function phase(child: ChildProcess, addresses: number[]): Promise<PhaseRes
 function rows(label: string, r: PhaseResult, note: string): BenchResult[] {
   const extra = r.retransmits > 0 ? `; ${r.retransmits} retransmits` : '';
   return [
-    { name: `DRAC ADD/s, ${label}`, value: r.adds / r.seconds, unit: 'ADD/s', note: `${r.adds} logins, ${CONCURRENCY} concurrent, GETADDR + ADD each${extra}` },
+    { name: `DRAC ADD/s, ${label}`, value: r.adds / r.seconds, unit: 'ADD/s', note: `${r.adds} logins, ${CONCURRENCY} concurrent; each a new socket, GETADDR or GETPORT (alternately), then ADD${extra}` },
     { name: `  login latency p50 (${label})`, value: percentile(r.latencies, 50), unit: 'ms' },
     { name: `  login latency p99 (${label})`, value: percentile(r.latencies, 99), unit: 'ms' },
     { name: `  API writes per ADD (${label})`, value: r.writes / r.adds, unit: 'writes/ADD', note },

@@ -1,6 +1,7 @@
 // The transport under the DRAC program and the embedded portmapper: one handler served over UDP
 // (a reply per datagram, retransmits answered from a short replay cache) and TCP (persistent,
 // record-marked, pipelined, replies in request order) on the same port number.
+import crypto from 'node:crypto';
 import dgram from 'node:dgram';
 import net from 'node:net';
 import type { Logger } from '../observability/log.ts';
@@ -30,7 +31,11 @@ export interface RpcServerOptions {
   maxRecordBytes?: number;
   idleTimeoutMs?: number;
   maxConnections?: number;
-  /** How long a UDP retransmit (byte-identical datagram from the same peer) gets the first answer again. */
+  /**
+   * How long a UDP retransmit (byte-identical datagram from the same peer) gets the first answer
+   * again instead of being handled twice. libtirpc clients retransmit after 15 s, classic ones
+   * after 5 s; default 30 s (the cache is bounded in entries, so a flood only shortens it).
+   */
   replayWindowMs?: number;
 }
 
@@ -45,7 +50,7 @@ export const isWildcardHost = (host: string): boolean => WILDCARDS.has(host);
 
 /** Requests of one TCP connection being worked on at once before it stops reading. */
 const MAX_INFLIGHT_PER_CONNECTION = 64;
-const REPLAY_CACHE_ENTRIES = 4096;
+const REPLAY_CACHE_ENTRIES = 16_384;
 
 function unmapped(address: string | undefined): string | undefined {
   return address?.startsWith('::ffff:') && address.includes('.') ? address.slice(7) : address;
@@ -100,7 +105,7 @@ export async function serveRpc(opts: RpcServerOptions): Promise<RunningRpcServer
   const { handler, log } = opts;
   const maxRecordBytes = opts.maxRecordBytes ?? 65_536;
   const idleTimeoutMs = opts.idleTimeoutMs ?? 120_000;
-  const replay = new ReplayCache(opts.replayWindowMs ?? 5_000);
+  const replay = new ReplayCache(opts.replayWindowMs ?? 30_000);
   const sockets = new Set<net.Socket>();
   const udpLocal = isWildcardHost(opts.host) ? undefined : opts.host;
 
@@ -160,7 +165,12 @@ export async function serveRpc(opts: RpcServerOptions): Promise<RunningRpcServer
     socket.on('message', (msg, rinfo) => {
       const peer: RpcPeer = { transport: 'udp', address: unmapped(rinfo.address) ?? '', port: rinfo.port, localAddress: udpLocal };
       opts.onPeer?.(peer);
-      const key = `${rinfo.address}|${rinfo.port}|${msg.toString('latin1')}`;
+      if (msg.length > maxRecordBytes) {
+        opts.onMalformed?.(peer, `datagram of ${msg.length} bytes exceeds the limit of ${maxRecordBytes}`);
+        return;
+      }
+      // A retransmit is byte-identical: same xid, same call. The digest keeps the cache small.
+      const key = `${rinfo.address}|${rinfo.port}|${crypto.createHash('sha1').update(msg).digest('base64')}`;
       const now = Date.now();
       let reply = replay.get(key, now);
       if (!reply) {

@@ -24,7 +24,8 @@ import { ADDSTAT, decodeAddArgs, DRAC_PROGRAM, isClientAddress, startDracRpcList
 import { parseDracdAllow } from '../../src/bridge/dracd-allow.ts';
 import type { BridgeContext, RunningListener } from '../../src/bridge/listener.ts';
 import { ACCEPT, decodeCall, decodeReply, encodeCall, encodeRecord, RecordReader } from '../../src/bridge/oncrpc.ts';
-import { hostOfUniversalAddress, PMAP_PROGRAM, universalAddress } from '../../src/bridge/portmap.ts';
+import { hostOfUniversalAddress, PMAP_PROGRAM, PortmapService, universalAddress, type ProgramRegistration } from '../../src/bridge/portmap.ts';
+import type { RpcPeer } from '../../src/bridge/rpc-server.ts';
 import { XdrReader, XdrWriter } from '../../src/bridge/xdr.ts';
 import { kubeForTest, type TestKube } from '../support/kube.ts';
 
@@ -274,6 +275,37 @@ describe('XDR, ONC RPC and dracd.allow (no sockets)', () => {
         line,
       );
     }
+  });
+
+  it('portmapper: GETADDR names the service address, or the one the client reached when it listens on all', () => {
+    const registrations: ProgramRegistration[] = [
+      { prog: DRAC_PROGRAM, vers: 1, transport: 'udp', port: 4242 },
+      { prog: DRAC_PROGRAM, vers: 1, transport: 'tcp', port: 4242 },
+    ];
+    const getaddr = (proc: number, vers: number, netid: string, clientUaddr: string) =>
+      encodeCall(1, PMAP_PROGRAM, 4, proc, new XdrWriter().uint32(DRAC_PROGRAM).uint32(vers).string(netid).string(clientUaddr).string('').toBuffer());
+    const uaddrOf = (reply: Buffer | undefined) => new XdrReader(accepted(reply!, 1).results).string(255);
+    const udp: RpcPeer = { transport: 'udp', address: '192.0.2.50', port: 999, localAddress: undefined };
+    const tcp: RpcPeer = { transport: 'tcp', address: '192.0.2.50', port: 999, localAddress: '198.51.100.2' };
+    const wild = new PortmapService({ registrations, serviceHost: '0.0.0.0', mayDumpOverUdp: (ip) => ip === '127.0.0.1' });
+    // UDP on a wildcard socket: the address the TI-RPC client says it used (r_addr).
+    assert.equal(uaddrOf(wild.handle(getaddr(3, 1, 'udp', '198.51.100.1.0.111'), udp)), '198.51.100.1.16.146');
+    assert.equal(uaddrOf(wild.handle(getaddr(3, 1, 'tcp', ''), tcp)), '198.51.100.2.16.146');
+    assert.equal(uaddrOf(wild.handle(getaddr(3, 1, 'udp', ''), udp)), '', 'no address known: none made up');
+    assert.equal(uaddrOf(wild.handle(getaddr(3, 1, 'udp6', '::1.0.111'), udp)), '', 'IPv4 only on 0.0.0.0');
+    // GETADDR of another version points at the program (the server then says PROG_MISMATCH); GETVERSADDR is exact.
+    assert.equal(uaddrOf(wild.handle(getaddr(3, 3, 'tcp', ''), tcp)), '198.51.100.2.16.146');
+    assert.equal(uaddrOf(wild.handle(getaddr(9, 3, 'tcp', ''), tcp)), '');
+    const fixed = new PortmapService({ registrations, serviceHost: '192.0.2.1' });
+    assert.equal(uaddrOf(fixed.handle(getaddr(3, 1, 'udp', '198.51.100.1.0.111'), udp)), '192.0.2.1.16.146');
+    // DUMP over UDP (a reply bigger than its request) only for admitted callers; over TCP for all.
+    const dump = encodeCall(1, PMAP_PROGRAM, 2, 4);
+    assert.equal(accepted(wild.handle(dump, udp)!, 1).stat, ACCEPT.PROC_UNAVAIL);
+    assert.equal(accepted(wild.handle(dump, { ...udp, address: '127.0.0.1' })!, 1).stat, ACCEPT.SUCCESS);
+    assert.equal(accepted(wild.handle(dump, tcp)!, 1).stat, ACCEPT.SUCCESS);
+    // Nobody registers from outside.
+    const set = encodeCall(1, PMAP_PROGRAM, 2, 1, new XdrWriter().uint32(100003).uint32(3).uint32(17).uint32(2049).toBuffer());
+    assert.equal(new XdrReader(accepted(wild.handle(set, tcp)!, 1).results).uint32(), 0);
   });
 
   it('writes and reads universal addresses', () => {

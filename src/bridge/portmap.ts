@@ -102,14 +102,14 @@ export class PortmapService {
 
   /**
    * The address to announce for a program reached over `family`: the service's own address when
-   * it listens on one; otherwise the one the client reached us on (the TCP socket's, or the one
-   * the TI-RPC client says it used in `r_addr`).
+   * it listens on one; otherwise the one the client reached us on — first as the TI-RPC client
+   * says it in `r_addr` (right even behind a Service's NAT), then the socket's local address.
    */
   private hostFor(family: Family, peer: RpcPeer, clientUaddr: string): string | undefined {
     const candidates = [
       isWildcardHost(this.opts.serviceHost) ? undefined : familyOfIp(this.opts.serviceHost),
-      familyOfIp(peer.localAddress),
       hostOfUniversalAddress(clientUaddr),
+      familyOfIp(peer.localAddress),
     ];
     for (const c of candidates) if (c && c.family === family && !isWildcardHost(c.ip)) return c.ip;
     return undefined;

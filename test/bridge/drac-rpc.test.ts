@@ -291,6 +291,8 @@ describe('XDR, ONC RPC and dracd.allow (no sockets)', () => {
     // UDP on a wildcard socket: the address the TI-RPC client says it used (r_addr).
     assert.equal(uaddrOf(wild.handle(getaddr(3, 1, 'udp', '198.51.100.1.0.111'), udp)), '198.51.100.1.16.146');
     assert.equal(uaddrOf(wild.handle(getaddr(3, 1, 'tcp', ''), tcp)), '198.51.100.2.16.146');
+    // Behind a Service the socket sees the pod's address; the client's r_addr is what it can reach.
+    assert.equal(uaddrOf(wild.handle(getaddr(3, 1, 'tcp', '203.0.113.5.0.111'), tcp)), '203.0.113.5.16.146');
     assert.equal(uaddrOf(wild.handle(getaddr(3, 1, 'udp', ''), udp)), '', 'no address known: none made up');
     assert.equal(uaddrOf(wild.handle(getaddr(3, 1, 'udp6', '::1.0.111'), udp)), '', 'IPv4 only on 0.0.0.0');
     // GETADDR of another version points at the program (the server then says PROG_MISMATCH); GETVERSADDR is exact.

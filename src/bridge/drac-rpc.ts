@@ -57,7 +57,14 @@ interface DracServiceOptions {
   ctx: BridgeContext;
   /** Whether a caller may ADD (CIDR allow-list or dracd.allow). */
   isAdmitted: (ip: string) => boolean;
+  /**
+   * Answer ADD_SYSERR when the write has not landed by then (it goes on in the background), so
+   * that the caller hears "system error" rather than its own RPC timeout (libtirpc: 25 s).
+   */
+  addTimeoutMs?: number;
 }
+
+const ADD_TIMEOUT_MS = 20_000;
 
 /** What the DRAC program answers to one message; transport-free, so it is testable without sockets. */
 export class DracService {
@@ -97,6 +104,15 @@ export class DracService {
     return encodeAcceptError(call.xid, stat);
   }
 
+  private withDeadline<T>(write: Promise<T>, address: string): Promise<T> {
+    const ms = this.opts.addTimeoutMs ?? ADD_TIMEOUT_MS;
+    let timer: NodeJS.Timeout | undefined;
+    const deadline = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`the write of the grant for ${address} took longer than ${ms} ms`)), ms);
+    });
+    return Promise.race([write, deadline]).finally(() => clearTimeout(timer));
+  }
+
   private async add(ip: IpPrefix, peer: RpcPeer): Promise<AddStat> {
     const { ctx, isAdmitted } = this.opts;
     const address = formatIp(ip);
@@ -112,7 +128,7 @@ export class DracService {
     }
     try {
       // DRAC RPC carries no user name; the grant's user stays empty (the CRD allows it).
-      const outcome = await ctx.store.renew(address, '', 'drac');
+      const outcome = await this.withDeadline(ctx.store.renew(address, '', 'drac'), address);
       this.count('renewed');
       ctx.log.info('drac_add', { peer: peer.address, address, outcome });
       return ADDSTAT.ADD_SUCCESS;

@@ -20,7 +20,7 @@ import type { RelayGrant } from '../../src/grants/types.ts';
 import { NetworkList } from '../../src/net/networks.ts';
 import type { LogFields, Logger } from '../../src/observability/log.ts';
 import { registry } from '../../src/observability/metrics.ts';
-import { ADDSTAT, decodeAddArgs, DRAC_PROGRAM, isClientAddress, startDracRpcListener } from '../../src/bridge/drac-rpc.ts';
+import { ADDSTAT, decodeAddArgs, DRAC_PROGRAM, DracService, isClientAddress, startDracRpcListener } from '../../src/bridge/drac-rpc.ts';
 import { parseDracdAllow } from '../../src/bridge/dracd-allow.ts';
 import type { BridgeContext, RunningListener } from '../../src/bridge/listener.ts';
 import { ACCEPT, decodeCall, decodeReply, encodeCall, encodeRecord, RecordReader } from '../../src/bridge/oncrpc.ts';
@@ -308,6 +308,21 @@ describe('XDR, ONC RPC and dracd.allow (no sockets)', () => {
     // Nobody registers from outside.
     const set = encodeCall(1, PMAP_PROGRAM, 2, 1, new XdrWriter().uint32(100003).uint32(3).uint32(17).uint32(2049).toBuffer());
     assert.equal(new XdrReader(accepted(wild.handle(set, tcp)!, 1).results).uint32(), 0);
+  });
+
+  it('answers ADD_SYSERR when a write does not land in time, and ADD_PERM without writing for a caller not admitted', async () => {
+    let writes = 0;
+    const hanging = { renew: () => (writes++, new Promise<never>(() => undefined)), revoke: () => Promise.resolve(false) };
+    const service = new DracService({
+      ctx: { grants: { synced: false, lookup: () => undefined }, store: hanging, log: new MemoryLogger() },
+      isAdmitted: (ip) => ip === '127.0.0.1',
+      addTimeoutMs: 50,
+    });
+    const peer: RpcPeer = { transport: 'udp', address: '127.0.0.1', port: 1000, localAddress: undefined };
+    const add = encodeCall(1, DRAC_PROGRAM, 1, 1, v1Args('192.0.2.1'));
+    assert.equal(addstatOf((await service.handle(add, peer))!, 1), ADDSTAT.ADD_SYSERR);
+    assert.equal(addstatOf((await service.handle(add, { ...peer, address: '192.0.2.99' }))!, 1), ADDSTAT.ADD_PERM);
+    assert.equal(writes, 1);
   });
 
   it('writes and reads universal addresses', () => {

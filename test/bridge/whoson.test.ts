@@ -233,6 +233,19 @@ print('udp', u.recvfrom(2048)[0].decode().rstrip('\\r\\n'))
     assert.equal((await grantOf('127.0.0.75'))?.spec.user, 'carol');
   });
 
+  it('IPv6: LOGIN grants the /64, QUERY of another address in it answers +', async () => {
+    const c = new WhosonTcp(w.port);
+    try {
+      assert.equal(await c.ask('LOGIN 2001:db8:5:6::10 grace'), '+LOGIN OK');
+      const g = await k.client.get<RelayGrant>(grantsPath(k.namespace, 'v6-20010db8000500060000000000000000-64'));
+      assert.equal(g?.spec.address, '2001:db8:5:6::/64');
+      await eventually('QUERY +grace', () => c.ask('QUERY 2001:db8:5:6::99'), (r) => r === '+grace');
+      assert.equal(await c.ask('QUERY 2001:db8:5:7::10'), '-not logged in');
+    } finally {
+      c.close();
+    }
+  });
+
   it('answers pipelined requests in order on one connection', async () => {
     const c = new WhosonTcp(w.port);
     try {

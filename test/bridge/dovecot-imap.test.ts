@@ -3,7 +3,8 @@
 // a successful login with Python's imaplib creates the RelayGrant (source imap, the user), a
 // failed login creates none, the SMTP role then relays for that address and not for others; a
 // Dovecot holding a wrong key still logs users in (kube-drac never blocks a login) but grants
-// nothing. Run with `npm test -- test/bridge/dovecot-imap.test.ts` (needs dovecot-imapd).
+// nothing, nor does one whose bridge is down.
+// Run with `npm test -- test/bridge/dovecot-imap.test.ts` (needs dovecot-imapd).
 import assert from 'node:assert/strict';
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
@@ -30,6 +31,7 @@ const GOOD = '127.0.0.41';
 const FAILED = '127.0.0.43';
 const STRANGER = '127.0.0.42';
 const WRONG_KEY_CLIENT = '127.0.0.44';
+const BRIDGE_DOWN_CLIENT = '127.0.0.45';
 
 const hasDovecotImap = fs.existsSync('/usr/lib/dovecot/imap') && fs.existsSync('/usr/lib/dovecot/imap-login');
 const skip = hasDovecotImap ? false : 'needs dovecot-imapd (apt-get install dovecot-imapd)';
@@ -156,6 +158,7 @@ describe('Dovecot IMAP reporting logins to the auth-policy listener', { skip }, 
   let policy: RunningListener;
   let dovecot: Dovecot | undefined;
   let wrongKeyDovecot: Dovecot | undefined;
+  let bridgeDownDovecot: Dovecot | undefined;
   let smtp: TestSmtp | undefined;
   const lines: string[] = [];
   const root = fs.mkdtempSync(path.join(os.tmpdir(), 'bridge-dovecot-'));
@@ -182,12 +185,15 @@ describe('Dovecot IMAP reporting logins to the auth-policy listener', { skip }, 
     dovecot = await startDovecot(root, 'good', `http://127.0.0.1:${policy.port}/`, KEY);
     // The `Name: value` form with a wrong value, and a URL ending in `&`.
     wrongKeyDovecot = await startDovecot(root, 'wrong-key', `http://127.0.0.1:${policy.port}/policy?site=test&`, `X-API-Key: not-the-${KEY}`);
+    // Nothing listens there: the bridge is down.
+    bridgeDownDovecot = await startDovecot(root, 'bridge-down', `http://127.0.0.1:${await freePort()}/`, KEY);
     smtp = await startTestSmtp({ liveLookup: { enabled: false } }, { grants: cache });
   });
 
   after(async () => {
     await dovecot?.stop();
     await wrongKeyDovecot?.stop();
+    await bridgeDownDovecot?.stop();
     await smtp?.close();
     await policy?.close();
     await cache?.stop();
@@ -228,5 +234,11 @@ describe('Dovecot IMAP reporting logins to the auth-policy listener', { skip }, 
     assert.equal(await imapLogin(wrongKeyDovecot!.port, WRONG_KEY_CLIENT, 'alice', PASSWORD), 'OK OK');
     await eventually('Dovecot logging our refusal', () => wrongKeyDovecot!.log(), (l) => /Policy server HTTP error: 403/.test(l));
     assert.equal(await grantOf(WRONG_KEY_CLIENT), undefined);
+  });
+
+  it('a Dovecot whose bridge is down still logs users in (auth_policy_reject_on_fail = no), and grants nothing', async () => {
+    assert.equal(await imapLogin(bridgeDownDovecot!.port, BRIDGE_DOWN_CLIENT, 'alice', PASSWORD), 'OK OK');
+    assert.match(bridgeDownDovecot!.log(), /Policy server HTTP error/);
+    assert.equal(await grantOf(BRIDGE_DOWN_CLIENT), undefined);
   });
 });

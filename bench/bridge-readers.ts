@@ -264,7 +264,7 @@ function rows(what: string, unit: string, target: string | undefined, shape: Sha
 
 export async function run({ quick }: BenchOptions): Promise<BenchResult[]> {
   const grants = quick ? 20_000 : 100_000;
-  const seconds = quick ? 5 : 8;
+  const seconds = quick ? 5 : 6;
   const repeats = 2;
   const plane = new ControlPlane();
   await plane.start();

@@ -8,7 +8,7 @@
 import { formatIp, parseIp } from '../grants/address.ts';
 import type { GrantLookup } from '../grants/types.ts';
 import type { BridgeContext, RunningListener } from './listener.ts';
-import { bridgeCounters, startStreamListener, type StreamListenerOptions } from './socketmap.ts';
+import { bridgeCounters, endConnection, startStreamListener, type StreamListenerOptions } from './socketmap.ts';
 
 /** Longest attribute line (Postfix's own lines are short; certificate subjects are the longest). */
 export const MAX_POLICY_LINE = 4096;
@@ -143,7 +143,7 @@ export async function startPolicyListener(opts: StreamListenerOptions, ctx: Brid
         else ctx.log.warn('policy_internal_error', { peer, error: err as Error });
       }
       if (out !== '') socket.write(out, 'latin1');
-      if (closing) socket.end();
+      if (closing) endConnection(socket);
       if (granted) count.granted.inc(granted);
       if (notGranted) count.notGranted.inc(notGranted);
       if (unavailable) count.unavailable.inc(unavailable);

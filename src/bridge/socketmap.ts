@@ -68,6 +68,15 @@ export interface StreamListenerOptions extends ListenerOptions {
   idleTimeoutMs?: number;
 }
 
+/** How long a connection we are closing may take to finish reading its last answers. */
+const CLOSE_GRACE_MS = 2000;
+
+/** Send FIN after what was written; a peer that does not close its side in time is cut off. */
+export function endConnection(socket: net.Socket): void {
+  socket.end();
+  socket.setTimeout(CLOSE_GRACE_MS);
+}
+
 /** Called once per admitted connection; returns what handles each chunk read from it. */
 export type ConnectionHandler = (socket: net.Socket, peer: string) => (chunk: Buffer) => void;
 
@@ -177,7 +186,7 @@ export async function startSocketmapListener(opts: StreamListenerOptions & { map
         }
       }
       if (out !== '') socket.write(out, 'latin1');
-      if (closing) socket.end();
+      if (closing) endConnection(socket);
       if (granted) count.granted.inc(granted);
       if (notGranted) count.notGranted.inc(notGranted);
       if (unavailable) count.unavailable.inc(unavailable);

@@ -7,6 +7,7 @@ import assert from 'node:assert/strict';
 import net from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import type { BridgeContext, RunningListener } from '../../src/bridge/listener.ts';
+import { bridgeRequests } from '../../src/bridge/metrics.ts';
 import { encodeNetstring, NetstringDecoder, NetstringError } from '../../src/bridge/netstring.ts';
 import { MAX_SOCKETMAP_REQUEST, socketmapAnswer, socketmapKeyAddress, startSocketmapListener } from '../../src/bridge/socketmap.ts';
 import { GrantCache } from '../../src/grants/cache.ts';
@@ -134,8 +135,8 @@ class Client {
   private waiters: (() => void)[] = [];
   closed = false;
 
-  constructor(port: number, localAddress?: string) {
-    this.socket = net.connect({ port, host: '127.0.0.1', ...(localAddress ? { localAddress } : {}) });
+  constructor(port: number, localAddress?: string, allowHalfOpen = false) {
+    this.socket = net.connect({ port, host: '127.0.0.1', allowHalfOpen, ...(localAddress ? { localAddress } : {}) });
     this.socket.on('data', (d: Buffer) => {
       this.decoder.push(d, (p) => this.answers.push(p));
       this.waiters.splice(0).forEach((w) => w());
@@ -193,7 +194,10 @@ describe('socketmap listener on the real API server', () => {
   let sm: RunningListener;
   let strangers: RunningListener;
   let unsynced: RunningListener;
+  let quick: RunningListener;
   const lines: string[] = [];
+  const counted = async (result: string) =>
+    (await bridgeRequests.get()).values.find((v) => v.labels.protocol === 'socketmap' && v.labels.result === result)?.value ?? 0;
 
   before(async () => {
     k = await kubeForTest('bridge-socketmap');
@@ -208,10 +212,11 @@ describe('socketmap listener on the real API server', () => {
     sm = await startSocketmapListener({ host: '127.0.0.1', port: 0, allow, mapName: 'drac' }, ctx);
     strangers = await startSocketmapListener({ host: '127.0.0.1', port: 0, allow: NetworkList.parse(['127.0.0.2/32'], 'test'), mapName: 'drac' }, ctx);
     unsynced = await startSocketmapListener({ host: '127.0.0.1', port: 0, allow, mapName: 'drac' }, { ...ctx, grants: { synced: false, lookup: (ip, now) => cache.lookup(ip, now) } });
+    quick = await startSocketmapListener({ host: '127.0.0.1', port: 0, allow, mapName: 'drac', idleTimeoutMs: 300 }, ctx);
   });
 
   after(async () => {
-    await Promise.all([sm, strangers, unsynced].map((l) => l?.close()));
+    await Promise.all([sm, strangers, unsynced, quick].map((l) => l?.close()));
     await cache?.stop();
     store?.close();
     await k?.cleanup();
@@ -293,6 +298,33 @@ describe('socketmap listener on the real API server', () => {
     } finally {
       other.end();
     }
+  });
+
+  it('counts answers by result', async () => {
+    const before = { granted: await counted('granted'), not: await counted('not_granted'), bad: await counted('malformed') };
+    const c = new Client(sm.port);
+    await c.ask('192.0.2.7', '192.0.2.9', 'unknown');
+    c.socket.write('x');
+    await c.read(1);
+    await c.closedByServer();
+    assert.equal((await counted('granted')) - before.granted, 1);
+    assert.equal((await counted('not_granted')) - before.not, 2);
+    assert.equal((await counted('malformed')) - before.bad, 1);
+  });
+
+  it('closes idle connections, and cuts off a peer that keeps its side open after garbage', async () => {
+    const idle = new Client(quick.port);
+    assert.match((await idle.ask('192.0.2.7'))[0] as string, /^OK /);
+    await idle.closedByServer(3000);
+    const stubborn = new Client(sm.port, undefined, true);
+    stubborn.socket.write('garbage');
+    assert.match((await stubborn.read(1))[0] as string, /^PERM /);
+    // Past the grace period the server has let go: our bytes meet a reset, the next write EPIPE.
+    await new Promise((r) => setTimeout(r, 2500));
+    stubborn.socket.write('more');
+    await new Promise((r) => setTimeout(r, 100));
+    stubborn.socket.write('again');
+    await stubborn.closedByServer(3000);
   });
 
   it('answers TEMP while the cache is not synced, never OK', async () => {

@@ -3,7 +3,7 @@
 // `check_client_access socketmap:inet:127.0.0.1:PORT:drac`, once through `check_policy_service`.
 // The SMTP client is Python's smtplib, bound to 127.0.0.5 (mynetworks holds only 127.0.0.2).
 // Four cases each: not granted -> 554 5.7.1, granted -> 250, revoked -> 554 again, bridge down ->
-// 4xx (never 250). Run with `npm test -- test/bridge/postfix.test.ts`.
+// 4xx (never 250); and a cache that is not synced -> 4xx. Run with `npm test -- test/bridge/postfix.test.ts`.
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { after, before, describe, it } from 'node:test';
@@ -59,6 +59,7 @@ for (const kind of ['socketmap', 'policy'] as const) {
     let cache: GrantCache;
     let listener: RunningListener;
     let postfix: PostfixInstance;
+    let pretendUnsynced = false;
     const lines: string[] = [];
 
     before(async () => {
@@ -66,7 +67,9 @@ for (const kind of ['socketmap', 'policy'] as const) {
       store = new GrantStore({ client: k.client, namespace: k.namespace, ttlMs: 30 * MIN, renewIntervalMs: 5 * MIN, ipv6PrefixLength: 64 });
       cache = new GrantCache({ client: k.client, namespace: k.namespace, log: memoryLogger(lines) });
       await cache.start();
-      const ctx: BridgeContext = { grants: cache, store, log: memoryLogger(lines) };
+      // The real cache, behind a switch that makes it look unsynced (as after a restart).
+      const grants = { get synced() { return !pretendUnsynced && cache.synced; }, lookup: (ip: string, now?: number) => cache.lookup(ip, now) };
+      const ctx: BridgeContext = { grants, store, log: memoryLogger(lines) };
       const opts = { host: '127.0.0.1', port: 0, allow: NetworkList.parse(['127.0.0.0/8'], 'test') };
       listener = kind === 'socketmap' ? await startSocketmapListener({ ...opts, mapName: 'drac' }, ctx) : await startPolicyListener(opts, ctx);
       const check =
@@ -114,9 +117,22 @@ for (const kind of ['socketmap', 'policy'] as const) {
       assert.match(reply, /^554 5\.7\.1 .*Relay access denied/);
     });
 
-    it('answers 4xx, never 250, when the bridge is down (even with a grant)', async () => {
+    it('answers 4xx, never 250, while the cache is not synced (even with a grant)', async () => {
       await store.renew(CLIENT, 'alice@example.org', 'pop3');
       await eventually('the grant in the cache', () => cache.lookup(CLIENT) !== undefined);
+      pretendUnsynced = true;
+      try {
+        const reply = await rcptReply(postfix);
+        observed.push(`${kind} cache not synced: ${reply}`);
+        assert.match(reply, /^4\d\d 4\.\d\.\d /);
+      } finally {
+        pretendUnsynced = false;
+      }
+      assert.match(await rcptReply(postfix), /^250 /);
+    });
+
+    it('answers 4xx, never 250, when the bridge is down (even with a grant)', async () => {
+      assert.ok(cache.lookup(CLIENT));
       await listener.close();
       const reply = await rcptReply(postfix);
       observed.push(`${kind} bridge down: ${reply}`);

@@ -5,6 +5,7 @@ import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
+import { encodeCrlfDotStuffed } from './crlf-wasm.ts';
 
 export interface MaildirMessage {
   /** The unique part of the file name, before `:2,flags` (stable while flags change). */
@@ -201,46 +202,23 @@ export class DotStuffer {
     this.remainingBodyLines = bodyLines ?? 0;
   }
 
-  /** Encode one chunk; the result may share memory with `chunk`. */
-  push(chunk: Buffer): Buffer {
+  /**
+   * Encode one chunk; the result may share memory with `chunk`. RETR writes into `out` when it
+   * holds twice the chunk (the worst case: every byte a bare LF).
+   */
+  push(chunk: Buffer, out?: Buffer): Buffer {
     if (this.done || chunk.length === 0) return EMPTY;
-    return this.limited ? this.encodeLimited(chunk) : this.encodeAll(chunk);
+    return this.limited ? this.encodeLimited(chunk) : this.encodeAll(chunk, out);
   }
 
-  /**
-   * RETR: copy the runs between line ends into one output buffer, adding CR before a bare LF and
-   * a dot before a leading dot. (No per-line objects: at 100 KB a message has ~1500 lines.)
-   */
-  private encodeAll(chunk: Buffer): Buffer {
-    const n = chunk.length;
-    // Size the output exactly: a second memchr pass costs less than the garbage collection
-    // that twice-too-large buffers bring at hundreds of megabytes per second.
-    let extra = this.atLineStart && chunk[0] === 0x2e ? 1 : 0;
-    for (let lf = chunk.indexOf(0x0a); lf !== -1; lf = chunk.indexOf(0x0a, lf + 1)) {
-      if (!(lf > 0 ? chunk[lf - 1] === 0x0d : this.prevCr)) extra++;
-      if (chunk[lf + 1] === 0x2e) extra++;
-    }
-    const out = Buffer.allocUnsafe(n + extra);
-    let w = 0;
-    let start = 0;
-    if (this.atLineStart && chunk[0] === 0x2e) out[w++] = 0x2e;
-    for (let lf = chunk.indexOf(0x0a); lf !== -1; lf = chunk.indexOf(0x0a, lf + 1)) {
-      const hadCr = lf > 0 ? chunk[lf - 1] === 0x0d : this.prevCr;
-      if (hadCr) {
-        w += chunk.copy(out, w, start, lf + 1);
-      } else {
-        w += chunk.copy(out, w, start, lf);
-        out[w++] = 0x0d;
-        out[w++] = 0x0a;
-      }
-      start = lf + 1;
-      if (start < n && chunk[start] === 0x2e) out[w++] = 0x2e;
-    }
-    w += chunk.copy(out, w, start, n);
-    const last = chunk[n - 1];
+  /** RETR: every byte goes through (see crlf-wasm.ts), into `out` when it has room for the worst case. */
+  private encodeAll(chunk: Buffer, out?: Buffer): Buffer {
+    const target = out !== undefined && out.length >= 2 * chunk.length ? out : Buffer.allocUnsafe(2 * chunk.length);
+    const written = encodeCrlfDotStuffed(chunk, this.prevCr ? 0x0d : this.atLineStart ? 0x0a : 0x00, target, 0);
+    const last = chunk[chunk.length - 1];
     this.atLineStart = last === 0x0a;
     this.prevCr = last === 0x0d;
-    return out.subarray(0, w);
+    return target.subarray(0, written);
   }
 
   /** TOP: the header, the empty line that ends it, then at most `bodyLines` body lines. */
@@ -292,49 +270,97 @@ const DOT = Buffer.from('.');
 const CRLF = Buffer.from('\r\n');
 const TERMINATOR = Buffer.from('.\r\n');
 
+// The callback API, not fs/promises: a RETR is two trips to the thread pool (open, read) and a
+// close nobody waits for, without a FileHandle and its promises per message.
+function openFile(file: string): Promise<number> {
+  return new Promise((resolve, reject) => fs.open(file, 'r', (err, fd) => (err ? reject(err) : resolve(fd))));
+}
+
+function readAt(fd: number, buf: Buffer, position: number): Promise<number> {
+  return new Promise((resolve, reject) => fs.read(fd, buf, 0, buf.length, position, (err, n) => (err ? reject(err) : resolve(n))));
+}
+
 /** Open a message where the snapshot saw it, or wherever another reader moved it; undefined when gone. */
-async function openMessage(maildir: string, msg: MaildirMessage): Promise<fsp.FileHandle | undefined> {
+async function openMessage(maildir: string, msg: MaildirMessage): Promise<number | undefined> {
   try {
-    return await fsp.open(msg.path, 'r');
+    return await openFile(msg.path);
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
   }
   const moved = await locateMessage(maildir, msg);
-  return moved === undefined ? undefined : fsp.open(moved, 'r');
+  return moved === undefined ? undefined : openFile(moved);
 }
 
 /**
  * A message as POP3 multi-line data (RETR, or TOP with `bodyLines`), read in chunks: never the
  * whole of a large message in memory. Throws before the first chunk when the message is gone.
+ * RETR chunks come from a pool: hand each back with recycleMessageData once it has been written.
  */
 export async function* messageData(maildir: string, msg: MaildirMessage, bodyLines?: number): AsyncGenerator<Buffer> {
-  const fh = await openMessage(maildir, msg);
-  if (fh === undefined) throw new Error(`message ${msg.baseName} is gone`);
+  const fd = await openMessage(maildir, msg);
+  if (fd === undefined) throw new Error(`message ${msg.baseName} is gone`);
   const stuffer = new DotStuffer(bodyLines);
   // The encoder copies what it returns, so a read buffer serves the whole message, and then the
-  // next one (from a small pool: fresh 100 KB buffers per RETR keep the garbage collector busy).
+  // next one (from a small pool: fresh buffers per RETR keep the garbage collector busy).
   const buf = readBuffers.pop() ?? Buffer.allocUnsafe(READ_BUFFER_SIZE);
   let total = 0;
   try {
     for (;;) {
-      const { bytesRead } = await fh.read(buf, 0, buf.length, null);
+      const bytesRead = await readAt(fd, buf, total);
       if (bytesRead === 0) break;
       total += bytesRead;
-      const out = stuffer.push(buf.subarray(0, bytesRead));
-      if (out.length > 0) yield out;
+      const data = buf.subarray(0, bytesRead);
       // Maildir files do not change once delivered: the size seen at login is the end.
-      if (stuffer.done || total >= msg.rawSize) break;
+      const last = total >= msg.rawSize;
+      if (bodyLines === undefined) {
+        const target = takeOutputBuffer();
+        const encoded = stuffer.push(data, target); // at the start of target: it has room for the worst case
+        if (!last) {
+          yield encoded;
+          continue;
+        }
+        // The terminator in the same chunk: the reply to a RETR of a typical message is one write.
+        const tail = stuffer.end();
+        tail.copy(target, encoded.length);
+        yield target.subarray(0, encoded.length + tail.length);
+        return;
+      }
+      const out = stuffer.push(data);
+      if (out.length > 0) yield out;
+      if (stuffer.done || last) break;
     }
   } finally {
-    if (readBuffers.length < READ_BUFFER_POOL) readBuffers.push(buf);
-    await fh.close();
+    if (readBuffers.length < BUFFER_POOL) readBuffers.push(buf);
+    fs.close(fd, () => undefined);
   }
   yield stuffer.end();
 }
 
-const READ_BUFFER_SIZE = 256 * 1024;
-const READ_BUFFER_POOL = 32;
+const READ_BUFFER_SIZE = 128 * 1024;
+const BUFFER_POOL = 64;
 const readBuffers: Buffer[] = [];
+/** `\r\n.\r\n`, the longest terminator. */
+const TERMINATOR_ROOM = 5;
+/** Encoded RETR data: up to twice what was read. Pooled by their memory, so a slice finds its way back. */
+const outputBuffers: Buffer[] = [];
+const pooledOutput = new WeakMap<ArrayBufferLike, Buffer>();
+
+function takeOutputBuffer(): Buffer {
+  const reused = outputBuffers.pop();
+  if (reused !== undefined) return reused;
+  const fresh = Buffer.allocUnsafeSlow(2 * READ_BUFFER_SIZE + TERMINATOR_ROOM);
+  pooledOutput.set(fresh.buffer, fresh);
+  return fresh;
+}
+
+/**
+ * A chunk from messageData has been written (the socket no longer needs it): its memory may
+ * serve another message. Anything else is ignored; a chunk must be given back at most once.
+ */
+export function recycleMessageData(chunk: Buffer): void {
+  const whole = pooledOutput.get(chunk.buffer);
+  if (whole !== undefined && outputBuffers.length < BUFFER_POOL) outputBuffers.push(whole);
+}
 
 /**
  * Remove the messages marked for deletion (UPDATE state). A message already gone counts as

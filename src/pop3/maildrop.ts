@@ -1,5 +1,5 @@
 // A user's Maildir as a POP3 maildrop: locked, listed once at login, streamed, deleted at UPDATE.
-import { deleteMessages, ensureMaildirFolders, messageData, snapshotMaildir } from '../mail/maildir.ts';
+import { deleteMessages, ensureMaildirFolders, messageData, recycleMessageData, snapshotMaildir } from '../mail/maildir.ts';
 import type { MaildirMessage } from '../mail/maildir.ts';
 import { maildirPathFor } from '../mail/paths.ts';
 import type { LockOptions } from './lock.ts';
@@ -47,6 +47,7 @@ export async function openMaildrop(user: string, opts: MaildropOptions): Promise
   return {
     messages,
     content: (index: number, bodyLines?: number) => messageData(dir, messages[index] as MaildirMessage, bodyLines),
+    recycle: recycleMessageData,
     async remove(indexes: number[]) {
       const { deleted, failed } = await deleteMessages(dir, indexes.map((i) => messages[i] as MaildirMessage));
       return { removed: deleted, failed: failed.length };

@@ -64,7 +64,7 @@ class Connection {
     const sessionId = crypto.randomBytes(6).toString('hex');
     const io: SessionIo = {
       write: (text) => this.write(text + '\r\n'),
-      writeStream: (chunks) => this.writeStream(chunks),
+      writeStream: (head, chunks, sent) => this.writeStream(head, chunks, sent),
       startTls: () => this.startTls(),
       close: () => this.end(),
     };
@@ -104,24 +104,38 @@ class Connection {
     if (!this.closed && this.socket.writable) this.socket.write(text);
   }
 
-  /** Message data with backpressure; stops early (without error) if the client goes away. */
-  private async writeStream(chunks: AsyncIterable<Buffer>): Promise<number> {
+  /**
+   * A status line and message data, with backpressure; stops early (without error) if the client
+   * goes away. Corked, so that the line and a message that fits one chunk leave in one write.
+   */
+  private async writeStream(head: string, chunks: AsyncIterable<Buffer>, sent?: (chunk: Buffer) => void): Promise<number> {
+    const socket = this.socket;
     let bytes = 0;
-    for await (const chunk of chunks) {
-      if (this.closed || !this.socket.writable) break;
-      bytes += chunk.length;
-      if (!this.socket.write(chunk)) {
-        await new Promise<void>((resolve) => {
-          const done = () => {
-            this.socket.off('drain', done);
-            this.socket.off('close', done);
-            resolve();
-          };
-          this.socket.on('drain', done);
-          this.socket.on('close', done);
-        });
+    socket.cork();
+    try {
+      this.write(head + '\r\n');
+      for await (const chunk of chunks) {
+        if (this.closed || !socket.writable) break;
+        bytes += chunk.length;
+        const more = socket.write(chunk, sent && (() => sent(chunk)));
+        if (!more) {
+          // Corked, nothing drains: send what is buffered, then wait until the peer has read it.
+          socket.uncork();
+          await new Promise<void>((resolve) => {
+            const done = () => {
+              socket.off('drain', done);
+              socket.off('close', done);
+              resolve();
+            };
+            socket.on('drain', done);
+            socket.on('close', done);
+          });
+          socket.cork();
+        }
+        this.armTimer();
       }
-      this.armTimer();
+    } finally {
+      socket.uncork();
     }
     return bytes;
   }

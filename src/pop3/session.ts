@@ -14,6 +14,8 @@ export interface Maildrop {
   readonly messages: readonly MaildropMessage[];
   /** Message `index` (0-based) as POP3 data: dot-stuffed, CRLF, ending with `.\r\n`. */
   content(index: number, bodyLines?: number): AsyncIterable<Buffer>;
+  /** A chunk of content has been sent and is no longer needed: its memory may be reused. */
+  recycle?(chunk: Buffer): void;
   /** UPDATE: remove these (0-based) messages. */
   remove(indexes: number[]): Promise<{ removed: number; failed: number }>;
   /** Unlock. Safe to call more than once. */
@@ -30,8 +32,11 @@ export type LoginOutcome =
 export interface SessionIo {
   /** Send text as it is (the session adds CRLF). */
   write(text: string): void;
-  /** Send a stream of bytes (message data), respecting backpressure. */
-  writeStream(chunks: AsyncIterable<Buffer>): Promise<number>;
+  /**
+   * Send the status line `head` (the session adds CRLF) and then a stream of bytes (message
+   * data), respecting backpressure; `sent` is told of each chunk once the socket is done with it.
+   */
+  writeStream(head: string, chunks: AsyncIterable<Buffer>, sent?: (chunk: Buffer) => void): Promise<number>;
   /** Upgrade to TLS after `+OK` was sent; input received before the handshake must be discarded. */
   startTls(): Promise<void>;
   /** End the connection after what was written has been sent. */
@@ -458,12 +463,13 @@ export class Pop3Session {
     } catch {
       return this.err('[SYS/TEMP] The message cannot be read now.');
     }
-    this.ok(text);
+    this.errors = 0;
     const rest = async function* () {
       if (!first.done) yield first.value;
       for (let r = await content.next(); !r.done; r = await content.next()) yield r.value;
     };
-    const bytes = await this.io.writeStream(rest());
+    const drop = this.drop;
+    const bytes = await this.io.writeStream(`+OK ${text}`, rest(), drop.recycle?.bind(drop));
     this.opts.onEvent?.('retrieved', { bytes, top: bodyLines !== undefined });
   }
 

@@ -36,7 +36,8 @@ function setup(opts: Partial<SessionOptions> = {}, outcomeOf?: () => LoginOutcom
   const session = new Pop3Session(
     {
       write: (t) => out.push(...t.split('\r\n')),
-      writeStream: async (chunks) => {
+      writeStream: async (head, chunks) => {
+        out.push(head);
         let n = 0;
         for await (const c of chunks) {
           out.push(c.toString());

@@ -101,6 +101,33 @@ function deliveredAt(baseName: string): number {
 }
 
 /**
+ * Move what was delivered to new/ into cur/, with the `:2,` info (no flags) appended, as Dovecot's
+ * POP3 does when it opens the INBOX (its sync with DROP_RECENT): the mail has now been seen by a
+ * reader. The base name, and so the UIDL, does not change. Call it with the maildrop locked. A
+ * message that cannot be moved stays where it is and is still served from new/.
+ */
+export async function moveNewToCur(maildir: string): Promise<void> {
+  let names: string[];
+  try {
+    names = await fsp.readdir(path.join(maildir, 'new'));
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
+    throw err;
+  }
+  await Promise.all(
+    names.map(async (name) => {
+      if (name.startsWith('.')) return;
+      const to = name.includes(':') ? name : `${name}:2,`;
+      try {
+        await fsp.rename(path.join(maildir, 'new', name), path.join(maildir, 'cur', to));
+      } catch {
+        /* gone (another reader moved it) or not movable: listed from where it is */
+      }
+    }),
+  );
+}
+
+/**
  * List the messages now in new/ and cur/, oldest first. Later deliveries are not seen by the
  * session that took this snapshot (RFC 1939: numbering is fixed for the session).
  */

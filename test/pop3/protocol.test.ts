@@ -87,6 +87,30 @@ describe('POP3 protocol (loopback, plaintext allowed)', () => {
     await third.cmd('QUIT');
   });
 
+  it('moves new mail to cur/ at login as Dovecot does, keeping the UIDL; QUIT deletes it wherever it is', async () => {
+    const dir = maildirOf(world, 'alice');
+    deliverWithLda(world, 'alice', testMessage('fresh 1', ['a']));
+    deliverWithLda(world, 'alice', testMessage('fresh 2', ['b']));
+    deliverWithLda(world, 'alice', testMessage('fresh 3', ['c']));
+    const delivered = fs.readdirSync(path.join(dir, 'new')).sort();
+    assert.equal(delivered.length, 3, 'dovecot-lda delivers into new/');
+    const c = await RawClient.connect(s.server.port);
+    assert.match(await c.login('alice', world.passwords.alice), /^\+OK Logged in, 3 messages/);
+    assert.deepEqual(fs.readdirSync(path.join(dir, 'new')), [], 'new/ is emptied at login');
+    assert.deepEqual(fs.readdirSync(path.join(dir, 'cur')).sort(), delivered.map((n) => `${n}:2,`));
+    c.send('UIDL\r\n');
+    const uids = (await c.multiline()).body.split('\r\n').filter(Boolean).map((l) => l.split(' ')[1]);
+    assert.deepEqual([...uids].sort(), delivered, 'the UIDL is the base name, unchanged by the move');
+    c.send('RETR 1\r\n');
+    assert.match((await c.multiline()).body, /Subject: fresh 1/);
+    // Another reader (an IMAP client setting \Seen) renames one meanwhile; one goes back to new/.
+    fs.renameSync(path.join(dir, 'cur', `${uids[1]}:2,`), path.join(dir, 'cur', `${uids[1]}:2,S`));
+    fs.renameSync(path.join(dir, 'cur', `${uids[2]}:2,`), path.join(dir, 'new', uids[2] as string));
+    for (const n of [1, 2, 3]) assert.match(await c.cmd(`DELE ${n}`), /^\+OK/);
+    assert.match(await c.cmd('QUIT'), /^\+OK .*3 messages deleted/);
+    assert.deepEqual([...fs.readdirSync(path.join(dir, 'cur')), ...fs.readdirSync(path.join(dir, 'new'))], []);
+  });
+
   it('CAPA works before and after login and advertises what is there', async () => {
     const c = await RawClient.connect(s.server.port);
     c.send('CAPA\r\n');

@@ -1,5 +1,5 @@
 // `kube-drac pop3`: the POP3 listeners, the grant store that logins renew grants through, and the
-// health endpoint. SIGTERM (via runRoleProcess) stops accepting, ends sessions without deleting anything.
+// health endpoint (ready while the listeners are bound, users are loaded and the mail root is usable). SIGTERM (via runRoleProcess) stops accepting, ends sessions without deleting anything.
 import type { ConfigDocument } from '../config/load.ts';
 import { GrantStore } from '../grants/store.ts';
 import type { GrantRenewer } from '../grants/types.ts';
@@ -48,7 +48,7 @@ export async function runPop3(doc: ConfigDocument, log: Logger = createLogger('p
   const server = await startPop3Server(config, { renewer, log });
   let health;
   try {
-    health = await startHealthServer({ host: doc.common.metrics.host, port: doc.common.metrics.port, ready: () => true });
+    health = await startHealthServer({ host: doc.common.metrics.host, port: doc.common.metrics.port, ready: () => server.notReadyReasons().length === 0 });
   } catch (err) {
     await server.close();
     store?.close();

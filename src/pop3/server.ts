@@ -15,6 +15,7 @@ import type { Logger } from '../observability/log.ts';
 import type { Pop3Config } from './config.ts';
 import { Pop3Login } from './login.ts';
 import { openMaildrop } from './maildrop.ts';
+import { MailRootProbe } from './readiness.ts';
 import { connectionsRefused, connectionsTotal, deletedMessages, retrievedBytes, sessionsActive, tlsHandshakes } from './metrics.ts';
 import type { SessionIo } from './session.ts';
 import { Pop3Session } from './session.ts';
@@ -29,6 +30,11 @@ export interface Pop3Server {
   port: number;
   /** The POP3S port actually bound, when TLS is configured. */
   tlsPort: number | undefined;
+  /**
+   * Why this server would not serve a login correctly now (empty when ready): a listener not
+   * bound, no users loaded, the mail root unusable. Not the grant store: logins do not need it.
+   */
+  notReadyReasons(): string[];
   /** Stop accepting, end every session (nothing is deleted), release resources. */
   close(): Promise<void>;
 }
@@ -395,12 +401,15 @@ export async function startPop3Server(config: Pop3Config, deps: Pop3ServerDeps):
       });
     });
 
+  const mailRoot = new MailRootProbe({ mailRoot: config.mailRoot, log });
   const servers: net.Server[] = [];
   try {
+    await mailRoot.check();
     servers.push(await listen(config.listen.port, false));
     if (config.tlsPort !== undefined) servers.push(await listen(config.tlsPort, true));
   } catch (err) {
     servers.forEach((s) => s.close());
+    mailRoot.close();
     users.close();
     reloader?.close();
     await verifier.close();
@@ -410,17 +419,29 @@ export async function startPop3Server(config: Pop3Config, deps: Pop3ServerDeps):
   const tlsPort = servers[1] ? (servers[1].address() as net.AddressInfo).port : undefined;
   log.info('pop3_listening', { host: config.listen.host, port, tlsPort });
 
+  let closing = false;
   return {
     port,
     tlsPort,
+    notReadyReasons: () => {
+      const reasons: string[] = [];
+      if (closing || servers.some((s) => !s.listening)) reasons.push('listeners closed');
+      // An empty file parses, but nobody could log in: keep such a rollout from becoming ready.
+      if (users.size === 0) reasons.push(`no users in ${config.usersFile}`);
+      const root = mailRoot.unusable;
+      if (root !== undefined) reasons.push(root);
+      return reasons;
+    },
     close: async () => {
-      const closing = servers.map((s) => new Promise<void>((resolve) => s.close(() => resolve())));
+      closing = true;
+      mailRoot.close();
+      const closingServers = servers.map((s) => new Promise<void>((resolve) => s.close(() => resolve())));
       const ending = [...connections].map((c) => {
         c.shutdown();
         return c.done;
       });
       for (const s of sockets) s.destroy();
-      await Promise.all([...closing, ...ending]);
+      await Promise.all([...closingServers, ...ending]);
       users.close();
       reloader?.close();
       await verifier.close();

@@ -1,6 +1,7 @@
 // runPop3: config document in, listeners and the health endpoint up, metrics named as the issue
 // says, and close() (what SIGTERM runs) ending sessions without deleting mail.
 import assert from 'node:assert/strict';
+import fs from 'node:fs';
 import net from 'node:net';
 import { after, describe, it } from 'node:test';
 import { parseConfig } from '../../src/config/load.ts';
@@ -66,5 +67,53 @@ describe('runPop3', () => {
     assert.match(await d.login('carol', world.passwords.carol), /^\+OK Logged in, 1 messages/, 'DELE without QUIT deleted nothing');
     await d.cmd('QUIT');
     await again.close();
+  });
+
+  it('/readyz says no while the mail root is unusable or the users file is empty, and once closing', async () => {
+    const doc = parseConfig(
+      JSON.stringify({
+        metrics: { host: '127.0.0.1', port: 0 },
+        pop3: { listen: { host: '127.0.0.1', port: 0 }, allowPlaintextAuth: true, mailRoot: world.mailRoot, usersFile: world.usersFile, passwordThreads: 1 },
+      }),
+      'test',
+    );
+    const role = await runPop3(doc, undefined, { renewer: new RecordingRenewer() });
+    const readyz = async () => {
+      const res = await fetch(`http://127.0.0.1:${role.healthPort}/readyz`);
+      return res.status;
+    };
+    /** Poll until /readyz answers `status` (the checks run in the background). */
+    const waitFor = async (status: number, what: string) => {
+      for (let i = 0; i < 100 && (await readyz()) !== status; i++) await new Promise((r) => setTimeout(r, 100));
+      assert.equal(await readyz(), status, what);
+    };
+    try {
+      assert.equal(await readyz(), 200, 'listening, users loaded, mail root usable');
+
+      // The volume goes away (unmounted, stale): not ready; back: ready again.
+      const aside = `${world.mailRoot}.aside`;
+      fs.renameSync(world.mailRoot, aside);
+      await waitFor(503, 'mail root missing');
+      assert.match(role.server.notReadyReasons().join('; '), /mail root .*ENOENT/);
+      fs.renameSync(aside, world.mailRoot);
+      await waitFor(200, 'mail root back');
+      fs.renameSync(world.mailRoot, aside);
+      fs.writeFileSync(world.mailRoot, 'a file, not a directory');
+      await waitFor(503, 'mail root not a directory');
+      fs.rmSync(world.mailRoot);
+      fs.renameSync(aside, world.mailRoot);
+      await waitFor(200, 'mail root a directory again');
+
+      // An empty users file parses, but nobody could log in.
+      const users = fs.readFileSync(world.usersFile);
+      fs.writeFileSync(world.usersFile, '');
+      await waitFor(503, 'no users');
+      fs.writeFileSync(world.usersFile, users);
+      await waitFor(200, 'users back');
+    } finally {
+      const closing = role.close();
+      assert.deepEqual(role.server.notReadyReasons(), ['listeners closed']);
+      await closing;
+    }
   });
 });

@@ -54,42 +54,54 @@ export function parseBridgeConfig(r: ConfigReader): BridgeConfig {
   });
   const enabled = (s: ConfigReader): boolean => s.bool('enabled', false);
 
+  // A disabled listener's keys are still read and checked, so that turning one off with
+  // `enabled: false` keeps its settings valid, and a typo there is still reported.
   const sm = r.section('socketmap');
-  const socketmap = enabled(sm) ? { ...listener(sm, DEFAULT_PORTS.socketmap), mapName: sm.string('mapName', 'drac', MAP_NAME) } : undefined;
+  const socketmapOn = enabled(sm);
+  const socketmapListener = { ...listener(sm, DEFAULT_PORTS.socketmap), mapName: sm.string('mapName', 'drac', MAP_NAME) };
   sm.finish();
+  const socketmap = socketmapOn ? socketmapListener : undefined;
 
   const p = r.section('policy');
-  const policy = enabled(p) ? listener(p, DEFAULT_PORTS.policy) : undefined;
+  const policyOn = enabled(p);
+  const policyListener = listener(p, DEFAULT_PORTS.policy);
   p.finish();
+  const policy = policyOn ? policyListener : undefined;
 
   const w = r.section('whoson');
-  const whoson = enabled(w) ? { ...listener(w, DEFAULT_PORTS.whoson), udp: w.bool('udp', true) } : undefined;
+  const whosonOn = enabled(w);
+  const whosonListener = { ...listener(w, DEFAULT_PORTS.whoson), udp: w.bool('udp', true) };
   w.finish();
+  const whoson = whosonOn ? whosonListener : undefined;
 
   const d = r.section('drac');
+  const dracOn = enabled(d);
+  const dracBase = listener(d, DEFAULT_PORTS.drac);
+  const allowFile = d.optionalString('allowFile');
+  const pm = d.section('portmapper');
+  const portmapperOn = pm.bool('enabled', true);
+  const portmapperAt = { host: pm.string('host', dracBase.host, HOST), port: pm.port('port', DEFAULT_PORTS.portmapper) };
+  pm.finish();
+  d.finish();
   let drac: BridgeConfig['drac'];
-  if (enabled(d)) {
-    const base = listener(d, DEFAULT_PORTS.drac);
-    const allowFile = d.optionalString('allowFile');
+  if (dracOn) {
     if (allowFile !== undefined && !fs.existsSync(allowFile)) {
       throw new ConfigError(d.keyPath('allowFile'), `${allowFile} does not exist (expected a dracd.allow file of "netmask netaddr" lines)`);
     }
-    const pm = d.section('portmapper');
-    const portmapper = pm.bool('enabled', true) ? { host: pm.string('host', base.host, HOST), port: pm.port('port', DEFAULT_PORTS.portmapper) } : undefined;
-    pm.finish();
-    drac = { ...base, allowFile, portmapper };
+    drac = { ...dracBase, allowFile, portmapper: portmapperOn ? portmapperAt : undefined };
   }
-  d.finish();
 
   const a = r.section('authPolicy');
-  let authPolicy: BridgeConfig['authPolicy'];
-  if (enabled(a)) {
-    const base = listener(a, DEFAULT_PORTS.authPolicy);
-    const name = a.string('apiHeaderName', 'X-API-Key', HEADER_NAME);
-    const value = readApiKey(a.keyPath('apiKeyFile'), a.string('apiKeyFile'));
-    authPolicy = { ...base, apiHeader: { name, value } };
-  }
+  const authPolicyOn = enabled(a);
+  const authPolicyBase = listener(a, DEFAULT_PORTS.authPolicy);
+  const headerName = a.string('apiHeaderName', 'X-API-Key', HEADER_NAME);
+  const apiKeyFile = a.optionalString('apiKeyFile');
   a.finish();
+  let authPolicy: BridgeConfig['authPolicy'];
+  if (authPolicyOn) {
+    if (apiKeyFile === undefined) throw new ConfigError(a.keyPath('apiKeyFile'), 'is required: a file holding the API key Dovecot sends');
+    authPolicy = { ...authPolicyBase, apiHeader: { name: headerName, value: readApiKey(a.keyPath('apiKeyFile'), apiKeyFile) } };
+  }
 
   r.finish();
   const config = { socketmap, policy, whoson, drac, authPolicy };

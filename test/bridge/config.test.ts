@@ -77,6 +77,17 @@ describe('bridge config', () => {
     assert.ok(!bridgeReads(parse('bridge:\n  drac: {enabled: true}\n')), 'a writer-only bridge keeps no cache');
   });
 
+  it('a listener turned off keeps its settings valid: its keys are read and checked, nothing listens', () => {
+    const c = parse(
+      'bridge:\n  policy: {enabled: true}\n  socketmap: {enabled: false, port: 9400, mapName: drac}\n  authPolicy: {enabled: false, port: 9403, apiKeyFile: /nonexistent}\n  drac: {enabled: false, portmapper: {port: 111}}\n',
+    );
+    assert.equal(c.socketmap, undefined);
+    assert.equal(c.authPolicy, undefined, 'the key file of a disabled listener is not read');
+    assert.equal(c.drac, undefined);
+    mistake('bridge:\n  policy: {enabled: true}\n  socketmap: {enabled: false, prot: 9400}\n', 'bridge.socketmap.prot', /unknown key/);
+    mistake('bridge:\n  policy: {enabled: true}\n  whoson: {enabled: false, port: 99999}\n', 'bridge.whoson.port', /integer from 0 to 65535/);
+  });
+
   it('names the key and what it expected for each kind of mistake', () => {
     mistake('bridge:\n  socketmap: {enabled: yes please}\n', 'bridge.socketmap.enabled', /true or false/);
     mistake('bridge:\n  socketmap: {enabled: true, port: 70000}\n', 'bridge.socketmap.port', /integer from 0 to 65535/);

@@ -10,6 +10,8 @@ commands:
   operator [--config FILE]    delete expired RelayGrants (leader-elected on a Lease)
   pop3 [--config FILE]        the POP3 server; each login creates or renews its address's grant
   smtp [--config FILE]        the SMTP relay gate, local delivery and onward relay
+  bridge [--config FILE]      lookups and login feeds for existing mail software: socketmap,
+                              Postfix policy, whoson, DRAC RPC, Dovecot auth-policy
   all-in-one [--state-dir D]  everything on loopback for trying it out (npm start)
   help                        this text
 
@@ -24,6 +26,7 @@ const COMMANDS: Record<string, () => Promise<Command>> = {
   operator: async () => (await import('./operator/main.ts')).main,
   pop3: async () => (await import('./pop3/main.ts')).main,
   smtp: async () => (await import('./smtp/main.ts')).main,
+  bridge: async () => (await import('./bridge/main.ts')).main,
   'all-in-one': async () => (await import('./local/all-in-one.ts')).runAllInOne,
 };
 

@@ -180,23 +180,24 @@ export async function startDracRpcListener(opts: DracRpcListenerOptions, ctx: Br
     });
     servers.push(drac);
     ctx.log.info('drac_listening', { host: opts.host, port: drac.port, allow: allow.entries, allowFile: opts.allowFile });
+    let portmapperPort: number | undefined;
     if (opts.portmapper) {
       const registrations = [DRAC_VERSION_IPV4, DRAC_VERSION_IPV6].flatMap((vers) =>
         (['udp', 'tcp'] as const).map((transport) => ({ prog: DRAC_PROGRAM, vers, transport, port: drac.port })),
       );
-      servers.push(
-        await startPortmapper({
-          host: opts.portmapper.host,
-          port: opts.portmapper.port,
-          registrations,
-          serviceHost: opts.host,
-          mayDumpOverUdp: isAdmitted,
-          onMalformed: () => bridgeRequests.inc({ protocol: 'drac', result: 'malformed' }),
-          log: ctx.log,
-        }),
-      );
+      const portmapper = await startPortmapper({
+        host: opts.portmapper.host,
+        port: opts.portmapper.port,
+        registrations,
+        serviceHost: opts.host,
+        mayDumpOverUdp: isAdmitted,
+        onMalformed: () => bridgeRequests.inc({ protocol: 'drac', result: 'malformed' }),
+        log: ctx.log,
+      });
+      servers.push(portmapper);
+      portmapperPort = portmapper.port;
     }
-    return { protocol: 'drac', port: drac.port, udpPort: drac.udpPort, close: closeAll };
+    return { protocol: 'drac', port: drac.port, udpPort: drac.udpPort, ...(portmapperPort === undefined ? {} : { portmapperPort }), close: closeAll };
   } catch (err) {
     await closeAll();
     throw err;

@@ -35,6 +35,8 @@ export interface RunningListener {
   port: number;
   /** The UDP port bound, for protocols that also speak UDP. */
   udpPort?: number;
+  /** The embedded portmapper's port (DRAC RPC with the portmapper on). */
+  portmapperPort?: number;
   close(): Promise<void>;
 }
 

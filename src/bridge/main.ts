@@ -1,0 +1,124 @@
+// `kube-drac bridge`: the listeners the `bridge:` section enables, each on its own port, all
+// reading through one GrantCache and writing through one GrantStore, and the health endpoint
+// (ready once every listener is bound and, when a reader is on, the cache has synced).
+import type { ConfigDocument } from '../config/load.ts';
+import { GrantCache } from '../grants/cache.ts';
+import { GrantStore } from '../grants/store.ts';
+import { GrantWriteError, type GrantLookup } from '../grants/types.ts';
+import { KubeClient } from '../kube/client.ts';
+import { startHealthServer } from '../observability/health.ts';
+import { createLogger, setLogLevel, type Logger } from '../observability/log.ts';
+import { collectProcessMetrics } from '../observability/metrics.ts';
+import { runRoleProcess } from '../role-process.ts';
+import { startAuthPolicyListener } from './auth-policy.ts';
+import { bridgeReads, bridgeWrites, parseBridgeConfig, type BridgeConfig } from './config.ts';
+import { startDracRpcListener } from './drac-rpc.ts';
+import type { BridgeContext, BridgeProtocol, RunningListener } from './listener.ts';
+import { startPolicyListener } from './policy.ts';
+import { startSocketmapListener } from './socketmap.ts';
+import { startWhosonListener } from './whoson.ts';
+
+export interface RunningBridgeRole {
+  /** The listeners bound, in config order (socketmap, policy, whoson, drac, authPolicy). */
+  listeners: RunningListener[];
+  /** Port of /metrics, /healthz and /readyz. */
+  healthPort: number;
+  close(): Promise<void>;
+}
+
+/** What a bridge with no reader enabled looks up in: nothing, never synced (fail closed). */
+const NO_GRANTS: GrantLookup = { synced: false, lookup: () => undefined };
+
+/** What a bridge with no writer enabled writes through: every write refused (never reached). */
+const NO_WRITES: BridgeContext['store'] = {
+  renew: (ip) => Promise.reject(new GrantWriteError(ip, 'no grant writer is enabled in this bridge')),
+  revoke: (ip) => Promise.reject(new GrantWriteError(ip, 'no grant writer is enabled in this bridge')),
+};
+
+type ListenerStart = { key: string; protocol: BridgeProtocol; start: () => Promise<RunningListener> };
+
+/** The enabled listeners, each with the config key a bind failure is reported under. */
+function listenerStarts(config: BridgeConfig, ctx: BridgeContext): ListenerStart[] {
+  const starts: ListenerStart[] = [];
+  const { socketmap, policy, whoson, drac, authPolicy } = config;
+  if (socketmap) starts.push({ key: 'bridge.socketmap', protocol: 'socketmap', start: () => startSocketmapListener(socketmap, ctx) });
+  if (policy) starts.push({ key: 'bridge.policy', protocol: 'policy', start: () => startPolicyListener(policy, ctx) });
+  if (whoson) starts.push({ key: 'bridge.whoson', protocol: 'whoson', start: () => startWhosonListener(whoson, ctx) });
+  if (drac) starts.push({ key: 'bridge.drac', protocol: 'drac', start: () => startDracRpcListener(drac, ctx) });
+  if (authPolicy) starts.push({ key: 'bridge.authPolicy', protocol: 'auth-policy', start: () => startAuthPolicyListener(authPolicy, ctx) });
+  return starts;
+}
+
+/** Start the bridge role from a config document; `close()` stops every listener, then the cache. */
+export async function runBridge(doc: ConfigDocument, log: Logger = createLogger('bridge')): Promise<RunningBridgeRole> {
+  setLogLevel(doc.common.log.level);
+  const config = parseBridgeConfig(doc.section('bridge'));
+  collectProcessMetrics();
+  const { namespace } = doc.common.kubernetes;
+  const client = KubeClient.fromPath(doc.common.kubernetes.kubeconfig);
+
+  let cache: GrantCache | undefined;
+  if (bridgeReads(config)) {
+    cache = new GrantCache({ client, namespace, log: log.child({ component: 'grant-cache' }) });
+    // Listen at once: until the first list is in, every reader answers "try later".
+    cache.start().catch((err: unknown) => log.warn('grant_cache_start_stopped', { error: err as Error }));
+  }
+  let store: GrantStore | undefined;
+  if (bridgeWrites(config)) {
+    store = new GrantStore({
+      client,
+      namespace,
+      ttlMs: doc.common.grants.ttlMs,
+      renewIntervalMs: doc.common.grants.renewIntervalMs,
+      ipv6PrefixLength: doc.common.grants.ipv6PrefixLength,
+      log: log.child({ component: 'grant-store' }),
+    });
+  }
+  const ctx: BridgeContext = { grants: cache ?? NO_GRANTS, store: store ?? NO_WRITES, log };
+
+  const listeners: RunningListener[] = [];
+  let health: Awaited<ReturnType<typeof startHealthServer>> | undefined;
+  const stop = async () => {
+    await Promise.all(listeners.map((l) => l.close()));
+    await health?.close();
+    await cache?.stop();
+    store?.close();
+    client.close();
+  };
+  try {
+    for (const { key, start } of listenerStarts(config, ctx)) {
+      try {
+        listeners.push(await start());
+      } catch (err) {
+        const code = (err as NodeJS.ErrnoException).code;
+        throw new Error(`${key}: cannot listen: ${code ?? (err as Error).message}${code === 'EACCES' ? ' (ports below 1024 need root or CAP_NET_BIND_SERVICE)' : ''}`, { cause: err });
+      }
+    }
+    health = await startHealthServer({ host: doc.common.metrics.host, port: doc.common.metrics.port, ready: () => cache?.synced ?? true });
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+  log.info('bridge_started', {
+    metricsPort: health.port,
+    listeners: listeners.map((l) => ({ protocol: l.protocol, port: l.port, udpPort: l.udpPort, portmapperPort: l.portmapperPort })),
+    reads: cache !== undefined,
+    writes: store !== undefined,
+  });
+  const healthPort = health.port;
+  let closing: Promise<void> | undefined;
+  return {
+    listeners,
+    healthPort,
+    close: () =>
+      (closing ??= (async () => {
+        await stop();
+        log.info('bridge_stopped');
+      })()),
+  };
+}
+
+/** `kube-drac bridge [--config FILE]`: run until SIGTERM or SIGINT, then close cleanly. */
+export function main(args: string[]): Promise<void> {
+  return runRoleProcess('bridge', args, (doc, log) => runBridge(doc, log));
+}

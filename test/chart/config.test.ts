@@ -6,6 +6,8 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { parseBridgeConfig } from '../../src/bridge/config.ts';
+import { parseDracdAllow } from '../../src/bridge/dracd-allow.ts';
 import { parseConfig, type ConfigDocument } from '../../src/config/load.ts';
 import { parseOperatorConfig } from '../../src/operator/config.ts';
 import { parsePop3Config } from '../../src/pop3/config.ts';
@@ -16,7 +18,8 @@ let root = '';
 
 /**
  * The ConfigMap's files as a pod would read them. Files the chart mounts from Secrets (read
- * while parsing: the smarthost password) are placed under a temp root standing in for /etc/kube-drac.
+ * while parsing: the smarthost password, the bridge's API key) are placed under a temp root
+ * standing in for /etc/kube-drac; other ConfigMap files (dracd.allow) are written there too.
  */
 async function renderedConfigs(args: string[]): Promise<Record<string, ConfigDocument>> {
   const objects = await render(args);
@@ -24,8 +27,12 @@ async function renderedConfigs(args: string[]): Promise<Record<string, ConfigDoc
     data: Record<string, string>;
   }).data;
   const docs: Record<string, ConfigDocument> = {};
+  fs.mkdirSync(path.join(root, 'config'), { recursive: true });
   for (const [file, text] of Object.entries(data)) {
-    docs[file.replace(/\.yaml$/, '')] = parseConfig(text.replaceAll('/etc/kube-drac/', `${root}/`), `ConfigMap ${file}`);
+    if (!file.endsWith('.yaml')) fs.writeFileSync(path.join(root, 'config', file), text);
+  }
+  for (const [file, text] of Object.entries(data)) {
+    if (file.endsWith('.yaml')) docs[file.replace(/\.yaml$/, '')] = parseConfig(text.replaceAll('/etc/kube-drac/', `${root}/`), `ConfigMap ${file}`);
   }
   return docs;
 }
@@ -35,12 +42,14 @@ describe("the chart's rendered config, read by the roles' parsers", () => {
     root = fs.mkdtempSync(path.join(os.tmpdir(), 'kube-drac-chart-config-'));
     fs.mkdirSync(path.join(root, 'smarthost'));
     fs.writeFileSync(path.join(root, 'smarthost', 'password'), 's3cret\n');
+    fs.mkdirSync(path.join(root, 'bridge'));
+    fs.writeFileSync(path.join(root, 'bridge', 'api-key'), 'dovecot-policy-key-0123456789\n');
   });
   after(() => fs.rmSync(root, { recursive: true, force: true }));
 
   test('the minimal values: every role accepts its file', async () => {
     const docs = await renderedConfigs(MINIMAL);
-    assert.deepEqual(Object.keys(docs).sort(), ['operator', 'pop3', 'smtp']);
+    assert.deepEqual(Object.keys(docs).sort(), ['operator', 'pop3', 'smtp'], 'no bridge unless enabled');
 
     const pop3Doc = docs.pop3!;
     const pop3 = parsePop3Config(pop3Doc.section('pop3'));
@@ -111,6 +120,17 @@ describe("the chart's rendered config, read by the roles' parsers", () => {
     assert.equal(smtp.greetingDelayMs, 1000);
     assert.equal(smtp.reverseDns, true);
     assert.deepEqual(smtp.liveLookup, { enabled: true, ratePerSecond: 50, cacheTtlMs: 2000 });
+
+    const bridge = parseBridgeConfig(docs.bridge!.section('bridge'));
+    assert.deepEqual(bridge.socketmap && [bridge.socketmap.host, bridge.socketmap.port, bridge.socketmap.mapName], ['::', 9400, 'drac']);
+    assert.ok(bridge.socketmap?.allow.contains('127.0.0.1') && bridge.socketmap.allow.contains('10.244.3.4') && bridge.socketmap.allow.contains('192.0.2.25'));
+    assert.ok(!bridge.socketmap?.allow.contains('192.0.2.26'), 'nobody else');
+    assert.equal(bridge.policy?.port, 9401);
+    assert.equal(bridge.whoson?.udp, true);
+    assert.deepEqual(bridge.drac?.portmapper, { host: '::', port: 1111 });
+    assert.equal(bridge.drac?.allowFile, `${root}/config/dracd.allow`);
+    assert.deepEqual(parseDracdAllow(fs.readFileSync(`${root}/config/dracd.allow`, 'utf8'), 'dracd.allow'), ['198.51.100.0/24', '203.0.113.110/32']);
+    assert.deepEqual(bridge.authPolicy?.apiHeader, { name: 'X-Dovecot-Key', value: 'dovecot-policy-key-0123456789' });
 
     const op = parseOperatorConfig(docs.operator!.section('operator'));
     assert.equal(op.leaderElection.leaseName, 'mail-operator');

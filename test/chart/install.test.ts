@@ -258,11 +258,48 @@ describe('helm install with every option on', () => {
       'NetworkPolicy/mail-operator',
       'Service/mail-smtp',
       'Deployment/mail-operator',
+      'Deployment/mail-bridge',
+      'Service/mail-bridge',
+      'Service/mail-bridge-metrics',
+      'NetworkPolicy/mail-bridge',
+      'PodDisruptionBudget/mail-bridge',
     ]) {
       assert.ok(found.includes(name), `${name} missing; found ${found.join(', ')}`);
     }
     const smtp = JSON.parse(await kube.kubectl('get', 'service', 'mail-smtp', '-o', 'json')) as { spec: { type: string; ports: Array<{ name: string; nodePort: number }> } };
     assert.equal(smtp.spec.type, 'NodePort');
     assert.deepEqual(smtp.spec.ports.map((p) => [p.name, p.nodePort]), [['smtp', 30025], ['smtps', 30465]]);
+  });
+
+  test('the bridge: its Service carries TCP and UDP ports, its pod passes "restricted", its ServiceAccount has only grant verbs', async () => {
+    const svc = JSON.parse(await kube.kubectl('get', 'service', 'mail-bridge', '-o', 'json')) as { spec: { ports: Array<{ name: string; port: number; protocol: string }> } };
+    assert.deepEqual(
+      svc.spec.ports.filter((p) => p.name.startsWith('portmap') || p.name.startsWith('drac')).map((p) => `${p.name}:${p.port}/${p.protocol}`),
+      ['drac:9402/TCP', 'drac-udp:9402/UDP', 'portmap:111/TCP', 'portmap-udp:111/UDP'],
+    );
+    await kube.kubectl('label', 'namespace', kube.namespace, 'pod-security.kubernetes.io/enforce=restricted', '--overwrite');
+    const d = JSON.parse(await kube.kubectl('get', 'deployment', 'mail-bridge', '-o', 'json')) as { spec: { template: { metadata: object; spec: unknown } } };
+    const pod = { apiVersion: 'v1', kind: 'Pod', metadata: { ...d.spec.template.metadata, name: 'psa-bridge' }, spec: d.spec.template.spec };
+    const r = await kubectlWithInput(kube, ['create', '--dry-run=server', '-f', '-'], JSON.stringify(pod));
+    assert.equal(r.code, 0, r.stderr);
+    const want: Array<[string, string, boolean]> = [
+      ['get', GRANTS, true],
+      ['list', GRANTS, true],
+      ['watch', GRANTS, true],
+      ['create', GRANTS, true],
+      ['patch', GRANTS, true],
+      ['delete', GRANTS, true],
+      ['update', GRANTS, false],
+      ['deletecollection', GRANTS, false],
+      ['get', 'secrets', false],
+      ['get', 'configmaps', false],
+      ['create', LEASES, false],
+      ['create', 'events', false],
+    ];
+    const wrong: string[] = [];
+    for (const [verb, resource, allowed] of want) {
+      if ((await canI(kube, 'mail-bridge', verb, resource)) !== allowed) wrong.push(`${verb} ${resource}: want ${allowed ? 'yes' : 'no'}`);
+    }
+    assert.deepEqual(wrong, []);
   });
 });

@@ -1,7 +1,8 @@
 // The chart's Roles are not only narrow but enough: each role runs (from the sources) with the
 // token of its own ServiceAccount from `helm install` and does its whole job on the real API
 // server: the operator leads on its Lease and deletes an expired grant, a POP3 login writes the
-// grant, SMTP watches grants and relays for it. Run: npm test -- test/chart/rbac-run.test.ts
+// grant, SMTP watches grants and relays for it, the bridge (whoson: reads, writes and revokes)
+// does all three. Run: npm test -- test/chart/rbac-run.test.ts
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import net from 'node:net';
@@ -96,7 +97,8 @@ describe("each role does its job with only its chart ServiceAccount's permission
   before(async () => {
     tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'kube-drac-rbac-run-'));
     kube = await kubeForTest('chart-rbac-run');
-    const r = await helm(['install', 'r', CHART, '--kubeconfig', kube.kubeconfigPath, '--namespace', kube.namespace, ...MINIMAL]);
+    const bridge = ['--set', 'bridge.enabled=true', '--set', 'bridge.allow[0]=10.244.0.0/16', '--set', 'bridge.whoson.enabled=true'];
+    const r = await helm(['install', 'r', CHART, '--kubeconfig', kube.kubeconfigPath, '--namespace', kube.namespace, ...MINIMAL, ...bridge]);
     assert.equal(r.code, 0, r.stderr);
   });
   after(async () => {
@@ -149,5 +151,18 @@ describe("each role does its job with only its chart ServiceAccount's permission
       assert.equal(await r.role.stop(), 0, r.role.output());
       assert.doesNotMatch(r.role.output(), /forbidden/i);
     }
+  });
+
+  test('bridge (whoson): LOGIN writes the grant, QUERY reads it from its cache, LOGOUT deletes it', async () => {
+    const port = await freePort();
+    const { role } = await startAs('bridge', '  host: 127.0.0.1\n  whoson: {enabled: true, port: PORT, udp: false}\n', port);
+    const ask = async (line: string) => (await converse(port, [`${line}\r\n`]))[0] ?? '';
+    assert.match(await ask('LOGIN 192.0.2.77 wanda'), /^\+/, role.output());
+    assert.equal(await kube.kubectl('get', 'relaygrant', 'v4-192.0.2.77', '-o', 'jsonpath={.spec.user} {.spec.source}'), 'wanda whoson');
+    await waitFor('QUERY to see the grant', async () => (await ask('QUERY 192.0.2.77')).startsWith('+'));
+    assert.match(await ask('LOGOUT 192.0.2.77'), /^\+/);
+    await waitFor('the grant to be deleted', async () => !(await kube.kubectl('get', 'relaygrants', '-o', 'name')).includes('v4-192.0.2.77'));
+    assert.equal(await role.stop(), 0, role.output());
+    assert.doesNotMatch(role.output(), /forbidden/i);
   });
 });

@@ -47,8 +47,8 @@ function expectedRules(leaseName: string): Record<(typeof ROLES)[number], Rule[]
   };
 }
 
-function checkHardenedPods(objects: K8sObject[], prefix: string): void {
-  for (const role of ROLES) {
+function checkHardenedPods(objects: K8sObject[], prefix: string, roles: readonly string[] = ROLES): void {
+  for (const role of roles) {
     const pod = podSpec(find(objects, 'Deployment', `${prefix}-${role}`));
     assert.equal(pod.serviceAccountName, `${prefix}-${role}`);
     assert.equal(pod.securityContext?.runAsNonRoot, true, `${role}: pod runAsNonRoot`);
@@ -75,7 +75,7 @@ function checkHardenedPods(objects: K8sObject[], prefix: string): void {
     assert.equal(c.env?.find((e) => e.name === 'POD_NAMESPACE')?.valueFrom?.fieldRef?.fieldPath, 'metadata.namespace');
     const config = pod.volumes?.find((v) => v.configMap !== undefined)?.configMap;
     assert.equal(config?.name, `${prefix}-config`);
-    assert.deepEqual(config?.items, [{ key: `${role}.yaml`, path: `${role}.yaml` }]);
+    assert.deepEqual(config?.items?.[0], { key: `${role}.yaml`, path: `${role}.yaml` });
     assert.ok(c.volumeMounts?.some((m) => m.mountPath === '/etc/kube-drac/config' && m.readOnly === true));
   }
 }
@@ -264,8 +264,8 @@ describe('helm template with every option on (test/chart/values-all.yaml)', () =
   });
 
   test('hardened pods everywhere; the image, replicas, scheduling and extra env are applied', () => {
-    checkHardenedPods(objects, 'mail');
-    for (const role of ROLES) {
+    checkHardenedPods(objects, 'mail', [...ROLES, 'bridge']);
+    for (const role of [...ROLES, 'bridge']) {
       const d = find(objects, 'Deployment', `mail-${role}`);
       assert.equal(spec<{ replicas: number }>(d).replicas, 3);
       assert.equal(podSpec(d).containers[0]?.['image' as keyof object], 'registry.example.org/kube-drac:1.2.3');
@@ -327,6 +327,7 @@ describe('helm template with every option on (test/chart/values-all.yaml)', () =
     const rule = spec<{ groups: Array<{ rules: Array<{ alert: string; expr: string; labels: Record<string, string> }> }> }>(find(objects, 'PrometheusRule', 'mail'));
     const alerts = rule.groups[0]?.rules ?? [];
     assert.deepEqual(alerts.map((a) => a.alert).sort(), [
+      'KubeDracBridgeGrantCacheNotSynced',
       'KubeDracExpiredGrantsPiling',
       'KubeDracGcLagHigh',
       'KubeDracGrantWritesFailing',
@@ -360,7 +361,7 @@ describe('helm template with every option on (test/chart/values-all.yaml)', () =
 
   test('NetworkPolicies: mail ports open, metrics from the monitoring namespace, egress to DNS, API server and smarthost', () => {
     const pols = ofKind(objects, 'NetworkPolicy');
-    assert.equal(pols.length, 3);
+    assert.equal(pols.length, 4);
     const smtp = spec<{ policyTypes: string[]; ingress: Array<{ ports: Array<{ port: number }>; from?: unknown[] }>; egress: Array<{ ports: Array<{ port: number }>; to?: unknown[] }> }>(
       find(objects, 'NetworkPolicy', 'mail-smtp'),
     );
@@ -433,6 +434,109 @@ describe('values the chart refuses, with a message naming the value', () => {
   for (const [what, sets, message] of cases) {
     test(what, async () => {
       const r = await helm(['template', 'r', CHART, ...MINIMAL, ...sets.flatMap((s) => ['--set', s])]);
+      assert.notEqual(r.code, 0, `helm accepted ${sets.join(' ')}`);
+      assert.match(r.stderr.replace(/\n\s*/g, ' '), message);
+    });
+  }
+});
+
+describe('the bridge role in the chart', () => {
+  const BRIDGE = ['--set', 'bridge.enabled=true', '--set', 'bridge.allow[0]=10.244.0.0/16'];
+  const rulesOf = (objs: K8sObject[], name: string) => (find(objs, 'Role', name) as unknown as { rules: Rule[] }).rules;
+
+  test('off by default: no bridge objects, and the Dockerfile-less defaults are untouched', async () => {
+    const objs = await render(MINIMAL);
+    assert.equal(objs.filter((o) => o.metadata.name.includes('bridge')).length, 0);
+  });
+
+  test('every protocol on: ports (TCP and UDP, portmapper 111 onto 1111), config, mounts, RBAC, NetworkPolicy', async () => {
+    const objects = await render(['-f', VALUES_ALL]);
+    const pod = podSpec(find(objects, 'Deployment', 'mail-bridge'));
+    const c = pod.containers[0]!;
+    assert.deepEqual(c.args, ['bridge', '--config', '/etc/kube-drac/config/bridge.yaml']);
+    assert.deepEqual(
+      c.ports?.map((p) => `${p.name}:${p.containerPort}/${(p as { protocol?: string }).protocol}`),
+      ['socketmap:9400/TCP', 'policy:9401/TCP', 'whoson:9876/TCP', 'whoson-udp:9876/UDP', 'drac:9402/TCP', 'drac-udp:9402/UDP', 'portmap:1111/TCP', 'portmap-udp:1111/UDP', 'auth-policy:9403/TCP', 'metrics:9191/TCP'],
+    );
+    const volumes = Object.fromEntries((pod.volumes ?? []).map((v) => [v.name, v]));
+    assert.deepEqual(Object.keys(volumes).sort(), ['bridge-api-key', 'config', 'tmp'], 'no mail, certificate or users file');
+    assert.equal(volumes['bridge-api-key']?.secret?.secretName, 'dovecot-policy');
+    assert.deepEqual(volumes.config?.configMap?.items, [
+      { key: 'bridge.yaml', path: 'bridge.yaml' },
+      { key: 'dracd.allow', path: 'dracd.allow' },
+    ]);
+    assert.ok(c.volumeMounts?.some((m) => m.mountPath === '/etc/kube-drac/bridge' && m.readOnly === true));
+
+    const svc = spec<{ type: string; ports: Array<{ name: string; port: number; targetPort: string; protocol: string }> }>(find(objects, 'Service', 'mail-bridge'));
+    assert.equal(svc.type, 'ClusterIP');
+    assert.deepEqual(
+      svc.ports.map((p) => `${p.name}:${p.port}->${p.targetPort}/${p.protocol}`),
+      ['socketmap:9400->socketmap/TCP', 'policy:9401->policy/TCP', 'whoson:9876->whoson/TCP', 'whoson-udp:9876->whoson-udp/UDP', 'drac:9402->drac/TCP', 'drac-udp:9402->drac-udp/UDP', 'portmap:111->portmap/TCP', 'portmap-udp:111->portmap-udp/UDP', 'auth-policy:9403->auth-policy/TCP'],
+    );
+    find(objects, 'Service', 'mail-bridge-metrics');
+    find(objects, 'PodDisruptionBudget', 'mail-bridge');
+
+    const config = (find(objects, 'ConfigMap', 'mail-config') as unknown as { data: Record<string, string> }).data;
+    const bridge = (yaml.load(config['bridge.yaml'] ?? '') as { bridge: Record<string, unknown> }).bridge;
+    assert.deepEqual(bridge.allow, ['127.0.0.0/8', '::1/128', '10.244.0.0/16', '192.0.2.25', 'fd00:10::/64']);
+    assert.deepEqual(bridge.drac, { enabled: true, port: 9402, allowFile: '/etc/kube-drac/config/dracd.allow', portmapper: { enabled: true, port: 1111 } });
+    assert.deepEqual(bridge.authPolicy, { enabled: true, port: 9403, apiHeaderName: 'X-Dovecot-Key', apiKeyFile: '/etc/kube-drac/bridge/api-key' });
+    assert.match(config['dracd.allow'] ?? '', /^255\.255\.255\.0 198\.51\.100\.0$/m);
+
+    // whoson reads, writes and revokes: every verb on grants a bridge can need, nothing else.
+    assert.deepEqual(rulesOf(objects, 'mail-bridge'), [{ apiGroups: ['kubedrac.io'], resources: ['relaygrants'], verbs: ['get', 'list', 'watch', 'create', 'patch', 'delete'] }]);
+
+    const np = spec<{ ingress: Array<{ ports: Array<{ port: number; protocol: string }>; from?: unknown[] }> }>(find(objects, 'NetworkPolicy', 'mail-bridge'));
+    assert.deepEqual(np.ingress[0]?.ports.map((p) => `${p.port}/${p.protocol}`), ['9400/TCP', '9401/TCP', '9876/TCP', '9876/UDP', '9402/TCP', '9402/UDP', '1111/TCP', '1111/UDP', '9403/TCP']);
+    assert.deepEqual(np.ingress[0]?.from, [{ ipBlock: { cidr: '10.244.0.0/16' } }, { ipBlock: { cidr: '192.0.2.25/32' } }, { ipBlock: { cidr: 'fd00:10::/64' } }]);
+    assert.deepEqual(np.ingress[1]?.ports.map((p) => p.port), [9191], 'metrics as for every role');
+  });
+
+  test('RBAC follows the protocols: readers list/watch, writers create/patch, only whoson deletes', async () => {
+    const cases: Array<[string[], string[]]> = [
+      [['bridge.socketmap.enabled=true', 'bridge.policy.enabled=true'], ['get', 'list', 'watch']],
+      [['bridge.drac.enabled=true'], ['get', 'create', 'patch']],
+      [['bridge.socketmap.enabled=true', 'bridge.authPolicy.enabled=true', 'bridge.authPolicy.existingSecret=k'], ['get', 'list', 'watch', 'create', 'patch']],
+      [['bridge.whoson.enabled=true'], ['get', 'list', 'watch', 'create', 'patch', 'delete']],
+    ];
+    for (const [sets, verbs] of cases) {
+      const objs = await render([...MINIMAL, ...BRIDGE, ...sets.flatMap((x) => ['--set', x])]);
+      assert.deepEqual(rulesOf(objs, 'r-kube-drac-bridge'), [{ apiGroups: ['kubedrac.io'], resources: ['relaygrants'], verbs }], sets.join(' '));
+    }
+  });
+
+  test('only the enabled protocols are rendered; the NetworkPolicy comes without networkPolicy.enabled, and takes given peers', async () => {
+    const from = [{ podSelector: { matchLabels: { app: 'postfix' } } }];
+    const objs = await render([...MINIMAL, ...BRIDGE, '--set', 'bridge.policy.enabled=true', '--set-json', `bridge.networkPolicyFrom=${JSON.stringify(from)}`]);
+    const c = podSpec(find(objs, 'Deployment', 'r-kube-drac-bridge')).containers[0]!;
+    assert.deepEqual(c.ports?.map((p) => p.name), ['policy', 'metrics']);
+    const config = (find(objs, 'ConfigMap', 'r-kube-drac-config') as unknown as { data: Record<string, string> }).data;
+    assert.deepEqual(Object.keys((yaml.load(config['bridge.yaml'] ?? '') as { bridge: object }).bridge).sort(), ['allow', 'host', 'policy']);
+    assert.equal(config['dracd.allow'], undefined);
+    assert.deepEqual(ofKind(objs, 'NetworkPolicy').map((o) => o.metadata.name), ['r-kube-drac-bridge']);
+    assert.deepEqual(spec<{ ingress: Array<{ from: unknown }> }>(find(objs, 'NetworkPolicy', 'r-kube-drac-bridge')).ingress[0]?.from, from);
+    const none = await render([...MINIMAL, ...BRIDGE, '--set', 'bridge.policy.enabled=true', '--set', 'bridge.networkPolicy=false']);
+    assert.deepEqual(ofKind(none, 'NetworkPolicy'), []);
+    const testPod = JSON.stringify(find(objs, 'Pod', 'r-kube-drac-test-services'));
+    assert.ok(testPod.includes('ready r-kube-drac-bridge-metrics 9090'));
+  });
+
+  // [what, --set arguments, what stderr must say]
+  const refusals: Array<[string, string[], RegExp]> = [
+    ['no protocol enabled', ['bridge.enabled=true', 'bridge.allow[0]=10.0.0.0/8'], /bridge\.enabled needs at least one protocol/],
+    ['no allow-list', ['bridge.enabled=true', 'bridge.policy.enabled=true'], /bridge\.enabled needs bridge\.allow/],
+    ['an allow-list of the whole Internet', ['bridge.enabled=true', 'bridge.policy.enabled=true', 'bridge.allow[0]=0.0.0.0/0'], /bridge\.allow contains 0\.0\.0\.0\/0.*grant themselves relaying/],
+    ['auth-policy without its key', ['bridge.enabled=true', 'bridge.allow[0]=10.0.0.0/8', 'bridge.authPolicy.enabled=true'], /bridge\.authPolicy\.enabled needs bridge\.authPolicy\.existingSecret/],
+    ['a dracd.allow line admitting everybody', ['bridge.enabled=true', 'bridge.allow[0]=10.0.0.0/8', 'bridge.drac.enabled=true', 'bridge.drac.allowLines[0]=0.0.0.0 0.0.0.0'], /netmask 0\.0\.0\.0 admits every address/],
+    ['a dracd.allow line that is not one', ['bridge.drac.allowLines[0]=10.0.0.0/8'], /\/bridge\/drac\/allowLines\/0.*does not match/],
+    ['two protocols on one port', ['bridge.enabled=true', 'bridge.allow[0]=10.0.0.0/8', 'bridge.socketmap.enabled=true', 'bridge.policy.enabled=true', 'bridge.policy.port=9400'], /bridge port 9400 \(policy, TCP\) is also used by socketmap/],
+    ['a protocol on the metrics port', ['bridge.enabled=true', 'bridge.allow[0]=10.0.0.0/8', 'bridge.policy.enabled=true', 'bridge.policy.port=9090'], /bridge port 9090 \(policy, TCP\) is also used by metrics\.port/],
+    ['a privileged container port', ['bridge.socketmap.port=625'], /\/bridge\/socketmap\/port.*minimum/],
+    ['an unknown bridge key', ['bridge.sockmap.enabled=true'], /\/bridge.*additional properties 'sockmap' not allowed/],
+  ];
+  for (const [what, sets, message] of refusals) {
+    test(`refuses ${what}`, async () => {
+      const r = await helm(['template', 'r', CHART, ...MINIMAL, ...sets.flatMap((x) => ['--set', x])]);
       assert.notEqual(r.code, 0, `helm accepted ${sets.join(' ')}`);
       assert.match(r.stderr.replace(/\n\s*/g, ' '), message);
     });

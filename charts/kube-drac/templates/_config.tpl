@@ -87,3 +87,45 @@ operator:
     renewDeadline: {{ .Values.operator.leaderElection.renewDeadline | quote }}
     retryPeriod: {{ .Values.operator.leaderElection.retryPeriod | quote }}
 {{- end -}}
+
+{{/*
+The bridge: only the enabled listeners, each on its container port, every one admitting
+loopback plus bridge.allow. dracd.allow lines and the API key are mounted files.
+*/}}
+{{- define "kube-drac.config.bridge" -}}
+{{- $b := .Values.bridge -}}
+{{- $section := dict "host" .Values.listenHost "allow" (concat (list "127.0.0.0/8" "::1/128") $b.allow) -}}
+{{- if $b.socketmap.enabled }}
+{{- $_ := set $section "socketmap" (dict "enabled" true "port" (int $b.socketmap.port) "mapName" $b.socketmap.mapName) }}
+{{- end }}
+{{- if $b.policy.enabled }}
+{{- $_ := set $section "policy" (dict "enabled" true "port" (int $b.policy.port)) }}
+{{- end }}
+{{- if $b.whoson.enabled }}
+{{- $_ := set $section "whoson" (dict "enabled" true "port" (int $b.whoson.port) "udp" $b.whoson.udp) }}
+{{- end }}
+{{- if $b.drac.enabled }}
+{{- $drac := dict "enabled" true "port" (int $b.drac.port) "portmapper" (dict "enabled" $b.drac.portmapper.enabled) }}
+{{- if $b.drac.portmapper.enabled }}
+{{- $_ := set $drac.portmapper "port" 1111 }}
+{{- end }}
+{{- if $b.drac.allowLines }}
+{{- $_ := set $drac "allowFile" "/etc/kube-drac/config/dracd.allow" }}
+{{- end }}
+{{- $_ := set $section "drac" $drac }}
+{{- end }}
+{{- if $b.authPolicy.enabled }}
+{{- $_ := set $section "authPolicy" (dict "enabled" true "port" (int $b.authPolicy.port) "apiHeaderName" $b.authPolicy.apiHeaderName "apiKeyFile" (printf "/etc/kube-drac/bridge/%s" $b.authPolicy.key)) }}
+{{- end }}
+{{- include "kube-drac.config.common" . }}
+bridge:
+  {{- $section | toYaml | nindent 2 }}
+{{- end -}}
+
+{{/* dracd.allow as classic DRAC reads it: `netmask netaddr` lines. */}}
+{{- define "kube-drac.config.dracdAllow" -}}
+# dracd.allow rendered by the kube-drac chart (bridge.drac.allowLines)
+{{- range .Values.bridge.drac.allowLines }}
+{{ . }}
+{{- end }}
+{{- end -}}

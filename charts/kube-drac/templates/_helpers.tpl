@@ -117,10 +117,36 @@ each value alone; these checks need two or more.
 {{- if and (or .Values.pop3.enabled .Values.smtp.enabled) .Values.metrics.serviceMonitor.enabled .Values.metrics.podMonitor.enabled -}}
 {{- $errors = append $errors "metrics.serviceMonitor.enabled and metrics.podMonitor.enabled both scrape every pod: enable one of them" -}}
 {{- end -}}
-{{- range $key, $list := dict "smtp.trustedNetworks" .Values.smtp.trustedNetworks "proxyProtocol.trustedCIDRs" .Values.proxyProtocol.trustedCIDRs -}}
+{{- $b := .Values.bridge -}}
+{{- if $b.enabled -}}
+{{- if not (or $b.socketmap.enabled $b.policy.enabled $b.whoson.enabled $b.drac.enabled $b.authPolicy.enabled) -}}
+{{- $errors = append $errors "bridge.enabled needs at least one protocol: set bridge.socketmap.enabled, bridge.policy.enabled, bridge.whoson.enabled, bridge.drac.enabled or bridge.authPolicy.enabled" -}}
+{{- end -}}
+{{- if not $b.allow -}}
+{{- $errors = append $errors "bridge.enabled needs bridge.allow: the networks your MTAs and login servers connect from (e.g. the pod network 10.244.0.0/16); everyone else is refused" -}}
+{{- end -}}
+{{- if and $b.authPolicy.enabled (not $b.authPolicy.existingSecret) -}}
+{{- $errors = append $errors "bridge.authPolicy.enabled needs bridge.authPolicy.existingSecret: a Secret holding the API key Dovecot sends (auth_policy_server_api_header), at least 16 characters" -}}
+{{- end -}}
+{{- range $b.drac.allowLines -}}
+{{- if regexMatch "^\\s*0+\\.0+\\.0+\\.0+\\s" . -}}
+{{- $errors = append $errors (printf "bridge.drac.allowLines contains %q, whose netmask 0.0.0.0 admits every address: anyone could grant themselves relaying. List only your login servers" .) -}}
+{{- end -}}
+{{- end -}}
+{{- $seen := dict (printf "TCP/%d" (int .Values.metrics.port)) "metrics.port" -}}
+{{- range (include "kube-drac.bridgePorts" . | fromJson).ports -}}
+{{- $id := printf "%s/%d" .protocol (int .containerPort) -}}
+{{- if hasKey $seen $id -}}
+{{- $errors = append $errors (printf "bridge port %d (%s, %s) is also used by %s: give each protocol its own port" (int .containerPort) .name .protocol (get $seen $id)) -}}
+{{- else -}}
+{{- $_ := set $seen $id .name -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- range $key, $list := dict "smtp.trustedNetworks" .Values.smtp.trustedNetworks "proxyProtocol.trustedCIDRs" .Values.proxyProtocol.trustedCIDRs "bridge.allow" .Values.bridge.allow -}}
 {{- range $list -}}
 {{- if regexMatch "/0+$" . -}}
-{{- $errors = append $errors (printf "%s contains %s, which is every address on the Internet: the SMTP server would be an open relay. List only your own networks" $key .) -}}
+{{- $errors = append $errors (printf "%s contains %s, which is every address on the Internet: %s. List only your own networks" $key . (ternary "anyone could grant themselves relaying through the bridge" "the SMTP server would be an open relay" (eq $key "bridge.allow"))) -}}
 {{- end -}}
 {{- end -}}
 {{- end -}}
@@ -208,5 +234,37 @@ readinessProbe:
 checksum/config: {{ include (printf "kube-drac.config.%s" .role) .ctx | sha256sum }}
 {{- with .values.podAnnotations }}
 {{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/*
+The bridge's ports, one entry per enabled protocol and transport: name, container port,
+Service port. The DRAC program keeps one number everywhere, because the portmapper hands it
+out as is; only the portmapper maps its Service port (111) onto a non-root container port.
+*/}}
+{{- define "kube-drac.bridgePorts" -}}
+{{- $b := .Values.bridge -}}
+{{- $ports := list -}}
+{{- if $b.socketmap.enabled }}{{ $ports = append $ports (dict "name" "socketmap" "containerPort" (int $b.socketmap.port) "port" (int $b.socketmap.port) "protocol" "TCP") }}{{ end }}
+{{- if $b.policy.enabled }}{{ $ports = append $ports (dict "name" "policy" "containerPort" (int $b.policy.port) "port" (int $b.policy.port) "protocol" "TCP") }}{{ end }}
+{{- if $b.whoson.enabled }}
+{{- $ports = append $ports (dict "name" "whoson" "containerPort" (int $b.whoson.port) "port" (int $b.whoson.port) "protocol" "TCP") }}
+{{- if $b.whoson.udp }}{{ $ports = append $ports (dict "name" "whoson-udp" "containerPort" (int $b.whoson.port) "port" (int $b.whoson.port) "protocol" "UDP") }}{{ end }}
+{{- end }}
+{{- if $b.drac.enabled }}
+{{- $ports = append $ports (dict "name" "drac" "containerPort" (int $b.drac.port) "port" (int $b.drac.port) "protocol" "TCP") }}
+{{- $ports = append $ports (dict "name" "drac-udp" "containerPort" (int $b.drac.port) "port" (int $b.drac.port) "protocol" "UDP") }}
+{{- if $b.drac.portmapper.enabled }}
+{{- $ports = append $ports (dict "name" "portmap" "containerPort" 1111 "port" (int $b.drac.portmapper.port) "protocol" "TCP") }}
+{{- $ports = append $ports (dict "name" "portmap-udp" "containerPort" 1111 "port" (int $b.drac.portmapper.port) "protocol" "UDP") }}
+{{- end }}
+{{- end }}
+{{- if $b.authPolicy.enabled }}{{ $ports = append $ports (dict "name" "auth-policy" "containerPort" (int $b.authPolicy.port) "port" (int $b.authPolicy.port) "protocol" "TCP") }}{{ end }}
+{{- toJson (dict "ports" $ports) -}}
+{{- end -}}
+
+{{- define "kube-drac.bridgeContainerPorts" -}}
+{{- range (include "kube-drac.bridgePorts" . | fromJson).ports }}
+- {name: {{ .name }}, containerPort: {{ int .containerPort }}, protocol: {{ .protocol }}}
 {{- end }}
 {{- end -}}

@@ -1,10 +1,18 @@
-// A small Kubernetes REST client: client-node's KubeConfig for every kind of credential, and our
-// own keep-alive HTTP agent for the calls. We keep the request and watch loops in our hands so
-// that timeouts, retries and reconnects are ours to decide (client-node 2.x aborts every watch
-// after 30 s and may back off up to 30 s before reconnecting; a gate cannot wait that long).
-import http from 'node:http';
-import https from 'node:https';
-import { KubeConfig } from '@kubernetes/client-node';
+// A small Kubernetes REST client: credentials from ./kubeconfig.ts (client-node's rules and, for
+// exec plugins and auth providers, its KubeConfig), and our own keep-alive HTTP agent for the
+// calls. We keep the request and watch loops in our hands so that timeouts, retries and reconnects
+// are ours to decide (client-node 2.x aborts every watch after 30 s and may back off up to 30 s
+// before reconnecting; a gate cannot wait that long).
+import type http from 'node:http';
+import type https from 'node:https';
+import { loadKubeConfig, type KubeCredentials } from './kubeconfig.ts';
+
+export { loadKubeConfig, type KubeCredentials } from './kubeconfig.ts';
+
+// Not `import http from 'node:http'`: an ES import of a builtin reads every export, and
+// node:http's WebSocket getter then loads Node's bundled undici (~10 MB of RSS) for nothing.
+const { Agent: HttpAgent, request: httpRequest } = process.getBuiltinModule('node:http');
+const { Agent: HttpsAgent, request: httpsRequest } = process.getBuiltinModule('node:https');
 
 export class KubeApiError extends Error {
   override readonly name = 'KubeApiError';
@@ -37,16 +45,6 @@ export type WatchHandler<T> = (event: WatchEvent<T>) => void;
 const AUTH_REFRESH_MS = 60_000;
 const DEFAULT_TIMEOUT_MS = 10_000;
 
-export function loadKubeConfig(path?: string): KubeConfig {
-  const kc = new KubeConfig();
-  if (path) kc.loadFromFile(path);
-  else kc.loadFromDefault(); // $KUBECONFIG, ~/.kube/config, then in-cluster
-  if (!kc.getCurrentCluster()) {
-    throw new Error('no Kubernetes cluster configured: set kubernetes.kubeconfig, $KUBECONFIG, or run in a pod');
-  }
-  return kc;
-}
-
 function queryString(query: RequestOptions['query']): string {
   if (!query) return '';
   const params = new URLSearchParams();
@@ -56,7 +54,7 @@ function queryString(query: RequestOptions['query']): string {
 }
 
 export class KubeClient {
-  readonly kubeConfig: KubeConfig;
+  readonly credentials: KubeCredentials;
   private readonly server: URL;
   private readonly agent: http.Agent;
   private tlsOptions: https.RequestOptions | undefined;
@@ -64,39 +62,30 @@ export class KubeClient {
   private headersAt = 0;
   private pendingAuth: Promise<void> | undefined;
 
-  constructor(kubeConfig: KubeConfig) {
-    this.kubeConfig = kubeConfig;
-    const cluster = kubeConfig.getCurrentCluster();
-    if (!cluster) throw new Error('kubeconfig has no current cluster');
-    this.server = new URL(cluster.server);
+  constructor(credentials: KubeCredentials) {
+    this.credentials = credentials;
+    this.server = new URL(credentials.cluster.server);
     const isHttps = this.server.protocol === 'https:';
     // keepAlive: grant writes, live GETs and GC deletes reuse connections instead of a TLS handshake each.
     this.agent = isHttps
-      ? new https.Agent({ keepAlive: true, maxSockets: 64, maxFreeSockets: 16 })
-      : new http.Agent({ keepAlive: true, maxSockets: 64, maxFreeSockets: 16 });
+      ? new HttpsAgent({ keepAlive: true, maxSockets: 64, maxFreeSockets: 16 })
+      : new HttpAgent({ keepAlive: true, maxSockets: 64, maxFreeSockets: 16 });
   }
 
   static fromPath(path?: string): KubeClient {
     return new KubeClient(loadKubeConfig(path));
   }
 
-  /** Credentials may rotate (exec plugins, projected service-account tokens): refresh them now and then. */
+  /**
+   * Credentials may rotate (exec plugins, projected service-account tokens): refresh them now and
+   * then, and at once after a 401.
+   */
   private async authenticate(): Promise<void> {
     if (this.tlsOptions && Date.now() - this.headersAt < AUTH_REFRESH_MS) return;
     this.pendingAuth ??= (async () => {
-      const opts: https.RequestOptions = {};
-      await this.kubeConfig.applyToHTTPSOptions(opts);
-      const headers: Record<string, string> = {};
-      for (const [k, v] of Object.entries(opts.headers ?? {})) if (typeof v === 'string') headers[k] = v;
-      if (opts.auth) headers.Authorization = `Basic ${Buffer.from(opts.auth).toString('base64')}`;
+      const { headers, tls } = await this.credentials.resolve();
       this.headers = headers;
-      this.tlsOptions = {
-        ca: opts.ca,
-        cert: opts.cert,
-        key: opts.key,
-        rejectUnauthorized: opts.rejectUnauthorized,
-        servername: opts.servername,
-      };
+      this.tlsOptions = tls;
       this.headersAt = Date.now();
     })().finally(() => {
       this.pendingAuth = undefined;
@@ -124,9 +113,12 @@ export class KubeClient {
       headers,
       signal: opts.signal,
     };
-    const requester = this.server.protocol === 'https:' ? https.request : http.request;
+    const requester = this.server.protocol === 'https:' ? httpsRequest : httpRequest;
     return new Promise((resolve, reject) => {
-      const req = requester(requestOptions, (res) => resolve({ req, res }));
+      const req = requester(requestOptions, (res) => {
+        if (res.statusCode === 401) this.headersAt = 0; // a rotated token: read the credentials again next time
+        resolve({ req, res });
+      });
       req.setTimeout(opts.timeoutMs ?? DEFAULT_TIMEOUT_MS, () => {
         req.destroy(new KubeApiError(0, 'Timeout', `${method} ${path}: no answer within ${opts.timeoutMs ?? DEFAULT_TIMEOUT_MS} ms`));
       });

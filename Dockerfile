@@ -39,7 +39,8 @@ COPY crds/ crds/
 RUN chmod 0755 dist/cli.js && ln -s /app/dist/cli.js /usr/local/bin/kube-drac
 # The image's `node` user (uid 1000, matching the chart's runAsUser); never root.
 USER 1000:1000
-# pop3 1110, pop3s 1995, smtp 2525, smtps 2465, metrics/health 9090.
-EXPOSE 1110 1995 2525 2465 9090
+# pop3 1110, pop3s 1995, smtp 2525, smtps 2465, metrics/health 9090; the bridge (when enabled):
+# socketmap 9400, policy 9401, DRAC RPC 9402 (+udp), auth-policy 9403, whoson 9876 (+udp), portmapper 1111 (+udp).
+EXPOSE 1110 1995 2525 2465 9090 9400 9401 9402 9402/udp 9403 9876 9876/udp 1111 1111/udp
 ENTRYPOINT ["kube-drac"]
 CMD ["help"]

@@ -1,6 +1,7 @@
 // `npm start` (`kube-drac all-in-one`): the whole of kube-drac on one machine, for trying it out.
-// A real control plane with the CRDs, then the operator, POP3 and SMTP as separate processes
-// (one role per process, as in a cluster), a demo user, a self-signed certificate, and an outbox
+// A real control plane with the CRDs, then the operator, POP3, SMTP and the bridge (its socket
+// map and policy readers, for a Postfix or sendmail of your own) as separate processes (one role
+// per process, as in a cluster), a demo user, a self-signed certificate, and an outbox
 // folder that receives the relayed mail. Ctrl-C stops everything.
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
@@ -20,7 +21,11 @@ const ROLES = [
   { role: 'operator', metricsPort: 9091 },
   { role: 'pop3', metricsPort: 9092 },
   { role: 'smtp', metricsPort: 9093 },
+  { role: 'bridge', metricsPort: 9094 },
 ] as const;
+/** The bridge's readers on loopback: what an MTA of your own asks (see the README's bridge guide). */
+const SOCKETMAP_PORT = 9400;
+const POLICY_PORT = 9401;
 
 export interface AllInOneOptions {
   /** Where mail, the outbox, certificates and configs live (kept after exit). */
@@ -82,6 +87,11 @@ function writeConfigs(stateDir: string, kubeconfig: string): Record<string, stri
         outbox: path.join(stateDir, 'outbox'),
       },
       operator: {},
+      bridge: {
+        host: '127.0.0.1',
+        socketmap: { enabled: true, port: SOCKETMAP_PORT },
+        policy: { enabled: true, port: POLICY_PORT },
+      },
     };
     const file = path.join(stateDir, `${role}.yaml`);
     fs.writeFileSync(file, yaml.dump(config));
@@ -156,7 +166,7 @@ export async function runAllInOne(args: string[]): Promise<void> {
         if (!stopping) void stop(`${role} exited (${signal ?? code})`).then(() => process.exit(1));
       });
     }
-    await waitForPorts([1110, 2525, ...ROLES.map((r) => r.metricsPort)]);
+    await waitForPorts([1110, 2525, SOCKETMAP_PORT, POLICY_PORT, ...ROLES.map((r) => r.metricsPort)]);
   } catch (err) {
     await stop(`start-up failed: ${(err as Error).message}`);
     throw err;
@@ -170,6 +180,7 @@ kube-drac is running (grants in namespace ${NAMESPACE}; state in ${stateDir})
   POP3     127.0.0.1:1110 (STLS), 127.0.0.1:1995 (POP3S)   user demo, password demo
   SMTP     127.0.0.1:2525 (STARTTLS)   local domain ${DOMAIN}
   outbox   ${path.join(stateDir, 'outbox')}   (relayed mail lands here)
+  bridge   127.0.0.1:${SOCKETMAP_PORT} socketmap (map drac), 127.0.0.1:${POLICY_PORT} Postfix policy   (for an MTA of your own)
 ${ROLES.map((r) => `  metrics  http://127.0.0.1:${r.metricsPort}/metrics   (${r.role})`).join('\n')}
 
 How to:

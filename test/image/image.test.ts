@@ -203,8 +203,8 @@ describe('the image, built by hand from the Dockerfile steps', () => {
   });
 
   // Enough of each section that the mistyped key is the only mistake.
-  const VALID_SECTION: Record<string, string> = { pop3: '  allowPlaintextAuth: true\n', smtp: '  outbox: /tmp/outbox\n' };
-  for (const role of ['pop3', 'smtp', 'operator']) {
+  const VALID_SECTION: Record<string, string> = { pop3: '  allowPlaintextAuth: true\n', smtp: '  outbox: /tmp/outbox\n', bridge: '  policy: {enabled: true}\n' };
+  for (const role of ['pop3', 'smtp', 'operator', 'bridge']) {
     test(`\`kube-drac ${role}\` with a mistyped key exits 1 naming it`, { skip: missingRole(role) }, async () => {
       const file = path.join(tmp, `typo-${role}.yaml`);
       fs.writeFileSync(file, `${role}:\n${VALID_SECTION[role] ?? ''}  noSuchKey: 1\n`);
@@ -224,6 +224,29 @@ describe('the image, built by hand from the Dockerfile steps', () => {
     const body = await (await fetch(`http://127.0.0.1:${metrics}/metrics`)).text();
     assert.match(body, /^kubedrac_operator_leader /m);
     assert.equal(await op.stop(), 0, op.output());
+  });
+
+  test('the bridge starts from the copy, answers socketmap lookups once its cache is synced, and stops on SIGTERM', { skip: missingRole('bridge') }, async () => {
+    const [metrics, mapPort] = [await freePort(), await freePort()];
+    const bridge = await startRole(
+      'bridge',
+      `${kubeSection()}metrics: {host: 127.0.0.1, port: ${metrics}}\nbridge:\n  host: 127.0.0.1\n  socketmap: {enabled: true, port: ${mapPort}}\n`,
+      metrics,
+    );
+    const answer = await new Promise<string>((resolve, reject) => {
+      const s = net.connect(mapPort, '127.0.0.1', () => s.write('15:drac 192.0.2.99,'));
+      let text = '';
+      s.on('data', (d: Buffer) => {
+        text += d.toString();
+        if (text.endsWith(',')) {
+          s.destroy();
+          resolve(text);
+        }
+      });
+      s.on('error', reject);
+    });
+    assert.equal(answer, '9:NOTFOUND ,');
+    assert.equal(await bridge.stop(), 0, bridge.output());
   });
 
   test('smtp starts from the copy, greets with 220 once its grant cache is synced, and stops on SIGTERM', { skip: missingRole('smtp') }, async () => {

@@ -3,6 +3,7 @@
 import assert from 'node:assert/strict';
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { describe, it } from 'node:test';
@@ -75,6 +76,28 @@ describe('npm start (the all-in-one) and the README walkthrough', () => {
     const { stdout: rg } = await run(testBinaries().kubectl, ['--kubeconfig', kubeconfig, '-n', 'kube-drac', 'get', 'relaygrants']);
     assert.match(rg, /^v4-127\.0\.0\.1\s+127\.0\.0\.1\s+demo\s+pop3\s+\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ\s+\d+s$/m);
 
+    // The bridge's socket map (what a Postfix or sendmail of your own asks) sees the grant too.
+    assert.match(out, /bridge\s+127\.0\.0\.1:9400 socketmap/);
+    const ask = () =>
+      new Promise<string>((resolve, reject) => {
+        const s = net.connect(9400, '127.0.0.1', () => s.write('14:drac 127.0.0.1,'));
+        let text = '';
+        s.on('data', (d: Buffer) => {
+          text += d.toString();
+          if (text.endsWith(',')) {
+            s.destroy();
+            resolve(text);
+          }
+        });
+        s.on('error', reject);
+      });
+    let lookup = await ask();
+    for (let i = 0; i < 50 && !lookup.includes(':OK '); i++) {
+      await new Promise((r) => setTimeout(r, 100));
+      lookup = await ask();
+    }
+    assert.match(lookup, /^\d+:OK \d{10},$/);
+
     // 4. The relay is now accepted, and the message lands in the outbox.
     const accepted = await swaks('--header', 'Subject: walkthrough');
     assert.equal(accepted.code, 0, accepted.out);
@@ -88,7 +111,7 @@ describe('npm start (the all-in-one) and the README walkthrough', () => {
     // Ctrl-C: every process ends, the control plane's folder is removed.
     const pgids = fs.readFileSync(path.join(path.dirname(kubeconfig), 'pgids'), 'utf8').trim().split(/\s+/).map(Number);
     const roles = await rolePids(stateDir);
-    assert.equal(roles.length, 3, 'operator, pop3 and smtp run as processes');
+    assert.equal(roles.length, 4, 'operator, pop3, smtp and the bridge run as processes');
     child.kill('SIGINT');
     assert.equal(await new Promise((r) => child.on('exit', r)), 0);
     assert.ok(![...pgids, ...roles].some(isAlive), 'no process left behind');
@@ -101,7 +124,7 @@ describe('npm start (the all-in-one) and the README walkthrough', () => {
     const kubeconfig = /export KUBECONFIG=(\S+)/.exec(out)?.[1] as string;
     const pgids = fs.readFileSync(path.join(path.dirname(kubeconfig), 'pgids'), 'utf8').trim().split(/\s+/).map(Number);
     const roles = await rolePids(stateDir);
-    assert.equal(pgids.length, 5, 'etcd, kube-apiserver and the three roles are watched');
+    assert.equal(pgids.length, 6, 'etcd, kube-apiserver and the four roles are watched');
     child.kill('SIGKILL');
     const deadline = Date.now() + 15_000;
     while ([...pgids, ...roles].some(isAlive) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));

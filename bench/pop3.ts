@@ -11,14 +11,13 @@ import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { ConfigReader } from '../src/config/reader.ts';
+import { parseConfig } from '../src/config/load.ts';
 import { GrantStore } from '../src/grants/store.ts';
 import { KubeClient } from '../src/kube/client.ts';
 import { ensureNamespace, installCrds } from '../src/kube/crds.ts';
 import { ControlPlane } from '../src/local/control-plane.ts';
 import { createLogger } from '../src/observability/log.ts';
-import { parsePop3Config } from '../src/pop3/config.ts';
-import { startPop3Server } from '../src/pop3/server.ts';
+import { runPop3 } from '../src/pop3/main.ts';
 import { spawnServerUnderTest } from './server-process.ts';
 import { percentile, type BenchOptions, type BenchResult } from './types.ts';
 
@@ -28,6 +27,7 @@ const MESSAGE_SIZE = 100 * 1024;
 const PASSWORD = 'bench-password';
 const NAMESPACE = 'bench-pop3';
 const MIN = 60_000;
+const WORKERS = os.availableParallelism();
 
 // ---------------------------------------------------------------------------------------------
 // The shared world: users file and Maildirs, owned by nobody so that Dovecot's mail processes
@@ -65,24 +65,28 @@ function makeWorld(dir: string): { usersFile: string; mailRoot: string } {
 async function serve(dir: string, kubeconfig: string): Promise<void> {
   const client = KubeClient.fromPath(kubeconfig);
   const store = new GrantStore({ client, namespace: NAMESPACE, ttlMs: 30 * MIN, renewIntervalMs: 5 * MIN, ipv6PrefixLength: 64 });
-  const config = parsePop3Config(
-    new ConfigReader(
-      {
+  const doc = parseConfig(
+    JSON.stringify({
+      metrics: { host: '127.0.0.1', port: 0 },
+      log: { level: 'warn' },
+      pop3: {
         listen: { host: '127.0.0.1', port: 0 },
         allowPlaintextAuth: true,
         mailRoot: path.join(dir, 'mail'),
         mailLocation: '%u',
         usersFile: path.join(dir, 'users'),
+        // One process per core, as Dovecot's tuned model spreads sessions over processes.
+        workers: WORKERS,
         limits: { maxSessions: 10_000, maxSessionsPerAddress: 10_000 },
         throttle: { maxFailuresPerAddress: 1_000_000, maxFailuresPerUser: 1_000_000 },
       },
-      'pop3',
-    ),
+    }),
+    'bench',
   );
-  const server = await startPop3Server(config, { renewer: store, log: createLogger('pop3') });
-  process.stdout.write(`PORT ${server.port}\n`);
+  const role = await runPop3(doc, createLogger('pop3'), { renewer: store });
+  process.stdout.write(`PORT ${role.server.port}\n`);
   process.on('SIGTERM', () => {
-    void server.close().then(() => {
+    void role.close().then(() => {
       store.close();
       client.close();
       process.exit(0);

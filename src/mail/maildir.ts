@@ -100,70 +100,85 @@ function deliveredAt(baseName: string): number {
   return Number(m[1]) * 1e6 + (m[2] === undefined ? 0 : Number(m[2]));
 }
 
-/**
- * Move what was delivered to new/ into cur/, with the `:2,` info (no flags) appended, as Dovecot's
- * POP3 does when it opens the INBOX (its sync with DROP_RECENT): the mail has now been seen by a
- * reader. The base name, and so the UIDL, does not change. Call it with the maildrop locked. A
- * message that cannot be moved stays where it is and is still served from new/.
- */
-export async function moveNewToCur(maildir: string): Promise<void> {
-  let names: string[];
+/** The names in a Maildir folder (none when it does not exist). */
+async function listFolder(dir: string): Promise<string[]> {
   try {
-    names = await fsp.readdir(path.join(maildir, 'new'));
+    return (await fsp.readdir(dir)).filter((name) => !name.startsWith('.'));
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
     throw err;
   }
-  await Promise.all(
-    names.map(async (name) => {
-      if (name.startsWith('.')) return;
-      const to = name.includes(':') ? name : `${name}:2,`;
-      try {
-        await fsp.rename(path.join(maildir, 'new', name), path.join(maildir, 'cur', to));
-      } catch {
-        /* gone (another reader moved it) or not movable: listed from where it is */
-      }
-    }),
-  );
+}
+
+/**
+ * File sizes by path. A Maildir file never changes once in new/ or cur/ and its name is never
+ * reused (a flag change or a move is a new name), so a name seen before needs no stat: a login
+ * then costs two directory reads, not one stat per message. Bounded; oldest forgotten first.
+ */
+const rawSizes = new Map<string, number>();
+const RAW_SIZES_MAX = 200_000;
+
+/** The size of a regular file, undefined when it is gone or not a file. */
+async function rawSizeOf(file: string): Promise<number | undefined> {
+  const known = rawSizes.get(file);
+  if (known !== undefined) return known;
+  let st: fs.Stats;
+  try {
+    st = await fsp.stat(file);
+  } catch {
+    return undefined; // moved or deleted meanwhile
+  }
+  if (!st.isFile()) return undefined;
+  if (rawSizes.size >= RAW_SIZES_MAX) rawSizes.delete(rawSizes.keys().next().value as string);
+  rawSizes.set(file, st.size);
+  return st.size;
+}
+
+export interface SnapshotOptions {
+  /**
+   * First move what was delivered to new/ into cur/, with the `:2,` info (no flags) appended, as
+   * Dovecot's POP3 does when it opens the INBOX (a sync with DROP_RECENT): the mail has now been
+   * seen by a reader. The base name, and so the UIDL, does not change. Only with the maildrop
+   * locked. A message that cannot be moved stays, and is listed, where it is.
+   */
+  moveNewToCur?: boolean;
 }
 
 /**
  * List the messages now in new/ and cur/, oldest first. Later deliveries are not seen by the
  * session that took this snapshot (RFC 1939: numbering is fixed for the session).
  */
-export async function snapshotMaildir(maildir: string): Promise<MaildirMessage[]> {
-  const found: Array<{ baseName: string; path: string; rawSize: number }> = [];
-  const seen = new Set<string>();
-  for (const sub of ['cur', 'new']) {
-    const dir = path.join(maildir, sub);
-    let names: string[];
-    try {
-      names = await fsp.readdir(dir);
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') continue;
-      throw err;
-    }
-    // Stat in parallel: one after another, each would wait for its own trip to the thread pool.
-    const stats = await Promise.all(
-      names.map(async (name) => {
-        if (name.startsWith('.')) return undefined;
-        const file = path.join(dir, name);
+export async function snapshotMaildir(maildir: string, opts: SnapshotOptions = {}): Promise<MaildirMessage[]> {
+  const newDir = path.join(maildir, 'new');
+  const curDir = path.join(maildir, 'cur');
+  let inNew = await listFolder(newDir);
+  if (opts.moveNewToCur && inNew.length > 0) {
+    const stayed = await Promise.all(
+      inNew.map(async (name) => {
         try {
-          const st = await fsp.stat(file);
-          return st.isFile() ? { name, file, size: st.size } : undefined;
-        } catch {
-          return undefined; // moved or deleted meanwhile
+          await fsp.rename(path.join(newDir, name), path.join(curDir, name.includes(':') ? name : `${name}:2,`));
+          return undefined;
+        } catch (err) {
+          // Gone: another reader moved it, and cur/ (read below) has it. Otherwise it stays in new/.
+          return (err as NodeJS.ErrnoException).code === 'ENOENT' ? undefined : name;
         }
       }),
     );
-    for (const st of stats) {
-      if (st === undefined) continue;
-      const baseName = maildirBaseName(st.name);
-      if (seen.has(baseName)) continue; // mid-rename by another reader: count it once
-      seen.add(baseName);
-      found.push({ baseName, path: st.file, rawSize: st.size });
-    }
+    inNew = stayed.filter((name) => name !== undefined);
   }
+  const files = [...(await listFolder(curDir)).map((name) => ({ name, file: path.join(curDir, name) })), ...inNew.map((name) => ({ name, file: path.join(newDir, name) }))];
+  // Sizes in parallel: one after another, each stat would wait for its own trip to the thread pool.
+  const sizes = await Promise.all(files.map((f) => rawSizeOf(f.file)));
+  const found: Array<{ baseName: string; path: string; rawSize: number }> = [];
+  const seen = new Set<string>();
+  files.forEach((f, i) => {
+    const rawSize = sizes[i];
+    if (rawSize === undefined) return;
+    const baseName = maildirBaseName(f.name);
+    if (seen.has(baseName)) return; // mid-rename by another reader: count it once
+    seen.add(baseName);
+    found.push({ baseName, path: f.file, rawSize });
+  });
   found.sort((a, b) => deliveredAt(a.baseName) - deliveredAt(b.baseName) || (a.baseName < b.baseName ? -1 : a.baseName > b.baseName ? 1 : 0));
   const sized = await Promise.all(
     found.map(async (f) => {

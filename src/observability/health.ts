@@ -13,6 +13,8 @@ export interface HealthServerOptions {
   ready: () => boolean;
   /** Alive means: the process is not wedged. Defaults to always true. */
   alive?: () => boolean;
+  /** The /metrics text; defaults to this process's registry (a role with worker processes sums theirs). */
+  metrics?: () => Promise<string>;
 }
 
 export interface HealthServer {
@@ -28,7 +30,7 @@ export async function startHealthServer(opts: HealthServerOptions): Promise<Heal
       return;
     }
     if (path === '/metrics') {
-      registry.metrics().then(
+      (opts.metrics ?? (() => registry.metrics()))().then(
         (body) => res.writeHead(200, { 'content-type': registry.contentType }).end(body),
         (err: unknown) => res.writeHead(500).end(String(err)),
       );

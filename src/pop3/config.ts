@@ -22,7 +22,9 @@ export interface Pop3Config {
   mailLocation: string;
   usersFile: string;
   defaultPasswordScheme: Scheme;
-  /** Worker threads for password hashing (default: the CPU count). */
+  /** Processes serving sessions; above 1, a primary holds what they must share (see cluster.ts). */
+  workers: number;
+  /** Worker threads for password hashing, per process (default: the CPU count shared among the workers). */
   passwordThreads: number;
   limits: {
     maxSessions: number;
@@ -97,7 +99,8 @@ export function parsePop3Config(section: ConfigReader): Pop3Config {
   });
   const usersFile = section.string('usersFile', '/etc/kube-drac/users/passwd');
   const defaultPasswordScheme = section.oneOf('defaultPasswordScheme', SCHEMES, 'CRYPT');
-  const passwordThreads = section.int('passwordThreads', Math.max(1, os.availableParallelism()), { min: 0, max: 64 });
+  const workers = section.int('workers', 1, { min: 1, max: 64 });
+  const passwordThreads = section.int('passwordThreads', Math.max(1, Math.round(os.availableParallelism() / workers)), { min: 0, max: 64 });
 
   const lim = section.section('limits');
   const limits = {
@@ -164,6 +167,7 @@ export function parsePop3Config(section: ConfigReader): Pop3Config {
     mailLocation,
     usersFile,
     defaultPasswordScheme,
+    workers,
     passwordThreads,
     limits,
     timeouts,
@@ -173,5 +177,20 @@ export function parsePop3Config(section: ConfigReader): Pop3Config {
     expire,
     loginDelaySeconds,
     implementation,
+  };
+}
+
+/** Pop3Config as JSON can carry it (to a worker process): network lists as their CIDRs. */
+export type Pop3ConfigWire = Omit<Pop3Config, 'trustedProxies' | 'denyGrantNetworks'> & { trustedProxies: string[]; denyGrantNetworks: string[] };
+
+export function pop3ConfigToWire(config: Pop3Config): Pop3ConfigWire {
+  return { ...config, trustedProxies: [...config.trustedProxies.entries], denyGrantNetworks: [...config.denyGrantNetworks.entries] };
+}
+
+export function pop3ConfigFromWire(wire: Pop3ConfigWire): Pop3Config {
+  return {
+    ...wire,
+    trustedProxies: NetworkList.parse(wire.trustedProxies, 'pop3.trustedProxies'),
+    denyGrantNetworks: NetworkList.parse(wire.denyGrantNetworks, 'pop3.denyGrantNetworks'),
   };
 }

@@ -3,7 +3,7 @@
 // periodically; a lock whose holder is gone (same host, dead pid) or that has not been touched
 // for `staleMs` (another host died) is broken.
 import crypto from 'node:crypto';
-import type fs from 'node:fs';
+import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -42,6 +42,31 @@ function isAlive(pid: number): boolean {
   }
 }
 
+// The callback API, and closes nobody waits for: a login takes and gives back a lock, and each
+// trip to the thread pool costs the event loop more than the work itself.
+const fsCall = <T>(run: (cb: (err: NodeJS.ErrnoException | null, value: T) => void) => void): Promise<T> =>
+  new Promise((resolve, reject) => run((err, value) => (err ? reject(err) : resolve(value))));
+
+/** The lock's content, undefined when there is no lock file. */
+async function readContent(file: string): Promise<LockContent | undefined> {
+  let fd: number;
+  try {
+    fd = await fsCall<number>((cb) => fs.open(file, 'r', cb));
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw err;
+  }
+  try {
+    const buf = Buffer.allocUnsafe(1024);
+    const n = await fsCall<number>((cb) => fs.read(fd, buf, 0, buf.length, 0, cb));
+    return JSON.parse(buf.toString('utf8', 0, n)) as LockContent;
+  } catch {
+    return undefined; // half-written or foreign
+  } finally {
+    fs.close(fd, () => undefined);
+  }
+}
+
 async function readLock(file: string): Promise<{ content: LockContent | undefined; stat: fs.Stats } | undefined> {
   let stat: fs.Stats;
   let text: string;
@@ -71,11 +96,11 @@ export async function lockMaildrop(maildir: string, opts: LockOptions): Promise<
 
   for (let attempt = 0; attempt < 3; attempt++) {
     try {
-      const fh = await fsp.open(file, 'wx', 0o600);
+      const fd = await fsCall<number>((cb) => fs.open(file, 'wx', 0o600, cb));
       try {
-        await fh.writeFile(JSON.stringify(content));
+        await fsCall<number>((cb) => fs.write(fd, JSON.stringify(content), cb));
       } finally {
-        await fh.close();
+        fs.close(fd, () => undefined);
       }
       return holdLock(file, token, opts);
     } catch (err) {
@@ -128,8 +153,8 @@ function holdLock(file: string, token: string, opts: LockOptions): HeldLock {
       released = true;
       clearInterval(timer);
       // Remove only our own lock: if it was broken and re-taken, the file is someone else's.
-      const current = await readLock(file).catch(() => undefined);
-      if (current?.content?.token === token) await fsp.unlink(file).catch(() => undefined);
+      const current = await readContent(file).catch(() => undefined);
+      if (current?.token === token) await fsp.unlink(file).catch(() => undefined);
     },
   };
 }

@@ -6,7 +6,6 @@ import type { UserDatabase, UserEntry } from '../auth/passwd-file.ts';
 import { parseStoredPassword, verifyApop } from '../auth/schemes.ts';
 import type { StoredPassword } from '../auth/schemes.ts';
 import { shaCryptHash } from '../auth/sha-crypt.ts';
-import type { LoginThrottle } from '../auth/throttle.ts';
 import type { PasswordVerifier } from '../auth/verifier.ts';
 import type { GrantRenewer } from '../grants/types.ts';
 import { isValidUserName } from '../mail/paths.ts';
@@ -15,11 +14,13 @@ import type { Logger } from '../observability/log.ts';
 import { MaildropInUseError } from './lock.ts';
 import { grantWait, grantWrites, loginsTotal } from './metrics.ts';
 import type { LoginOutcome, Maildrop } from './session.ts';
+import type { SharedThrottle } from './shared.ts';
 
 export interface LoginDeps {
   users: Pick<UserDatabase, 'lookup'>;
   verifier: Pick<PasswordVerifier, 'verify'>;
-  throttle: LoginThrottle;
+  /** A LoginThrottle, or with several workers the primary's. */
+  throttle: SharedThrottle;
   openMaildrop(user: string): Promise<Maildrop>;
   renewer: GrantRenewer;
   denyGrantNetworks: NetworkList;
@@ -64,7 +65,7 @@ export class Pop3Login {
       return outcome;
     };
 
-    const verdict = d.throttle.check(client.throttleAddress, user, started);
+    const verdict = await d.throttle.check(client.throttleAddress, user, started);
     if (verdict !== 'allowed') {
       loginsTotal.inc({ result: 'throttled' });
       d.log.warn('login_throttled', { session: client.sessionId, by: verdict });

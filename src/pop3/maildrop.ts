@@ -1,6 +1,6 @@
 // A user's Maildir as a POP3 maildrop: locked, new/ mail moved to cur/ and listed once at login,
 // streamed, deleted at UPDATE.
-import { deleteMessages, ensureMaildirFolders, messageData, moveNewToCur, recycleMessageData, snapshotMaildir } from '../mail/maildir.ts';
+import { deleteMessages, ensureMaildirFolders, messageData, recycleMessageData, snapshotMaildir } from '../mail/maildir.ts';
 import type { MaildirMessage } from '../mail/maildir.ts';
 import { maildirPathFor } from '../mail/paths.ts';
 import type { LockOptions } from './lock.ts';
@@ -40,8 +40,7 @@ export async function openMaildrop(user: string, opts: MaildropOptions): Promise
   }
   let messages: MaildirMessage[];
   try {
-    await moveNewToCur(dir);
-    messages = await snapshotMaildir(dir);
+    messages = await snapshotMaildir(dir, { moveNewToCur: true });
   } catch (err) {
     await lock.release();
     throw err;

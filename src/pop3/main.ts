@@ -9,6 +9,7 @@ import { createLogger, setLogLevel, type Logger } from '../observability/log.ts'
 import { collectProcessMetrics } from '../observability/metrics.ts';
 import { runRoleProcess } from '../role-process.ts';
 import { parsePop3Config } from './config.ts';
+import { startPop3Cluster } from './cluster.ts';
 import { startPop3Server, type Pop3Server } from './server.ts';
 
 export interface RunningPop3Role {
@@ -45,10 +46,16 @@ export async function runPop3(doc: ConfigDocument, log: Logger = createLogger('p
     renewer = store;
   }
 
-  const server = await startPop3Server(config, { renewer, log });
+  const cluster = config.workers > 1 ? await startPop3Cluster(config, { renewer, log, logLevel: doc.common.log.level }) : undefined;
+  const server: Pop3Server = cluster ?? (await startPop3Server(config, { renewer, log }));
   let health;
   try {
-    health = await startHealthServer({ host: doc.common.metrics.host, port: doc.common.metrics.port, ready: () => server.notReadyReasons().length === 0 });
+    health = await startHealthServer({
+      host: doc.common.metrics.host,
+      port: doc.common.metrics.port,
+      ready: () => server.notReadyReasons().length === 0,
+      metrics: cluster && (() => cluster.metrics()),
+    });
   } catch (err) {
     await server.close();
     store?.close();

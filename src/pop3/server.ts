@@ -19,10 +19,14 @@ import { MailRootProbe } from './readiness.ts';
 import { connectionsRefused, connectionsTotal, deletedMessages, retrievedBytes, sessionsActive, tlsHandshakes } from './metrics.ts';
 import type { SessionIo } from './session.ts';
 import { Pop3Session } from './session.ts';
+import type { SharedLimiter, SharedThrottle } from './shared.ts';
 
 export interface Pop3ServerDeps {
   renewer: GrantRenewer;
   log: Logger;
+  /** With several workers, the primary's throttle and session limits (see shared.ts); else our own. */
+  throttle?: SharedThrottle;
+  limiter?: SharedLimiter;
 }
 
 export interface Pop3Server {
@@ -321,7 +325,7 @@ export async function startPop3Server(config: Pop3Config, deps: Pop3ServerDeps):
   const login = new Pop3Login({
     users,
     verifier,
-    throttle: new LoginThrottle({ ...config.throttle }),
+    throttle: deps.throttle ?? new LoginThrottle({ ...config.throttle }),
     openMaildrop: (user) => openMaildrop(user, { mailRoot: config.mailRoot, mailLocation: config.mailLocation, lock: config.lock }),
     renewer: deps.renewer,
     denyGrantNetworks: config.denyGrantNetworks,
@@ -330,7 +334,7 @@ export async function startPop3Server(config: Pop3Config, deps: Pop3ServerDeps):
     log,
   });
   const ctx: ServerContext = { config, users, tls: reloader, login };
-  const limiter = new ConnectionLimiter({ maxTotal: config.limits.maxSessions, maxPerAddress: config.limits.maxSessionsPerAddress });
+  const limiter = deps.limiter ?? new ConnectionLimiter({ maxTotal: config.limits.maxSessions, maxPerAddress: config.limits.maxSessionsPerAddress });
   const connections = new Set<Connection>();
   const sockets = new Set<net.Socket>();
 
@@ -355,7 +359,11 @@ export async function startPop3Server(config: Pop3Config, deps: Pop3ServerDeps):
         return;
       }
     }
-    const slot = limiter.acquire(grantAddress ?? peer);
+    const slot = await limiter.acquire(grantAddress ?? peer);
+    if (slot.ok && socket.destroyed) {
+      slot.release(); // gone while we asked
+      return;
+    }
     if (!slot.ok) {
       connectionsRefused.inc({ reason: slot.reason });
       const text = slot.reason === 'total' ? 'Too many sessions on this server' : 'Too many sessions from your address';

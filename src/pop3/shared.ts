@@ -1,0 +1,133 @@
+// What every POP3 worker process must see the same (pop3.workers > 1): the grant writes, so that
+// one address is written at most once per renew interval whichever worker its logins land on;
+// the brute-force throttle, so that N workers do not give an attacker N times the allowance; and
+// the session limits. One process holds each (the primary, like Dovecot's auth and anvil); the
+// workers ask it over the cluster IPC channel. The maildrop lock needs none of this: it is a file.
+import type { ThrottleVerdict } from '../auth/throttle.ts';
+import { GrantWriteError, type GrantRenewer, type GrantSource, type RenewOutcome } from '../grants/types.ts';
+import type { AcquireResult } from '../net/limits.ts';
+
+export interface SharedThrottle {
+  check(address: string, user: string, nowMs: number): ThrottleVerdict | Promise<ThrottleVerdict>;
+  failed(address: string, user: string, nowMs: number): void;
+}
+
+export interface SharedLimiter {
+  acquire(ip: string): AcquireResult | Promise<AcquireResult>;
+}
+
+export interface SharedState {
+  renewer: GrantRenewer;
+  throttle: SharedThrottle;
+  limiter: SharedLimiter;
+}
+
+/** Worker -> primary. */
+export type WorkerRequest =
+  | { kd: 'renew'; id: number; ip: string; user: string; source: GrantSource }
+  | { kd: 'check'; id: number; address: string; user: string; now: number }
+  | { kd: 'failed'; address: string; user: string; now: number }
+  | { kd: 'acquire'; id: number; ip: string }
+  | { kd: 'release'; slot: number };
+
+/** Primary -> worker. */
+export type PrimaryReply = { kd: 'reply'; id: number; value?: unknown; error?: string };
+
+interface Channel {
+  send(message: WorkerRequest): void;
+  on(event: 'message', listener: (message: unknown) => void): void;
+}
+
+/** The worker's side: the shared state as asked of the primary. */
+export function sharedStateOverIpc(channel: Channel): SharedState {
+  let nextId = 1;
+  const waiting = new Map<number, { resolve: (value: unknown) => void; reject: (err: Error) => void }>();
+  channel.on('message', (message) => {
+    const m = message as Partial<PrimaryReply>;
+    if (m.kd !== 'reply' || m.id === undefined) return;
+    const w = waiting.get(m.id);
+    if (w === undefined) return;
+    waiting.delete(m.id);
+    if (m.error !== undefined) w.reject(new Error(m.error));
+    else w.resolve(m.value);
+  });
+  const ask = <T>(request: WorkerRequest): Promise<T> =>
+    new Promise<T>((resolve, reject) => {
+      waiting.set((request as { id: number }).id, { resolve: resolve as (value: unknown) => void, reject });
+      channel.send(request);
+    });
+  return {
+    renewer: {
+      renew: (ip, user, source) =>
+        ask<RenewOutcome>({ kd: 'renew', id: nextId++, ip, user, source }).catch((err: unknown) => {
+          throw new GrantWriteError(ip, (err as Error).message);
+        }),
+    },
+    throttle: {
+      check: (address, user, now) => ask<ThrottleVerdict>({ kd: 'check', id: nextId++, address, user, now }),
+      failed: (address, user, now) => channel.send({ kd: 'failed', address, user, now }),
+    },
+    limiter: {
+      acquire: async (ip) => {
+        const answer = await ask<{ slot: number } | { reason: 'total' | 'per-address' }>({ kd: 'acquire', id: nextId++, ip });
+        if ('reason' in answer) return { ok: false, reason: answer.reason };
+        let released = false;
+        return {
+          ok: true,
+          release: () => {
+            if (released) return;
+            released = true;
+            channel.send({ kd: 'release', slot: answer.slot });
+          },
+        };
+      },
+    },
+  };
+}
+
+/**
+ * The primary's side for one worker: answer its requests from the state the primary holds.
+ * Returns `releaseAll`, for when the worker is gone: the sessions it held are over.
+ */
+export function serveSharedState(worker: { send(message: PrimaryReply): void; on(event: 'message', listener: (message: unknown) => void): void }, state: SharedState): { releaseAll(): void } {
+  const slots = new Map<number, () => void>();
+  let nextSlot = 1;
+  const reply = (id: number, value: unknown) => worker.send({ kd: 'reply', id, value });
+  worker.on('message', (message) => {
+    const m = message as WorkerRequest;
+    switch (m.kd) {
+      case 'renew':
+        state.renewer.renew(m.ip, m.user, m.source).then(
+          (outcome) => reply(m.id, outcome),
+          (err: unknown) => worker.send({ kd: 'reply', id: m.id, error: (err as Error).message }),
+        );
+        return;
+      case 'check':
+        void Promise.resolve(state.throttle.check(m.address, m.user, m.now)).then((verdict) => reply(m.id, verdict));
+        return;
+      case 'failed':
+        state.throttle.failed(m.address, m.user, m.now);
+        return;
+      case 'acquire':
+        void Promise.resolve(state.limiter.acquire(m.ip)).then((result) => {
+          if (!result.ok) return reply(m.id, { reason: result.reason });
+          const slot = nextSlot++;
+          slots.set(slot, result.release);
+          reply(m.id, { slot });
+        });
+        return;
+      case 'release':
+        slots.get(m.slot)?.();
+        slots.delete(m.slot);
+        return;
+      default:
+        return;
+    }
+  });
+  return {
+    releaseAll: () => {
+      for (const release of slots.values()) release();
+      slots.clear();
+    },
+  };
+}

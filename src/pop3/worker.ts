@@ -1,0 +1,46 @@
+// One POP3 worker process (pop3.workers > 1), forked by cluster.ts: the sessions on its share of
+// the connections, with grants, throttle and session limits asked of the primary (shared.ts).
+// It tells the primary its ports once, then its readiness every second, and stops when told to
+// or when the primary is gone.
+import cluster from 'node:cluster';
+import { createLogger, setLogLevel } from '../observability/log.ts';
+import { collectProcessMetrics, registry } from '../observability/metrics.ts';
+import { pop3ConfigFromWire } from './config.ts';
+import { startPop3Server, type Pop3Server } from './server.ts';
+import { sharedStateOverIpc, type WorkerRequest } from './shared.ts';
+import { STATUS_INTERVAL_MS, WORKER_ENV, type ToPrimary, type ToWorker, type WorkerSetup } from './cluster.ts';
+
+const setup = JSON.parse(process.env[WORKER_ENV] ?? '{}') as WorkerSetup;
+setLogLevel(setup.logLevel);
+collectProcessMetrics();
+const log = createLogger('pop3').child({ worker: cluster.worker?.id ?? 0 });
+const send = (message: ToPrimary | WorkerRequest) => process.send?.(message);
+
+let server: Pop3Server | undefined;
+let stopping: Promise<void> | undefined;
+const stop = () =>
+  (stopping ??= (async () => {
+    await server?.close();
+    process.exit(0);
+  })());
+
+process.on('message', (message: ToWorker) => {
+  if (message.kd === 'close') void stop();
+  else if (message.kd === 'metrics') void registry.getMetricsAsJSON().then((json) => send({ kd: 'metrics', id: message.id, json }));
+});
+// The primary coordinates shutdown; a Ctrl-C reaches the whole process group, so leave it to it.
+process.on('SIGINT', () => undefined);
+process.on('SIGTERM', () => void stop());
+process.on('disconnect', () => void stop());
+
+try {
+  server = await startPop3Server(pop3ConfigFromWire(setup.config), { ...sharedStateOverIpc({ send, on: (event, listener) => process.on(event, listener) }), log });
+} catch (err) {
+  send({ kd: 'failed', error: (err as Error).message });
+  process.exit(1);
+}
+const running = server;
+send({ kd: 'listening', port: running.port, tlsPort: running.tlsPort });
+const report = () => send({ kd: 'status', reasons: running.notReadyReasons() });
+report();
+setInterval(report, STATUS_INTERVAL_MS).unref();

@@ -1,0 +1,96 @@
+// pop3.workers > 1: sessions spread over worker processes, while the maildrop lock, the grant
+// writes, the throttle, /readyz and /metrics still behave as one server.
+import assert from 'node:assert/strict';
+import { after, describe, it } from 'node:test';
+import { parseConfig } from '../../src/config/load.ts';
+import { ConfigError, ConfigReader } from '../../src/config/reader.ts';
+import { parsePop3Config } from '../../src/pop3/config.ts';
+import { runPop3 } from '../../src/pop3/main.ts';
+import { RawClient, RecordingRenewer, deliverWithLda, makeWorld, testMessage } from './support.ts';
+
+/** The worker's pid, from the APOP timestamp `<pid.session@name>` of the greeting. */
+const pidOf = (c: RawClient) => Number(/<(\d+)\./.exec(c.greeting)?.[1]);
+
+describe('POP3 with several worker processes', () => {
+  const world = makeWorld('workers');
+  after(() => world.cleanup());
+
+  it('refuses a workers value that is not a whole number from 1 to 64', () => {
+    for (const workers of [0, 65, 1.5, 'two']) {
+      assert.throws(
+        () => parsePop3Config(new ConfigReader({ allowPlaintextAuth: true, workers }, 'pop3')),
+        (err: unknown) => err instanceof ConfigError && /pop3\.workers/.test(err.message),
+        String(workers),
+      );
+    }
+  });
+
+  it('spreads sessions over the workers; lock, grants, throttle, readiness and metrics stay shared', async () => {
+    deliverWithLda(world, 'carol', testMessage('kept', ['body']));
+    const doc = parseConfig(
+      JSON.stringify({
+        metrics: { host: '127.0.0.1', port: 0 },
+        pop3: {
+          listen: { host: '127.0.0.1', port: 0 },
+          tls: { certFile: world.cert.certFile, keyFile: world.cert.keyFile },
+          tlsPort: 0,
+          allowPlaintextAuth: true,
+          mailRoot: world.mailRoot,
+          usersFile: world.usersFile,
+          workers: 2,
+          passwordThreads: 1,
+          throttle: { failureDelay: '10ms', maxFailuresPerAddress: 4 },
+        },
+      }),
+      'test',
+    );
+    const renewer = new RecordingRenewer();
+    const role = await runPop3(doc, undefined, { renewer });
+    try {
+      const base = `http://127.0.0.1:${role.healthPort}`;
+      assert.equal((await fetch(`${base}/readyz`)).status, 200);
+
+      // Round robin: consecutive connections land on different workers.
+      const clients = await Promise.all(Array.from({ length: 6 }, () => RawClient.connect(role.server.port)));
+      const pids = new Set(clients.map(pidOf));
+      assert.equal(pids.size, 2, `sessions on two worker processes, got ${[...pids].join(', ')}`);
+      assert.ok(!pids.has(process.pid));
+      // Both listeners are shared, each its own port.
+      assert.notEqual(role.server.tlsPort, role.server.port);
+      const secure = await RawClient.connect(role.server.tlsPort as number, { tls: true });
+      assert.match(secure.greeting, /^\+OK /);
+      assert.match(await secure.cmd('CAPA'), /^\+OK/);
+      secure.destroy();
+
+      // The maildrop lock holds across processes: carol's second session, on the other worker, is refused.
+      const first = clients[0] as RawClient;
+      const other = clients.find((c) => pidOf(c) !== pidOf(first)) as RawClient;
+      assert.match(await first.login('carol', world.passwords.carol), /^\+OK Logged in, 1 messages/);
+      assert.match(await other.login('carol', world.passwords.carol), /^-ERR \[IN-USE\]/);
+      assert.match(await first.cmd('QUIT'), /^\+OK/);
+      assert.match(await other.login('carol', world.passwords.carol), /^\+OK Logged in, 1 messages/);
+      assert.match(await other.cmd('QUIT'), /^\+OK/);
+      // Every login's grant went through the primary's one renewer (where coalescing happens).
+      assert.equal(renewer.calls.length, 3);
+      assert.ok(renewer.calls.every((c) => c.ip === '127.0.0.1' && c.user === 'carol' && c.source === 'pop3'));
+
+      // Metrics are summed over the workers.
+      const metrics = await (await fetch(`${base}/metrics`)).text();
+      assert.match(metrics, /kubedrac_pop3_logins_total\{result="success"\} 3\b/);
+      assert.match(metrics, /kubedrac_pop3_connections_total 7\b/);
+
+      // Failures on both workers count against one allowance: then the right password is refused unchecked.
+      const rest = clients.filter((c) => c !== first && c !== other);
+      for (const c of rest) assert.match(await c.login('carol', 'wrong'), /^-ERR \[AUTH\]/);
+      const fifth = await RawClient.connect(role.server.port);
+      assert.match(await fifth.login('carol', 'wrong'), /^-ERR/);
+      const sixth = await RawClient.connect(role.server.port);
+      assert.match(await sixth.login('carol', world.passwords.carol), /^-ERR \[SYS\/TEMP\]/);
+      for (const c of [...rest, fifth, sixth]) c.destroy();
+    } finally {
+      const closing = role.close();
+      assert.deepEqual(role.server.notReadyReasons(), ['listeners closed']);
+      await closing;
+    }
+  });
+});

@@ -231,9 +231,42 @@ interface Measured {
   seconds: number;
   /** CPU seconds of this process (the load generator) over the window. */
   generatorCpu: number;
+  /** CPU seconds of the server (its process and every descendant) over the window. */
+  serverCpu: number;
 }
 
-async function load(port: number, concurrency: number, seconds: number, retr: boolean): Promise<Measured> {
+const CLOCK_TICKS = Number(execFileSync('getconf', ['CLK_TCK']).toString().trim()) || 100;
+
+/** CPU seconds (user + system, all threads) used so far by process `root` and its descendants. */
+function treeCpuSeconds(root: number): number {
+  const parent = new Map<number, number>();
+  const ticks = new Map<number, number>();
+  for (const name of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(name)) continue;
+    let stat: string;
+    try {
+      stat = fs.readFileSync(`/proc/${name}/stat`, 'utf8');
+    } catch {
+      continue; // gone meanwhile
+    }
+    // After "pid (comm) ": state ppid ... utime (14th field) stime (15th).
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    parent.set(Number(name), Number(f[1]));
+    ticks.set(Number(name), Number(f[11]) + Number(f[12]));
+  }
+  let total = 0;
+  for (const [pid, t] of ticks) {
+    for (let p: number | undefined = pid; p !== undefined && p > 1; p = parent.get(p)) {
+      if (p === root) {
+        total += t;
+        break;
+      }
+    }
+  }
+  return total / CLOCK_TICKS;
+}
+
+async function load(port: number, serverPid: number, concurrency: number, seconds: number, retr: boolean): Promise<Measured> {
   const loginMs: number[] = [];
   let sessions = 0;
   let bytes = 0;
@@ -273,15 +306,17 @@ async function load(port: number, concurrency: number, seconds: number, retr: bo
   const running = Array.from({ length: concurrency }, (_, i) => slot(i));
   await new Promise((r) => setTimeout(r, Math.min(2000, seconds * 250))); // warm-up
   const cpu0 = process.cpuUsage();
+  const server0 = treeCpuSeconds(serverPid);
   measuring = true;
   const started = performance.now();
   await new Promise((r) => setTimeout(r, seconds * 1000));
   measuring = false;
   const elapsed = (performance.now() - started) / 1000;
   const cpu = process.cpuUsage(cpu0);
+  const serverCpu = treeCpuSeconds(serverPid) - server0;
   stop = true;
   await Promise.all(running);
-  return { sessions, bytes, loginMs: loginMs.sort((a, b) => a - b), errors, seconds: elapsed, generatorCpu: (cpu.user + cpu.system) / 1e6 };
+  return { sessions, bytes, loginMs: loginMs.sort((a, b) => a - b), errors, seconds: elapsed, generatorCpu: (cpu.user + cpu.system) / 1e6, serverCpu };
 }
 
 /**
@@ -371,13 +406,19 @@ export async function run({ quick }: BenchOptions): Promise<BenchResult[]> {
     ours = await startOurs(dir, plane.kubeconfigPath);
     dovecot = await startDovecot(dir, mailRoot, usersFile);
 
-    const note = (m: Measured) => `${m.seconds.toFixed(0)} s window, generator CPU ${((m.generatorCpu / m.seconds) * 100).toFixed(0)}%${m.errors ? `, ${m.errors} errors` : ''}`;
+    const pct = (cpuSeconds: number, m: Measured) => `${((cpuSeconds / m.seconds) * 100).toFixed(0)}%`;
+    // Server CPU per session (login sessions) or per MB (RETR), ours vs Dovecot's process tree.
+    const note = (a: Measured, b: Measured, per: 'session' | 'MB') => {
+      const cost = (m: Measured) => (m.serverCpu * 1000) / (per === 'session' ? m.sessions : m.bytes / 1e6);
+      const errors = a.errors + b.errors > 0 ? `, errors ${a.errors} vs ${b.errors}` : '';
+      return `${a.seconds.toFixed(0)} s window; server CPU ${pct(a.serverCpu, a)} vs ${pct(b.serverCpu, b)} (${cost(a).toFixed(2)} vs ${cost(b).toFixed(2)} ms/${per}); generator CPU ${pct(a.generatorCpu, a)}${errors}`;
+    };
     for (const concurrency of [1, 16, 64]) {
-      const a = await load(ours.port, concurrency, seconds, false);
-      const b = await load(dovecot.port, concurrency, seconds, false);
+      const a = await load(ours.port, ours.child.pid as number, concurrency, seconds, false);
+      const b = await load(dovecot.port, dovecot.child.pid as number, concurrency, seconds, false);
       const ra = a.sessions / a.seconds;
       const rb = b.sessions / b.seconds;
-      rows.push({ name: `pop3 logins/s c=${concurrency}`, value: ra, unit: 'logins/s', peer: rb, ratio: ra / rb, target: '>= 1.0x', note: note(a) });
+      rows.push({ name: `pop3 logins/s c=${concurrency}`, value: ra, unit: 'logins/s', peer: rb, ratio: ra / rb, target: '>= 1.0x', note: note(a, b, 'session') });
       const pa = percentile(a.loginMs, 99);
       const pb = percentile(b.loginMs, 99);
       rows.push({ name: `pop3 p99 login c=${concurrency}`, value: pa, unit: 'ms', peer: pb, ratio: pb / pa, note: `p50 ${percentile(a.loginMs, 50).toFixed(1)} ms vs ${percentile(b.loginMs, 50).toFixed(1)} ms; ours with grant write` });
@@ -400,11 +441,11 @@ export async function run({ quick }: BenchOptions): Promise<BenchResult[]> {
       });
     }
     for (const concurrency of [1, 16, 64]) {
-      const a = await load(ours.port, concurrency, seconds, true);
-      const b = await load(dovecot.port, concurrency, seconds, true);
+      const a = await load(ours.port, ours.child.pid as number, concurrency, seconds, true);
+      const b = await load(dovecot.port, dovecot.child.pid as number, concurrency, seconds, true);
       const ma = a.bytes / a.seconds / 1e6;
       const mb = b.bytes / b.seconds / 1e6;
-      rows.push({ name: `pop3 RETR MB/s c=${concurrency}`, value: ma, unit: 'MB/s', peer: mb, ratio: ma / mb, target: '>= 1.0x', note: `${MESSAGES} x 100 KB per session incl. login; ${note(a)}` });
+      rows.push({ name: `pop3 RETR MB/s c=${concurrency}`, value: ma, unit: 'MB/s', peer: mb, ratio: ma / mb, target: '>= 1.0x', note: `${MESSAGES} x 100 KB per session incl. login; ${note(a, b, 'MB')}` });
     }
   } finally {
     ours?.child.kill('SIGTERM');

@@ -8,10 +8,10 @@ import type { RelayGrant } from '../grants/types.ts';
 import { KubeApiError, type KubeClient } from '../kube/client.ts';
 import { createLogger, type Logger } from '../observability/log.ts';
 import { deleteConflicts, gcBulkReads, gcErrors, gcLag, grantsDeleted, setGrantCensus, type GrantCensus } from './metrics.ts';
-import { backoffMs, decide, dueAtMs, isDue, KeyedScheduler, realTimers, type Timers } from './schedule.ts';
+import { backoffMs, decide, dueAtMs, DueQueue, isDue, realTimers, type Timers } from './schedule.ts';
 
-/** What the collector needs from the grant cache: its entries and its upsert/delete events. */
-export type GrantEvents = Pick<GrantCache, 'entries' | 'on' | 'off' | 'size'>;
+/** What the collector needs from the grant cache: its expiries and its upsert/delete events. */
+export type GrantEvents = Pick<GrantCache, 'expiresAtMsOf' | 'forEachExpiry' | 'on' | 'off' | 'size'>;
 
 /** A grant read by a fresh LIST (`grant` undefined: not there any more). */
 interface Prefetched {
@@ -52,7 +52,12 @@ export class GarbageCollector {
   private readonly opts: GarbageCollectorOptions;
   private readonly log: Logger;
   private readonly timers: Timers;
-  private readonly scheduler: KeyedScheduler;
+  /**
+   * When each grant is due: expiresAt + grace from the cache, unless a fresh read or a failure
+   * set another time for it (kept here until the cache has news of the grant).
+   */
+  private readonly dueQueue: DueQueue;
+  private readonly overrides = new Map<string, number>();
   /** Due grants waiting for a worker, with what a bulk read found (undefined: read with a GET). */
   private readonly queue = new Map<string, Prefetched | undefined>();
   private unread = 0;
@@ -67,10 +72,11 @@ export class GarbageCollector {
   private running = false;
   private lastRetryLogMs = -Infinity;
   private readonly onUpsert = (name: string, entry: GrantEntry) => {
-    this.scheduler.schedule(name, dueAtMs(entry.expiresAtMs, this.opts.graceMs));
+    this.overrides.delete(name);
+    this.dueQueue.push(name, dueAtMs(entry.expiresAtMs, this.opts.graceMs));
   };
   private readonly onDelete = (name: string) => {
-    this.scheduler.cancel(name);
+    this.overrides.delete(name);
     this.failures.delete(name);
   };
 
@@ -78,7 +84,24 @@ export class GarbageCollector {
     this.opts = opts;
     this.log = opts.log ?? createLogger('operator');
     this.timers = opts.timers ?? realTimers;
-    this.scheduler = new KeyedScheduler((name) => this.enqueue(name), this.timers);
+    const { cache, graceMs } = opts;
+    this.dueQueue = new DueQueue(
+      {
+        fire: (name) => {
+          this.overrides.delete(name);
+          this.enqueue(name);
+        },
+        dueOf: (name) => {
+          const override = this.overrides.get(name);
+          if (override !== undefined) return override;
+          const expiresAtMs = cache.expiresAtMsOf(name);
+          return expiresAtMs === undefined ? undefined : dueAtMs(expiresAtMs, graceMs);
+        },
+        liveKeys: () => cache.size,
+        forEachLive: (fn) => cache.forEachExpiry((name, expiresAtMs) => fn(name, this.overrides.get(name) ?? dueAtMs(expiresAtMs, graceMs))),
+      },
+      this.timers,
+    );
   }
 
   /** Timers for every cached grant and for every grant the cache learns about from now on. */
@@ -87,7 +110,7 @@ export class GarbageCollector {
     this.running = true;
     this.opts.cache.on('upsert', this.onUpsert);
     this.opts.cache.on('delete', this.onDelete);
-    for (const [name, entry] of this.opts.cache.entries()) this.onUpsert(name, entry);
+    this.opts.cache.forEachExpiry((name, expiresAtMs) => this.dueQueue.push(name, dueAtMs(expiresAtMs, this.opts.graceMs)));
     this.sweepTimer = setInterval(() => this.sweep('periodic'), this.opts.sweepIntervalMs);
     this.sweepTimer.unref();
     setGrantCensus(() => this.census());
@@ -98,7 +121,8 @@ export class GarbageCollector {
     this.opts.cache.off('upsert', this.onUpsert);
     this.opts.cache.off('delete', this.onDelete);
     clearInterval(this.sweepTimer);
-    this.scheduler.cancelAll();
+    this.dueQueue.clear();
+    this.overrides.clear();
     this.queue.clear();
     this.unread = 0;
     setGrantCensus(undefined);
@@ -111,21 +135,17 @@ export class GarbageCollector {
     return new Promise((resolve) => this.idleWaiters.push(resolve));
   }
 
-  get scheduled(): number {
-    return this.scheduler.size;
-  }
-
   /** Queue every cached grant that is due (called periodically, and at once on becoming leader). */
   sweep(why: 'periodic' | 'leader'): number {
     if (!this.running || !this.opts.isLeader()) return 0;
     const now = this.timers.now();
     let due = 0;
-    for (const [name, entry] of this.opts.cache.entries()) {
-      if (isDue(entry.expiresAtMs, this.opts.graceMs, now)) {
+    this.opts.cache.forEachExpiry((name, expiresAtMs) => {
+      if (isDue(expiresAtMs, this.opts.graceMs, now)) {
         due++;
         this.enqueue(name);
       }
-    }
+    });
     if (due > 0 || why === 'leader') this.log.info('gc_sweep', { why, due });
     return due;
   }
@@ -133,10 +153,10 @@ export class GarbageCollector {
   census(nowMs: number = this.timers.now()): GrantCensus {
     let active = 0;
     let expiredPending = 0;
-    for (const [, entry] of this.opts.cache.entries()) {
-      if (entry.expiresAtMs > nowMs) active++;
+    this.opts.cache.forEachExpiry((_name, expiresAtMs) => {
+      if (expiresAtMs > nowMs) active++;
       else expiredPending++;
-    }
+    });
     return { active, expiredPending };
   }
 
@@ -244,7 +264,7 @@ export class GarbageCollector {
             return;
           case 'reschedule':
             this.failures.delete(name);
-            this.scheduler.schedule(name, decision.atMs);
+            this.scheduleAt(name, decision.atMs);
             return;
           case 'delete':
             break;
@@ -282,6 +302,13 @@ export class GarbageCollector {
       this.lastRetryLogMs = now;
       this.log.warn('gc_grant_retry', { grant: name, failures, retryInMs: delay, error: err });
     }
-    if (this.running) this.scheduler.schedule(name, this.timers.now() + delay);
+    if (this.running) this.scheduleAt(name, this.timers.now() + delay);
+  }
+
+  /** Due at `atMs` rather than at expiresAt + grace, until the cache has news of the grant. */
+  private scheduleAt(name: string, atMs: number): void {
+    if (this.opts.cache.expiresAtMsOf(name) === undefined) return; // gone from the cache: nothing to collect
+    this.overrides.set(name, atMs);
+    this.dueQueue.push(name, atMs);
   }
 }

@@ -1,6 +1,7 @@
 // The operator's pure parts: when a grant is due, what to do with a fresh read of it, how long
-// to back off, and a per-key timer table whose timers replace each other (cert-manager's
-// scheduler idea). No sockets here; the clock and the timer functions are injectable.
+// to back off, and a queue of due times in which a key's new time replaces its old one
+// (cert-manager's per-key timers that replace each other, kept in one heap). No sockets here; the
+// clock and the timer functions are injectable.
 import type { RelayGrant } from '../grants/types.ts';
 
 /** Node's setTimeout fires at once for delays above 2^31-1 ms; longer waits are chained. */
@@ -59,58 +60,58 @@ export const realTimers: Timers = {
   clearTimeout: (h) => clearTimeout(h as NodeJS.Timeout),
 };
 
+export interface DueQueueOwner {
+  /** Called for each key that came due, once per batch, late rather than early. */
+  fire(key: string): void;
+  /** The key's current due time; an entry with another time (or for a gone key) is stale. */
+  dueOf(key: string): number | undefined;
+  /** How many keys have a due time. */
+  liveKeys(): number;
+  /** Every key with its due time, to rebuild the heap without stale entries. */
+  forEachLive(fn: (key: string, atMs: number) => void): void;
+}
+
 /**
- * One due time per key: `schedule` replaces the key's time (cert-manager's per-key timers that
- * replace each other), `fire(key)` is called at that time, late rather than early. Underneath it
- * is one min-heap and one Node timer for the earliest time, not a Node timer per key: 100k
- * Timeout objects cost ~60 MB of heap, the heap ~3 MB. Replaced and cancelled entries stay in the
- * heap until they reach the top (or a compaction), and are skipped there.
+ * Due times for many keys in one min-heap of (time, key) pairs and one Node timer for the
+ * earliest, not a Node timer per key (100k Timeout objects cost ~60 MB). The queue keeps nothing
+ * per key besides: its owner knows each key's current time (`dueOf`), so scheduling a key again
+ * (a renewal moves it) just adds an entry, and an entry that no longer matches when it reaches
+ * the top is dropped there. When stale entries make up half the heap it is rebuilt from the
+ * owner's keys. ~16 bytes a key, where a Map of key -> time beside the heap cost ~80.
  */
-export class KeyedScheduler {
+export class DueQueue {
   private readonly timers: Timers;
-  private readonly fire: (key: string) => void;
-  private readonly due = new Map<string, number>();
+  private readonly owner: DueQueueOwner;
   private heapAt: number[] = [];
   private heapKey: string[] = [];
   private handle: unknown;
   private armedAt = Infinity;
 
-  constructor(fire: (key: string) => void, timers: Timers = realTimers) {
-    this.fire = fire;
+  constructor(owner: DueQueueOwner, timers: Timers = realTimers) {
+    this.owner = owner;
     this.timers = timers;
   }
 
-  get size(): number {
-    return this.due.size;
+  /** Entries in the heap, stale ones included. */
+  get length(): number {
+    return this.heapAt.length;
   }
 
-  /** When `key` is set to fire, or undefined. */
-  scheduledAt(key: string): number | undefined {
-    return this.due.get(key);
+  /** `key` is due at `atMs` (its owner's dueOf(key) must say so by the time it comes up). */
+  push(key: string, atMs: number): void {
+    if (this.heapAt.length > 2 * this.owner.liveKeys() + 1024) this.rebuild();
+    this.insert(atMs, key);
+    if (atMs < this.armedAt) this.rearm();
   }
 
-  schedule(key: string, atMs: number): void {
-    if (this.due.get(key) === atMs) return;
-    this.due.set(key, atMs);
-    this.push(atMs, key);
-    if (this.heapAt.length > 2 * this.due.size + 1024) this.compact();
-    this.rearm();
-  }
-
-  cancel(key: string): void {
-    if (!this.due.delete(key)) return;
-    if (this.due.size === 0) this.cancelAll();
-  }
-
-  cancelAll(): void {
-    this.due.clear();
+  clear(): void {
     this.heapAt = [];
     this.heapKey = [];
     this.disarm();
   }
 
   private isLive(i: number): boolean {
-    return this.due.get(this.heapKey[i] as string) === this.heapAt[i];
+    return this.owner.dueOf(this.heapKey[i] as string) === this.heapAt[i];
   }
 
   private rearm(): void {
@@ -136,28 +137,23 @@ export class KeyedScheduler {
     this.handle = undefined;
     this.armedAt = Infinity;
     const now = this.timers.now();
-    const fired: string[] = [];
+    const fired = new Set<string>();
     // A hop of a wait beyond Node's limit finds nothing due yet and just re-arms.
     while (this.heapAt.length > 0 && (this.heapAt[0] as number) <= now) {
-      const live = this.isLive(0);
-      const key = this.heapKey[0] as string;
+      if (this.isLive(0)) fired.add(this.heapKey[0] as string);
       this.pop();
-      if (live) {
-        this.due.delete(key);
-        fired.push(key);
-      }
     }
     this.rearm();
-    for (const key of fired) this.fire(key);
+    for (const key of fired) this.owner.fire(key);
   }
 
-  private compact(): void {
+  private rebuild(): void {
     this.heapAt = [];
     this.heapKey = [];
-    for (const [key, at] of this.due) this.push(at, key);
+    this.owner.forEachLive((key, at) => this.insert(at, key));
   }
 
-  private push(at: number, key: string): void {
+  private insert(at: number, key: string): void {
     const a = this.heapAt;
     const k = this.heapKey;
     let i = a.length;

@@ -1,9 +1,9 @@
-// The operator's pure parts: decisions on a fresh read, backoff, and the keyed timer table
+// The operator's pure parts: decisions on a fresh read, backoff, and the queue of due times
 // (driven by a hand-made clock, no sockets).
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import type { RelayGrant } from '../../src/grants/types.ts';
-import { backoffMs, decide, isDue, KeyedScheduler, MAX_TIMER_DELAY_MS, timerDelayMs, type Timers } from '../../src/operator/schedule.ts';
+import { backoffMs, decide, DueQueue, isDue, MAX_TIMER_DELAY_MS, timerDelayMs, type Timers } from '../../src/operator/schedule.ts';
 
 function grant(expiresAt: string, extra: Partial<RelayGrant['metadata']> = {}): RelayGrant {
   return {
@@ -86,7 +86,41 @@ describe('timer delays and backoff', () => {
   });
 });
 
-describe('KeyedScheduler', () => {
+/** A DueQueue and its owner, a plain map of key -> due time (the collector's is the grant cache). */
+class KeyedScheduler {
+  private readonly due = new Map<string, number>();
+  readonly queue: DueQueue;
+  constructor(fire: (key: string) => void, timers: Timers) {
+    this.queue = new DueQueue(
+      {
+        fire: (key) => {
+          this.due.delete(key);
+          fire(key);
+        },
+        dueOf: (key) => this.due.get(key),
+        liveKeys: () => this.due.size,
+        forEachLive: (fn) => this.due.forEach((at, key) => fn(key, at)),
+      },
+      timers,
+    );
+  }
+  get size(): number {
+    return this.due.size;
+  }
+  schedule(key: string, at: number): void {
+    this.due.set(key, at);
+    this.queue.push(key, at);
+  }
+  cancel(key: string): void {
+    this.due.delete(key);
+  }
+  cancelAll(): void {
+    this.due.clear();
+    this.queue.clear();
+  }
+}
+
+describe('DueQueue', () => {
   it('fires each key once at its time', () => {
     const timers = new ManualTimers();
     const fired: string[] = [];
@@ -106,7 +140,7 @@ describe('KeyedScheduler', () => {
     s.schedule('a', 1000);
     timers.advance(500);
     assert.deepEqual(fired, []);
-    assert.equal(timers.pending.size, 1, 'the old timer is cleared, not left to fire');
+    assert.equal(timers.pending.size, 1, 'one Node timer at a time');
     timers.advance(500);
     assert.deepEqual(fired, ['a@1000']);
   });
@@ -135,6 +169,25 @@ describe('KeyedScheduler', () => {
     timers.advance(0);
     assert.deepEqual(fired, ['late']);
   });
+  it('drops stale entries: a key moved many times leaves a bounded heap and fires once', () => {
+    const timers = new ManualTimers();
+    const fired: string[] = [];
+    const s = new KeyedScheduler((k) => fired.push(`${k}@${timers.now()}`), timers);
+    for (let i = 1; i <= 10_000; i++) s.schedule('renewed', 1000 + i);
+    s.schedule('other', 5000);
+    assert.ok(s.queue.length <= 2 * s.size + 1025, `heap of ${s.queue.length}`);
+    timers.advance(20_000);
+    assert.deepEqual(fired, ['other@5000', 'renewed@11000']);
+  });
+  it('fires a key scheduled twice for the same time once', () => {
+    const timers = new ManualTimers();
+    const fired: string[] = [];
+    const s = new KeyedScheduler((k) => fired.push(k), timers);
+    s.schedule('a', 100);
+    s.schedule('a', 100);
+    timers.advance(200);
+    assert.deepEqual(fired, ['a']);
+  });
   it('chains waits beyond Node\'s timer limit and never fires early', () => {
     const timers = new ManualTimers();
     const fired: number[] = [];
@@ -150,7 +203,7 @@ describe('KeyedScheduler', () => {
   });
 });
 
-describe('KeyedScheduler against a model', () => {
+describe('DueQueue against a model', () => {
   it('fires exactly the live keys, each at its last scheduled time, in time order', () => {
     // Random schedules, replacements and cancels, checked against a plain map.
     let seed = 42;

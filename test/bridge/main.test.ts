@@ -189,7 +189,8 @@ describe('kube-drac bridge (process)', () => {
       headers: { 'content-type': 'application/json', 'x-api-key': API_KEY },
       body: JSON.stringify({ login: 'ideal', remote: '192.0.2.11', protocol: 'imap', success: true, policy_reject: false }),
     });
-    assert.equal(report.status, 200);
+    // 202 when the write outlasts Dovecot's patience (a loaded API server): it lands all the same.
+    assert.ok([200, 202].includes(report.status), `status ${report.status}`);
     assert.equal(await dracAdd(port('drac'), '192.0.2.12'), 0, 'ADD_SUCCESS');
     assert.match(await whoson(port('whoson'), 'LOGIN 192.0.2.13 wanda'), /^\+/);
 

@@ -151,22 +151,24 @@ export interface SnapshotOptions {
 export async function snapshotMaildir(maildir: string, opts: SnapshotOptions = {}): Promise<MaildirMessage[]> {
   const newDir = path.join(maildir, 'new');
   const curDir = path.join(maildir, 'cur');
-  let inNew = await listFolder(newDir);
-  if (opts.moveNewToCur && inNew.length > 0) {
-    const stayed = await Promise.all(
-      inNew.map(async (name) => {
-        try {
-          await fsp.rename(path.join(newDir, name), path.join(curDir, name.includes(':') ? name : `${name}:2,`));
-          return undefined;
-        } catch (err) {
-          // Gone: another reader moved it, and cur/ (read below) has it. Otherwise it stays in new/.
-          return (err as NodeJS.ErrnoException).code === 'ENOENT' ? undefined : name;
-        }
-      }),
-    );
-    inNew = stayed.filter((name) => name !== undefined);
-  }
-  const files = [...(await listFolder(curDir)).map((name) => ({ name, file: path.join(curDir, name) })), ...inNew.map((name) => ({ name, file: path.join(newDir, name) }))];
+  // Both folders at once; what moves from new/ is then known by name without reading cur/ again.
+  const [inCur, inNew] = await Promise.all([listFolder(curDir), listFolder(newDir)]);
+  const files = inCur.map((name) => ({ name, file: path.join(curDir, name) }));
+  const moved = await Promise.all(
+    inNew.map(async (name) => {
+      const stays = { name, file: path.join(newDir, name) };
+      if (!opts.moveNewToCur) return stays;
+      const to = name.includes(':') ? name : `${name}:2,`;
+      try {
+        await fsp.rename(stays.file, path.join(curDir, to));
+        return { name: to, file: path.join(curDir, to) };
+      } catch (err) {
+        // Gone: another reader moved it since we listed new/ (it shows up next session). Otherwise it stays in new/.
+        return (err as NodeJS.ErrnoException).code === 'ENOENT' ? undefined : stays;
+      }
+    }),
+  );
+  for (const f of moved) if (f !== undefined) files.push(f);
   // Sizes in parallel: one after another, each stat would wait for its own trip to the thread pool.
   const sizes = await Promise.all(files.map((f) => rawSizeOf(f.file)));
   const found: Array<{ baseName: string; path: string; rawSize: number }> = [];

@@ -93,6 +93,39 @@ describe('GrantCache on the shared API server', () => {
     assert.equal(cache.lookup('2001:db8:a::1'), undefined);
   });
 
+  it('keeps each grant\'s address, user and expiry in its slot as grants come and go', async () => {
+    const lean = new GrantCache({ client: k.client, namespace: k.namespace, indexUsers: false });
+    await lean.start();
+    try {
+      const t = Date.now() + 20 * MIN;
+      const grants = [
+        grant('v4-198.51.100.30', '198.51.100.30', t, 'u30'),
+        grant('v4-10.1.0.0-16', '10.1.0.0/16', t + 1000, 'u16'),
+        grant('v6-20010db8000c000d0000000000000000-64', '2001:db8:c:d::/64', t + 2000, 'u64'),
+      ];
+      for (const g of grants) await k.client.create(grantsPath(k.namespace), g);
+      await k.client.delete(grantsPath(k.namespace, 'v4-198.51.100.30'));
+      // Takes the freed slot.
+      await k.client.create(grantsPath(k.namespace), grant('v4-198.51.100.31', '198.51.100.31', t + 3000, 'u31'));
+      for (const c of [cache, lean]) await eventually('all indexed', () => c.get('v4-198.51.100.31') !== undefined && c.get('v4-198.51.100.30') === undefined);
+      assert.deepEqual(cache.get('v4-10.1.0.0-16'), { address: '10.1.0.0/16', user: 'u16', expiresAtMs: t + 1000 });
+      assert.deepEqual(cache.get('v4-198.51.100.31'), { address: '198.51.100.31', user: 'u31', expiresAtMs: t + 3000 });
+      assert.equal(cache.lookup('10.1.2.3')?.address, '10.1.0.0/16');
+      assert.equal(cache.lookup('2001:db8:c:d::5')?.user, 'u64');
+      assert.equal(cache.expiresAtMsOf('v6-20010db8000c000d0000000000000000-64'), t + 2000);
+      assert.equal(cache.expiresAtMsOf('v4-198.51.100.30'), undefined);
+      const expiries = new Map<string, number>();
+      cache.forEachExpiry((name, at) => expiries.set(name, at));
+      assert.deepEqual(new Map([...cache.entries()].map(([name, e]) => [name, e.expiresAtMs])), expiries);
+      assert.equal(expiries.size, cache.size);
+      // A cache told not to keep users answers the same, with user ''.
+      assert.deepEqual(lean.get('v4-198.51.100.31'), { address: '198.51.100.31', user: '', expiresAtMs: t + 3000 });
+      assert.equal(lean.lookup('10.1.2.3')?.name, 'v4-10.1.0.0-16');
+    } finally {
+      await lean.stop();
+    }
+  });
+
   it('resumes from a stale resourceVersion by relisting (the server answers 410 Gone)', async () => {
     const relistsBefore = await metricValue('kubedrac_grant_cache_relists_total');
     cache.restartWatch('1');

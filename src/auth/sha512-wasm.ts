@@ -2,6 +2,7 @@
 // SHA512-CRYPT's 5000 rounds each hash ~100 bytes: through node:crypto every round pays a call into
 // OpenSSL (~1 µs); this kernel runs a whole round in a few hundred nanoseconds. The 80 rounds and
 // the message schedule are unrolled, and the eight working variables are renamed instead of moved.
+import { I32, I64, oneFunctionModule, uleb, wasm, type WasmMemory } from '../wasm.ts';
 
 const K = [
   '428a2f98d728ae22', '7137449123ef65cd', 'b5c0fbcfec4d3b2f', 'e9b5dba58189dbbc', '3956c25bf348b538', '59f111f1b605d019', '923f82a4af194f9b', 'ab1c5ed5da6d8118',
@@ -26,17 +27,6 @@ const OP = {
   i32Const: 0x41, i64Const: 0x42, i32Eqz: 0x45, i32Add: 0x6a, i32Sub: 0x6b,
   i64Add: 0x7c, i64And: 0x83, i64Or: 0x84, i64Xor: 0x85, i64Shl: 0x86, i64ShrU: 0x88, i64Rotl: 0x89, i64Rotr: 0x8a,
 } as const;
-
-function uleb(n: number): number[] {
-  const out: number[] = [];
-  do {
-    let byte = n & 0x7f;
-    n >>>= 7;
-    if (n !== 0) byte |= 0x80;
-    out.push(byte);
-  } while (n !== 0);
-  return out;
-}
 
 function sleb(value: bigint): number[] {
   let v = BigInt.asIntN(64, value);
@@ -206,37 +196,13 @@ function hashFunctionBody(): number[] {
   }
   emit(OP.end);
   // Locals: one group of 98 i64 (H, V, W, t1, t2).
-  return [1, ...uleb(98), 0x7e, ...code];
-}
-
-function section(id: number, payload: number[]): number[] {
-  return [id, ...uleb(payload.length), ...payload];
+  return [1, ...uleb(98), I64, ...code];
 }
 
 function moduleBytes(): Uint8Array {
-  const name = (s: string) => [...uleb(s.length), ...Buffer.from(s)];
-  const body = hashFunctionBody();
-  return new Uint8Array([
-    0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00,
-    ...section(1, [1, 0x60, 3, 0x7f, 0x7f, 0x7f, 0]), // type 0: (i32 i32 i32) -> ()
-    ...section(2, [1, ...name('env'), ...name('mem'), 0x02, 0x00, 1]), // import memory env.mem (min 1 page)
-    ...section(3, [1, 0]), // one function of type 0
-    ...section(7, [1, ...name('hash'), 0x00, 0]), // export "hash" = function 0
-    ...section(10, [1, ...uleb(body.length), ...body]),
-  ]);
+  // hash(ptr, nblocks, out: i32) -> ()
+  return oneFunctionModule({ params: [I32, I32, I32], results: [], exportName: 'hash', body: hashFunctionBody() });
 }
-
-// The project's TypeScript libs have no WebAssembly types: the little used here, typed here.
-interface WasmMemory {
-  readonly buffer: ArrayBuffer;
-  grow(pages: number): number;
-}
-interface WasmApi {
-  Module: new (bytes: Uint8Array) => object;
-  Memory: new (descriptor: { initial: number }) => WasmMemory;
-  Instance: new (module: object, imports: object) => { exports: Record<string, unknown> };
-}
-const wasm = (globalThis as unknown as { WebAssembly: WasmApi }).WebAssembly;
 
 export interface Sha512Kernel {
   memory: WasmMemory;

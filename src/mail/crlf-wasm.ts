@@ -4,6 +4,8 @@
 // made the encoding a quarter of a RETR's CPU. Here each 16-byte block costs one SIMD compare, and
 // only line ends and line starts go byte by byte.
 
+import { I32, V128, oneFunctionModule, uleb, wasm } from '../wasm.ts';
+
 const OP = {
   block: 0x02, loop: 0x03, if: 0x04, else: 0x05, end: 0x0b, br: 0x0c, brIf: 0x0d, void: 0x40,
   localGet: 0x20, localSet: 0x21, localTee: 0x22,
@@ -16,17 +18,6 @@ const SIMD = { v128Load: 0x00, v128Store: 0x0b, i8x16Splat: 0x0f, i8x16Eq: 0x23,
 const LF = 0x0a;
 const CR = 0x0d;
 const DOT = 0x2e;
-
-function uleb(n: number): number[] {
-  const out: number[] = [];
-  do {
-    let byte = n & 0x7f;
-    n >>>= 7;
-    if (n !== 0) byte |= 0x80;
-    out.push(byte);
-  } while (n !== 0);
-  return out;
-}
 
 /**
  * `encode(src, n, dst, prev) -> written`: encode n bytes at src into dst; `prev` is the byte
@@ -45,7 +36,7 @@ function encodeFunctionBody(): number[] {
   const putByte = (x: number[]) => [...get(w), ...x, OP.i32Store8, ...mem0, ...add(w, cnst(1))];
   const prevFromSrc = [...get(src), ...cnst(1), OP.i32Sub, OP.i32Load8u, ...mem0, ...set(prev)];
   return [
-    ...[2, 4, 0x7f, 1, 0x7b], // locals: 4 x i32, 1 x v128
+    ...[2, 4, I32, 1, V128], // locals: 4 x i32, 1 x v128
     ...get(src), ...get(n), OP.i32Add, ...set(end),
     ...get(dst), ...set(w),
     OP.block, OP.void, // exit
@@ -91,31 +82,6 @@ function encodeFunctionBody(): number[] {
   ];
 }
 
-function section(id: number, content: number[]): number[] {
-  return [id, ...uleb(content.length), ...content];
-}
-
-function moduleBytes(): Uint8Array {
-  const name = (s: string) => [...uleb(s.length), ...Buffer.from(s)];
-  const body = encodeFunctionBody();
-  return new Uint8Array([
-    0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00,
-    ...section(1, [1, 0x60, 4, 0x7f, 0x7f, 0x7f, 0x7f, 1, 0x7f]), // type 0: (i32 i32 i32 i32) -> i32
-    ...section(2, [1, ...name('env'), ...name('mem'), 0x02, 0x00, 1]), // import memory env.mem
-    ...section(3, [1, 0]),
-    ...section(7, [1, ...name('encode'), 0x00, 0]),
-    ...section(10, [1, ...uleb(body.length), ...body]),
-  ]);
-}
-
-// The project's TypeScript libs have no WebAssembly types: the little used here, typed here.
-interface WasmApi {
-  Module: new (bytes: Uint8Array) => object;
-  Memory: new (descriptor: { initial: number }) => { readonly buffer: ArrayBuffer };
-  Instance: new (module: object, imports: object) => { exports: Record<string, unknown> };
-}
-const wasm = (globalThis as unknown as { WebAssembly: WasmApi }).WebAssembly;
-
 /** Input bytes encoded per call; the output may be twice as long. */
 export const ENCODE_BLOCK = 64 * 1024;
 const OUTPUT_AT = ENCODE_BLOCK;
@@ -125,7 +91,8 @@ let kernel: { mem: Uint8Array; encode: (src: number, n: number, dst: number, pre
 function load(): NonNullable<typeof kernel> {
   const pages = Math.ceil((OUTPUT_AT + 2 * ENCODE_BLOCK + 16) / 65536);
   const memory = new wasm.Memory({ initial: pages });
-  const instance = new wasm.Instance(new wasm.Module(moduleBytes()), { env: { mem: memory } });
+  const bytes = oneFunctionModule({ params: [I32, I32, I32, I32], results: [I32], exportName: 'encode', body: encodeFunctionBody() });
+  const instance = new wasm.Instance(new wasm.Module(bytes), { env: { mem: memory } });
   return { mem: new Uint8Array(memory.buffer), encode: instance.exports.encode as (src: number, n: number, dst: number, prev: number) => number };
 }
 

@@ -4,9 +4,8 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import net from 'node:net';
 import { after, describe, it } from 'node:test';
-import { parseConfig } from '../../src/config/load.ts';
 import { runPop3 } from '../../src/pop3/main.ts';
-import { RawClient, RecordingRenewer, deliverWithLda, makeWorld, testMessage } from './support.ts';
+import { RawClient, RecordingRenewer, deliverWithLda, makeWorld, pop3Document, testMessage } from './support.ts';
 
 describe('runPop3', () => {
   const world = makeWorld('main');
@@ -14,21 +13,7 @@ describe('runPop3', () => {
 
   it('serves POP3 and /metrics, /readyz; close ends sessions without deleting and stops the listeners', async () => {
     deliverWithLda(world, 'carol', testMessage('kept', ['body']));
-    const doc = parseConfig(
-      JSON.stringify({
-        metrics: { host: '127.0.0.1', port: 0 },
-        pop3: {
-          listen: { host: '127.0.0.1', port: 0 },
-          tls: { certFile: world.cert.certFile, keyFile: world.cert.keyFile },
-          tlsPort: 0,
-          allowPlaintextAuth: true,
-          mailRoot: world.mailRoot,
-          usersFile: world.usersFile,
-          passwordThreads: 1,
-        },
-      }),
-      'test',
-    );
+    const doc = pop3Document(world);
     const renewer = new RecordingRenewer();
     const role = await runPop3(doc, undefined, { renewer });
     const c = await RawClient.connect(role.server.port);
@@ -70,13 +55,7 @@ describe('runPop3', () => {
   });
 
   it('/readyz says no while the mail root is unusable or the users file is empty, and once closing', async () => {
-    const doc = parseConfig(
-      JSON.stringify({
-        metrics: { host: '127.0.0.1', port: 0 },
-        pop3: { listen: { host: '127.0.0.1', port: 0 }, allowPlaintextAuth: true, mailRoot: world.mailRoot, usersFile: world.usersFile, passwordThreads: 1 },
-      }),
-      'test',
-    );
+    const doc = pop3Document(world);
     const role = await runPop3(doc, undefined, { renewer: new RecordingRenewer() });
     const readyz = async () => {
       const res = await fetch(`http://127.0.0.1:${role.healthPort}/readyz`);

@@ -5,6 +5,7 @@ import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import tls from 'node:tls';
+import { parseConfig, type ConfigDocument } from '../../src/config/load.ts';
 import { ConfigReader } from '../../src/config/reader.ts';
 import type { GrantRenewer, GrantSource, RenewOutcome } from '../../src/grants/types.ts';
 import { GrantWriteError } from '../../src/grants/types.ts';
@@ -63,6 +64,26 @@ export function deliverWithLda(world: World, user: string, message: string): voi
     'setpriv',
     ['--reuid=65534', '--regid=65534', '--clear-groups', '/usr/lib/dovecot/dovecot-lda', '-c', conf, '-e', '-f', 'sender@example.org'],
     { input: message, env: { HOME: world.mailRoot, PATH: process.env.PATH ?? '/usr/bin:/bin' } },
+  );
+}
+
+/** A config document for runPop3 on free loopback ports with the world's files; `pop3` keys override. */
+export function pop3Document(world: World, pop3: Record<string, unknown> = {}): ConfigDocument {
+  return parseConfig(
+    JSON.stringify({
+      metrics: { host: '127.0.0.1', port: 0 },
+      pop3: {
+        listen: { host: '127.0.0.1', port: 0 },
+        tls: { certFile: world.cert.certFile, keyFile: world.cert.keyFile },
+        tlsPort: 0,
+        allowPlaintextAuth: true,
+        mailRoot: world.mailRoot,
+        usersFile: world.usersFile,
+        passwordThreads: 1,
+        ...pop3,
+      },
+    }),
+    'test',
   );
 }
 

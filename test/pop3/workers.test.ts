@@ -2,11 +2,10 @@
 // writes, the throttle, /readyz and /metrics still behave as one server.
 import assert from 'node:assert/strict';
 import { after, describe, it } from 'node:test';
-import { parseConfig } from '../../src/config/load.ts';
 import { ConfigError, ConfigReader } from '../../src/config/reader.ts';
 import { parsePop3Config } from '../../src/pop3/config.ts';
 import { runPop3 } from '../../src/pop3/main.ts';
-import { RawClient, RecordingRenewer, deliverWithLda, makeWorld, testMessage } from './support.ts';
+import { RawClient, RecordingRenewer, deliverWithLda, makeWorld, pop3Document, testMessage } from './support.ts';
 
 /** The worker's pid, from the APOP timestamp `<pid.session@name>` of the greeting. */
 const pidOf = (c: RawClient) => Number(/<(\d+)\./.exec(c.greeting)?.[1]);
@@ -27,23 +26,7 @@ describe('POP3 with several worker processes', () => {
 
   it('spreads sessions over the workers; lock, grants, throttle, readiness and metrics stay shared', async () => {
     deliverWithLda(world, 'carol', testMessage('kept', ['body']));
-    const doc = parseConfig(
-      JSON.stringify({
-        metrics: { host: '127.0.0.1', port: 0 },
-        pop3: {
-          listen: { host: '127.0.0.1', port: 0 },
-          tls: { certFile: world.cert.certFile, keyFile: world.cert.keyFile },
-          tlsPort: 0,
-          allowPlaintextAuth: true,
-          mailRoot: world.mailRoot,
-          usersFile: world.usersFile,
-          workers: 2,
-          passwordThreads: 1,
-          throttle: { failureDelay: '10ms', maxFailuresPerAddress: 4 },
-        },
-      }),
-      'test',
-    );
+    const doc = pop3Document(world, { workers: 2, throttle: { failureDelay: '10ms', maxFailuresPerAddress: 4 } });
     const renewer = new RecordingRenewer();
     const role = await runPop3(doc, undefined, { renewer });
     try {

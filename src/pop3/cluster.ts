@@ -1,18 +1,18 @@
 // pop3.workers > 1: the POP3 role as a primary and N worker processes (node:cluster), the way
 // Dovecot spreads sessions over processes so that one replica uses all its cores. The primary
 // accepts nothing itself beyond handing connections out (round robin); it holds what must be one
-// per replica (the grant store, the throttle, the session limits: shared.ts), answers /readyz
+// per replica (the grant store, the session limits) and relays failed logins to every worker's
+// throttle (shared.ts), answers /readyz
 // for all (ready when every worker is), sums their metrics, and replaces a worker that dies.
 import cluster, { type Worker } from 'node:cluster';
 import { AggregatorRegistry } from 'prom-client';
-import { LoginThrottle } from '../auth/throttle.ts';
 import type { GrantRenewer } from '../grants/types.ts';
 import { ConnectionLimiter } from '../net/limits.ts';
 import type { Logger } from '../observability/log.ts';
 import { registry } from '../observability/metrics.ts';
 import { pop3ConfigToWire, type Pop3Config, type Pop3ConfigWire } from './config.ts';
 import type { Pop3Server } from './server.ts';
-import { serveSharedState, type SharedState } from './shared.ts';
+import { serveSharedState, type PrimaryReply } from './shared.ts';
 
 /** One process's metrics, as `registry.getMetricsAsJSON()` gives them. */
 type MetricsJson = object[];
@@ -58,9 +58,8 @@ export interface Pop3ClusterDeps {
 
 export async function startPop3Cluster(config: Pop3Config, deps: Pop3ClusterDeps): Promise<Pop3Cluster> {
   const { log } = deps;
-  const shared: SharedState = {
+  const shared = {
     renewer: deps.renewer,
-    throttle: new LoginThrottle({ ...config.throttle }),
     limiter: new ConnectionLimiter({ maxTotal: config.limits.maxSessions, maxPerAddress: config.limits.maxSessionsPerAddress }),
   };
   const setup: WorkerSetup = { config: pop3ConfigToWire(config), logLevel: deps.logLevel };
@@ -80,7 +79,9 @@ export async function startPop3Cluster(config: Pop3Config, deps: Pop3ClusterDeps
       const worker = cluster.fork({ [WORKER_ENV]: JSON.stringify(setup) });
       const slot: Slot = { worker, listening: false, reasons: ['starting'], reportedAt: Date.now() };
       slots[index] = slot;
-      const sharing = serveSharedState(worker, shared);
+      const sharing = serveSharedState(worker, shared, (failure) => {
+        for (const other of slots) if (other !== slot && other.worker.isConnected()) other.worker.send({ kd: 'failed', ...failure } satisfies PrimaryReply);
+      });
       const timer = setTimeout(() => {
         reject(new Error(`pop3 worker ${index + 1} did not start within ${START_TIMEOUT_MS} ms`));
         worker.kill();

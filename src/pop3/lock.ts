@@ -47,23 +47,14 @@ function isAlive(pid: number): boolean {
 const fsCall = <T>(run: (cb: (err: NodeJS.ErrnoException | null, value: T) => void) => void): Promise<T> =>
   new Promise((resolve, reject) => run((err, value) => (err ? reject(err) : resolve(value))));
 
-/** The lock's content, undefined when there is no lock file. */
-async function readContent(file: string): Promise<LockContent | undefined> {
-  let fd: number;
-  try {
-    fd = await fsCall<number>((cb) => fs.open(file, 'r', cb));
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-    throw err;
-  }
+/** What a lock file we hold open says; undefined when it cannot be read or parsed. */
+async function readContent(fd: number): Promise<LockContent | undefined> {
   try {
     const buf = Buffer.allocUnsafe(1024);
     const n = await fsCall<number>((cb) => fs.read(fd, buf, 0, buf.length, 0, cb));
     return JSON.parse(buf.toString('utf8', 0, n)) as LockContent;
   } catch {
-    return undefined; // half-written or foreign
-  } finally {
-    fs.close(fd, () => undefined);
+    return undefined;
   }
 }
 
@@ -96,13 +87,14 @@ export async function lockMaildrop(maildir: string, opts: LockOptions): Promise<
 
   for (let attempt = 0; attempt < 3; attempt++) {
     try {
-      const fd = await fsCall<number>((cb) => fs.open(file, 'wx', 0o600, cb));
-      try {
-        await fsCall<number>((cb) => fs.write(fd, JSON.stringify(content), cb));
-      } finally {
-        fs.close(fd, () => undefined);
-      }
-      return holdLock(file, token, opts);
+      const fd = await fsCall<number>((cb) => fs.open(file, 'wx+', 0o600, cb));
+      // The lock is ours from here. What it says lands meanwhile: a reader that finds it still
+      // empty judges it by age, and a fresh lock is in use.
+      const written = fsCall<number>((cb) => fs.write(fd, JSON.stringify(content), cb)).then(
+        () => undefined,
+        () => undefined,
+      );
+      return holdLock(file, fd, token, written, opts);
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
     }
@@ -140,10 +132,15 @@ async function breakLock(file: string, stale: fs.Stats): Promise<void> {
   await fsp.unlink(aside).catch(() => undefined);
 }
 
-function holdLock(file: string, token: string, opts: LockOptions): HeldLock {
+/**
+ * The lock file stays open while held: its inode cannot be reused meanwhile, so the file at the
+ * path is ours exactly when it is that inode and still holds our token.
+ */
+function holdLock(file: string, fd: number, token: string, written: Promise<void>, opts: LockOptions): HeldLock {
+  // Touch the file we hold, not whatever the path names now (a lock that replaced a broken one).
   const timer = setInterval(() => {
     const now = new Date();
-    fsp.utimes(file, now, now).catch(() => undefined);
+    fs.futimes(fd, now, now, () => undefined);
   }, opts.heartbeatMs);
   timer.unref();
   let released = false;
@@ -152,9 +149,20 @@ function holdLock(file: string, token: string, opts: LockOptions): HeldLock {
       if (released) return;
       released = true;
       clearInterval(timer);
-      // Remove only our own lock: if it was broken and re-taken, the file is someone else's.
-      const current = await readContent(file).catch(() => undefined);
-      if (current?.token === token) await fsp.unlink(file).catch(() => undefined);
+      await written;
+      try {
+        // Remove only our own lock: if it was broken and re-taken, the file is someone else's.
+        const [held, there, content] = await Promise.all([
+          fsCall<fs.Stats>((cb) => fs.fstat(fd, cb)),
+          fsp.stat(file).catch(() => undefined),
+          readContent(fd),
+        ]);
+        if (there !== undefined && there.ino === held.ino && there.dev === held.dev && content?.token === token) await fsp.unlink(file).catch(() => undefined);
+      } catch {
+        /* not ours to remove */
+      } finally {
+        fs.close(fd, () => undefined);
+      }
     },
   };
 }

@@ -1,9 +1,12 @@
 // What every POP3 worker process must see the same (pop3.workers > 1): the grant writes, so that
 // one address is written at most once per renew interval whichever worker its logins land on;
 // the brute-force throttle, so that N workers do not give an attacker N times the allowance; and
-// the session limits. One process holds each (the primary, like Dovecot's auth and anvil); the
-// workers ask it over the cluster IPC channel. The maildrop lock needs none of this: it is a file.
-import type { ThrottleVerdict } from '../auth/throttle.ts';
+// the session limits. The primary holds the grant store and the limits (like Dovecot's auth and
+// anvil) and the workers ask it over the cluster IPC channel. The throttle is checked before
+// every password, so each worker keeps a copy that every failure, wherever it happened, is
+// applied to (relayed by the primary): a check costs no trip, and the copies differ only for the
+// moment a relay takes. The maildrop lock needs none of this: it is a file.
+import { LoginThrottle, type ThrottleOptions, type ThrottleVerdict } from '../auth/throttle.ts';
 import { GrantWriteError, type GrantRenewer, type GrantSource, type RenewOutcome } from '../grants/types.ts';
 import type { AcquireResult } from '../net/limits.ts';
 
@@ -25,13 +28,12 @@ export interface SharedState {
 /** Worker -> primary. */
 export type WorkerRequest =
   | { kd: 'renew'; id: number; ip: string; user: string; source: GrantSource }
-  | { kd: 'check'; id: number; address: string; user: string; now: number }
   | { kd: 'failed'; address: string; user: string; now: number }
   | { kd: 'acquire'; id: number; ip: string }
   | { kd: 'release'; slot: number };
 
-/** Primary -> worker. */
-export type PrimaryReply = { kd: 'reply'; id: number; value?: unknown; error?: string };
+/** Primary -> worker: answers, and the failed logins of the other workers. */
+export type PrimaryReply = { kd: 'reply'; id: number; value?: unknown; error?: string } | { kd: 'failed'; address: string; user: string; now: number };
 
 interface Channel {
   send(message: WorkerRequest): void;
@@ -39,12 +41,14 @@ interface Channel {
 }
 
 /** The worker's side: the shared state as asked of the primary. */
-export function sharedStateOverIpc(channel: Channel): SharedState {
+export function sharedStateOverIpc(channel: Channel, throttleOptions: ThrottleOptions): SharedState {
   let nextId = 1;
   const waiting = new Map<number, { resolve: (value: unknown) => void; reject: (err: Error) => void }>();
+  const throttle = new LoginThrottle(throttleOptions);
   channel.on('message', (message) => {
-    const m = message as Partial<PrimaryReply>;
-    if (m.kd !== 'reply' || m.id === undefined) return;
+    const m = message as PrimaryReply;
+    if (m.kd === 'failed') return throttle.failed(m.address, m.user, m.now);
+    if (m.kd !== 'reply') return;
     const w = waiting.get(m.id);
     if (w === undefined) return;
     waiting.delete(m.id);
@@ -64,8 +68,11 @@ export function sharedStateOverIpc(channel: Channel): SharedState {
         }),
     },
     throttle: {
-      check: (address, user, now) => ask<ThrottleVerdict>({ kd: 'check', id: nextId++, address, user, now }),
-      failed: (address, user, now) => channel.send({ kd: 'failed', address, user, now }),
+      check: (address, user, now) => throttle.check(address, user, now),
+      failed: (address, user, now) => {
+        throttle.failed(address, user, now);
+        channel.send({ kd: 'failed', address, user, now });
+      },
     },
     limiter: {
       acquire: async (ip) => {
@@ -86,10 +93,15 @@ export function sharedStateOverIpc(channel: Channel): SharedState {
 }
 
 /**
- * The primary's side for one worker: answer its requests from the state the primary holds.
- * Returns `releaseAll`, for when the worker is gone: the sessions it held are over.
+ * The primary's side for one worker: answer its requests from the grant store and the limits the
+ * primary holds, and hand its failed logins to `relayFailure` (for the other workers). Returns
+ * `releaseAll`, for when the worker is gone: the sessions it held are over.
  */
-export function serveSharedState(worker: { send(message: PrimaryReply): void; on(event: 'message', listener: (message: unknown) => void): void }, state: SharedState): { releaseAll(): void } {
+export function serveSharedState(
+  worker: { send(message: PrimaryReply): void; on(event: 'message', listener: (message: unknown) => void): void },
+  state: Omit<SharedState, 'throttle'>,
+  relayFailure: (failure: { address: string; user: string; now: number }) => void,
+): { releaseAll(): void } {
   const slots = new Map<number, () => void>();
   let nextSlot = 1;
   const reply = (id: number, value: unknown) => worker.send({ kd: 'reply', id, value });
@@ -102,11 +114,8 @@ export function serveSharedState(worker: { send(message: PrimaryReply): void; on
           (err: unknown) => worker.send({ kd: 'reply', id: m.id, error: (err as Error).message }),
         );
         return;
-      case 'check':
-        void Promise.resolve(state.throttle.check(m.address, m.user, m.now)).then((verdict) => reply(m.id, verdict));
-        return;
       case 'failed':
-        state.throttle.failed(m.address, m.user, m.now);
+        relayFailure({ address: m.address, user: m.user, now: m.now });
         return;
       case 'acquire':
         void Promise.resolve(state.limiter.acquire(m.ip)).then((result) => {

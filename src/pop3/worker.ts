@@ -1,5 +1,6 @@
 // One POP3 worker process (pop3.workers > 1), forked by cluster.ts: the sessions on its share of
-// the connections, with grants, throttle and session limits asked of the primary (shared.ts).
+// the connections, with grants and session limits asked of the primary and a throttle that every
+// worker's failures reach (shared.ts).
 // It tells the primary its ports once, then its readiness every second, and stops when told to
 // or when the primary is gone.
 import cluster from 'node:cluster';
@@ -34,7 +35,9 @@ process.on('SIGTERM', () => void stop());
 process.on('disconnect', () => void stop());
 
 try {
-  server = await startPop3Server(pop3ConfigFromWire(setup.config), { ...sharedStateOverIpc({ send, on: (event, listener) => process.on(event, listener) }), log });
+  const config = pop3ConfigFromWire(setup.config);
+  const shared = sharedStateOverIpc({ send, on: (event, listener) => process.on(event, listener) }, config.throttle);
+  server = await startPop3Server(config, { ...shared, log });
 } catch (err) {
   send({ kd: 'failed', error: (err as Error).message });
   process.exit(1);

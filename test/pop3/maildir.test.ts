@@ -177,6 +177,19 @@ describe('maildrop lock', () => {
   it('does not remove a lock that another session took after ours was broken', async () => {
     const held = await lockMaildrop(dir, opts);
     const file = path.join(dir, LOCK_FILE);
+    // What a session that judged ours stale does: move it aside, remove it, create its own.
+    fs.renameSync(file, `${file}.stale.x`);
+    fs.rmSync(`${file}.stale.x`);
+    fs.writeFileSync(file, JSON.stringify({ host: 'other', pid: 1, token: 'theirs', since: '' }), { flag: 'wx' });
+    await held.release();
+    assert.equal(JSON.parse(fs.readFileSync(file, 'utf8')).token, 'theirs');
+    fs.rmSync(file);
+  });
+
+  it('a lock file overwritten in place with another token is not removed either', async () => {
+    const held = await lockMaildrop(dir, opts);
+    const file = path.join(dir, LOCK_FILE);
+    await new Promise((r) => setTimeout(r, 50)); // our own content has landed
     fs.writeFileSync(file, JSON.stringify({ host: 'other', pid: 1, token: 'theirs', since: '' }));
     await held.release();
     assert.ok(fs.existsSync(file));

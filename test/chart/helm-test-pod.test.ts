@@ -71,7 +71,9 @@ describe('the helm test Pod script', { skip: BUSYBOX === undefined && 'busybox i
   before(async () => {
     tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'kube-drac-helm-test-'));
     kube = await kubeForTest('helm-test-pod');
-    fs.writeFileSync(path.join(tmp, 'passwd'), '');
+    // pop3 is ready only with a usable mail root and a loaded users file.
+    fs.writeFileSync(path.join(tmp, 'passwd'), 'demo:{PLAIN}demo\n');
+    fs.mkdirSync(path.join(tmp, 'mail'), { recursive: true });
     await Promise.all([
       start('pop3', `  listen: {host: 127.0.0.1, port: PORT}\n  allowPlaintextAuth: true\n  passwordThreads: 0\n  mailRoot: ${tmp}/mail\n  usersFile: ${tmp}/passwd\n`),
       start('smtp', `  hostname: mail.example.test\n  listen: {host: 127.0.0.1, port: PORT}\n  localDomains: [example.test]\n  mailRoot: ${tmp}/mail\n  outbox: ${tmp}/outbox\n`),

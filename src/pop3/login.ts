@@ -87,22 +87,23 @@ export class Pop3Login {
       return failLater({ result: 'failed' });
     }
 
+    // The credentials were right: the grant is deserved whatever the maildrop says (locked by
+    // another session, or unreadable for now), so it is written while the maildrop opens.
+    loginsTotal.inc({ result: 'success' });
+    const granted = this.grant(user, client);
     let maildrop: Maildrop;
     try {
       maildrop = await d.openMaildrop(user);
     } catch (err) {
+      await granted;
       if (err instanceof MaildropInUseError) {
-        loginsTotal.inc({ result: 'success' });
         d.log.info('maildrop_in_use', { session: client.sessionId, user });
-        // The credentials were right: the grant is still deserved.
-        await this.grant(user, client);
         return { result: 'in-use' };
       }
       d.log.error('maildrop_open_failed', { session: client.sessionId, user, error: err as Error });
       return { result: 'temporary', reason: 'maildrop unavailable' };
     }
-    loginsTotal.inc({ result: 'success' });
-    await this.grant(user, client);
+    await granted;
     d.log.info('login', { session: client.sessionId, user, messages: maildrop.messages.length });
     return { result: 'ok', maildrop };
   }

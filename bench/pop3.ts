@@ -103,6 +103,12 @@ async function startOurs(dir: string, kubeconfig: string): Promise<{ port: numbe
 // ---------------------------------------------------------------------------------------------
 // Dovecot, standalone, tuned as BENCHMARKS.md says.
 
+interface Dovecot {
+  port: number;
+  child: ChildProcess;
+  conf: string;
+}
+
 async function freePort(): Promise<number> {
   const s = net.createServer();
   await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
@@ -111,9 +117,10 @@ async function freePort(): Promise<number> {
   return port;
 }
 
-async function startDovecot(dir: string, mailRoot: string, usersFile: string): Promise<{ port: number; child: ChildProcess; conf: string }> {
+/** `extra` settings go at the end of dovecot.conf; `name` keeps each instance's run and state apart. */
+async function startDovecot(dir: string, mailRoot: string, usersFile: string, name = 'dovecot', extra = ''): Promise<Dovecot> {
   const port = await freePort();
-  const base = path.join(dir, 'dovecot');
+  const base = path.join(dir, name);
   fs.mkdirSync(base, { recursive: true });
   const conf = path.join(base, 'dovecot.conf');
   fs.writeFileSync(
@@ -157,6 +164,7 @@ service anvil {
 }
 default_process_limit = 1000
 default_client_limit = 10000
+${extra}
 `,
   );
   const child = spawn('dovecot', ['-c', conf, '-F'], { stdio: 'ignore' });
@@ -394,7 +402,8 @@ export async function run({ quick }: BenchOptions): Promise<BenchResult[]> {
   const rows: BenchResult[] = [];
   const plane = new ControlPlane();
   let ours: { port: number; child: ChildProcess } | undefined;
-  let dovecot: { port: number; child: ChildProcess; conf: string } | undefined;
+  let dovecot: Dovecot | undefined;
+  let lockingDovecot: Dovecot | undefined;
   try {
     const { usersFile, mailRoot } = makeWorld(dir);
     await plane.start();
@@ -447,13 +456,25 @@ export async function run({ quick }: BenchOptions): Promise<BenchResult[]> {
       const mb = b.bytes / b.seconds / 1e6;
       rows.push({ name: `pop3 RETR MB/s c=${concurrency}`, value: ma, unit: 'MB/s', peer: mb, ratio: ma / mb, target: '>= 1.0x', note: `${MESSAGES} x 100 KB per session incl. login; ${note(a, b, 'MB')}` });
     }
+    // For reference, not the target: Dovecot's POP3 takes no maildrop lock for the session unless
+    // pop3_lock_session is set; ours always holds one (RFC 1939's exclusive access, across
+    // replicas). The same work on both sides, then:
+    lockingDovecot = await startDovecot(dir, mailRoot, usersFile, 'dovecot-locking', 'pop3_lock_session = yes');
+    for (const concurrency of [1, 16]) {
+      const a = await load(ours.port, ours.child.pid as number, concurrency, seconds, false);
+      const b = await load(lockingDovecot.port, lockingDovecot.child.pid as number, concurrency, seconds, false);
+      const ra = a.sessions / a.seconds;
+      const rb = b.sessions / b.seconds;
+      rows.push({ name: `pop3 logins/s c=${concurrency} vs Dovecot pop3_lock_session=yes`, value: ra, unit: 'logins/s', peer: rb, ratio: ra / rb, note: `reference: both lock the maildrop; ${note(a, b, 'session')}` });
+    }
   } finally {
     ours?.child.kill('SIGTERM');
-    if (dovecot) {
+    for (const d of [dovecot, lockingDovecot]) {
+      if (d === undefined) continue;
       try {
-        execFileSync('doveadm', ['-c', dovecot.conf, 'stop'], { stdio: 'ignore' });
+        execFileSync('doveadm', ['-c', d.conf, 'stop'], { stdio: 'ignore' });
       } catch {
-        dovecot.child.kill('SIGTERM');
+        d.child.kill('SIGTERM');
       }
     }
     await plane.stop();

@@ -104,7 +104,10 @@ export async function startCuttableRelay(kubeconfigPath: string): Promise<Cuttab
   };
 }
 
-/** An operator process started as users start it: `node src/cli.ts operator --config FILE`. */
+/**
+ * An operator process started as users start it: `node src/cli.ts operator --config FILE`, or
+ * another entry point such as the image's compiled `dist/cli.js`.
+ */
 export interface OperatorProcess {
   child: ChildProcess;
   /** stdout and stderr lines so far. */
@@ -116,8 +119,8 @@ export interface OperatorProcess {
 
 const CLI = new URL('../../src/cli.ts', import.meta.url).pathname;
 
-export function spawnOperator(configPath: string): OperatorProcess {
-  const child = spawn(process.execPath, [CLI, 'operator', '--config', configPath], { stdio: ['ignore', 'pipe', 'pipe'] });
+export function spawnOperator(configPath: string, opts: { cli?: string; env?: NodeJS.ProcessEnv } = {}): OperatorProcess {
+  const child = spawn(process.execPath, [opts.cli ?? CLI, 'operator', '--config', configPath], { stdio: ['ignore', 'pipe', 'pipe'], env: opts.env });
   const lines: string[] = [];
   let resolvePort!: (port: number) => void;
   let rejectPort!: (err: Error) => void;

@@ -182,7 +182,7 @@ describe('maildrop lock', () => {
     fs.rmSync(`${file}.stale.x`);
     fs.writeFileSync(file, JSON.stringify({ host: 'other', pid: 1, token: 'theirs', since: '' }), { flag: 'wx' });
     await held.release();
-    assert.equal(JSON.parse(fs.readFileSync(file, 'utf8')).token, 'theirs');
+    assert.equal((JSON.parse(fs.readFileSync(file, 'utf8')) as { token: string }).token, 'theirs');
     fs.rmSync(file);
   });
 

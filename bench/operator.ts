@@ -165,7 +165,7 @@ export async function run({ quick }: BenchOptions): Promise<BenchResult[]> {
         await kill(op.proc, 'SIGTERM');
         return { rate: (burst / Math.max(1, Math.max(...times) - dueAt)) * 1000, firstMs: Math.min(...times) - dueAt };
       };
-      const rounds = quick ? 2 : 1;
+      const rounds = 2;
       const raws = [await rawRun()];
       const ours: { rate: number; firstMs: number }[] = [];
       for (let r = 0; r < rounds; r++) {

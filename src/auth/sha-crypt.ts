@@ -2,7 +2,7 @@
 // SHA-256 and SHA-512" (the algorithm of glibc crypt(3), Dovecot's SHA256-CRYPT/SHA512-CRYPT,
 // `openssl passwd -5/-6` and `mkpasswd`). Built on node:crypto's one-shot hash.
 import crypto from 'node:crypto';
-import { createSha512Kernel, paddedLength, writePadding, type Sha512Kernel } from './sha512-wasm.ts';
+import { createSha512Kernel, LAYOUT_ENTRY, paddedLength, writePadding, type Sha512Kernel } from './sha512-wasm.ts';
 
 const ALPHABET = './0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz';
 export const ROUNDS_DEFAULT = 5000;
@@ -83,11 +83,15 @@ function kernelWith(bytes: number): Sha512Kernel {
 
 /**
  * The rounds hash one of eight layouts of C, P and S (by i odd, i % 3, i % 7). P and S never
- * change, so each layout is built once, padded, with a slot for C; a round copies the previous
- * digest into its slot and hashes. SHA-512 runs in the WebAssembly kernel, in its memory.
+ * change, so each layout is built once, padded, with a slot for C, into the kernel's memory with
+ * each 8-byte word stored as the number SHA-512 reads there; the kernel then runs every round
+ * (writing the previous digest into the slot as words shifted into place, and hashing) in one call.
  */
 function roundsWasm(a: Buffer, pSeq: Buffer, sSeq: Buffer, rounds: number): Buffer {
-  const layouts: Array<{ parts: Buffer[]; slot: number; length: number }> = [];
+  const TABLE = 0;
+  const DIGEST = TABLE + 8 * LAYOUT_ENTRY;
+  const layouts: Array<{ message: Buffer; slot: number; start: number }> = [];
+  let at = DIGEST + 64;
   for (let odd = 0; odd < 2; odd++) {
     for (let by3 = 0; by3 < 2; by3++) {
       for (let by7 = 0; by7 < 2; by7++) {
@@ -96,33 +100,31 @@ function roundsWasm(a: Buffer, pSeq: Buffer, sSeq: Buffer, rounds: number): Buff
         if (by7) parts.push(pSeq);
         const slot = odd ? parts.reduce((n, x) => n + x.length, 0) : 0;
         parts.push(odd ? Buffer.alloc(64) : pSeq);
-        layouts.push({ parts, slot, length: parts.reduce((n, x) => n + x.length, 0) });
+        const length = parts.reduce((n, x) => n + x.length, 0);
+        const message = Buffer.alloc(paddedLength(length));
+        Buffer.concat(parts).copy(message);
+        writePadding(message, 0, length);
+        layouts.push({ message, slot, start: at });
+        at += message.length;
       }
     }
   }
-  const DIGEST = 0;
-  let at = 64;
-  const placed = layouts.map((l) => {
-    const start = at;
-    at += paddedLength(l.length);
-    return { start, slot: start + l.slot, blocks: paddedLength(l.length) / 128, length: l.length, parts: l.parts };
-  });
   const kernel = kernelWith(at);
   const mem = new Uint8Array(kernel.memory.buffer);
-  for (const p of placed) {
-    let w = p.start;
-    for (const part of p.parts) {
-      mem.set(part, w);
-      w += part.length;
-    }
-    writePadding(mem, p.start, p.length);
-  }
+  const view = new DataView(kernel.memory.buffer);
+  layouts.forEach((l, index) => {
+    const word = Math.floor(l.slot / 8);
+    const entry = TABLE + index * LAYOUT_ENTRY;
+    view.setUint32(entry, l.start, true);
+    view.setUint32(entry + 4, l.start + word * 8, true);
+    view.setUint32(entry + 8, l.message.length / 128, true);
+    view.setBigUint64(entry + 16, BigInt((l.slot % 8) * 8), true);
+    view.setBigUint64(entry + 24, l.message.readBigUInt64BE(word * 8), true);
+    view.setBigUint64(entry + 32, l.message.readBigUInt64BE(word * 8 + 64), true);
+    mem.set(l.message.swap64(), l.start);
+  });
   mem.set(a, DIGEST);
-  for (let i = 0; i < rounds; i++) {
-    const p = placed[((i & 1) << 2) | ((i % 3 !== 0 ? 1 : 0) << 1) | (i % 7 !== 0 ? 1 : 0)] as (typeof placed)[number];
-    mem.copyWithin(p.slot, DIGEST, DIGEST + 64);
-    kernel.hash(p.start, p.blocks, DIGEST);
-  }
+  kernel.cryptRounds(TABLE, rounds, DIGEST);
   return Buffer.from(mem.slice(DIGEST, DIGEST + 64));
 }
 

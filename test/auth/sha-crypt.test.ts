@@ -66,6 +66,34 @@ describe('SHA-crypt', () => {
     assert.equal(mine, theirs);
   });
 
+  it('matches glibc crypt(3) for every password length up to 3 blocks a round and every salt length', (t) => {
+    // Python's crypt module is the C library's crypt(3) (deprecated, gone in Python 3.13).
+    const probe = (cases: Array<[string, string]>) =>
+      execFileSync('python3', ['-W', 'ignore', '-c', 'import crypt,json,sys\nfor p,s in json.load(sys.stdin): print(crypt.crypt(p,s))'], {
+        input: JSON.stringify(cases),
+      })
+        .toString()
+        .trim()
+        .split('\n');
+    try {
+      probe([['x', '$6$x']]);
+    } catch {
+      return t.skip('no python3 crypt module');
+    }
+    const alphabet = './0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz';
+    const pick = (chars: string, n: number) => Array.from({ length: n }, () => chars[Math.floor(Math.random() * chars.length)]).join('');
+    const printable = Array.from({ length: 95 }, (_, i) => String.fromCharCode(32 + i)).join('');
+    const cases: Array<[string, string]> = [];
+    // Lengths 0-200 put C at every offset mod 8 in every layout, in rounds of one, two and three blocks.
+    for (let len = 0; len <= 200; len++) {
+      const salt = pick(alphabet, len % 17);
+      cases.push([pick(printable, len), len % 5 === 0 ? `$6$${salt}` : `$6$rounds=${1000 + len}$${salt}`]);
+    }
+    cases.push(['pässwörd ✓', '$6$rounds=1000$saltsaltsaltsalt']);
+    const expected = probe(cases);
+    cases.forEach(([password, setting], i) => assert.equal(shaCrypt(password, parseShaCryptSetting(setting)!), expected[i], `${JSON.stringify(password)} ${setting}`));
+  });
+
   it('refuses strings that are not SHA-crypt', () => {
     assert.equal(parseShaCryptSetting('$1$abc$def'), undefined);
     assert.equal(parseShaCryptSetting('plain'), undefined);

@@ -14,12 +14,12 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { DRAC_PROGRAM } from '../../src/bridge/drac-rpc.ts';
-import { encodeNetstring } from '../../src/bridge/netstring.ts';
 import { decodeReply, encodeCall } from '../../src/bridge/oncrpc.ts';
 import { XdrReader, XdrWriter } from '../../src/bridge/xdr.ts';
 import { grantsPath } from '../../src/grants/paths.ts';
 import type { RelayGrant } from '../../src/grants/types.ts';
 import { kubeForTest, type TestKube } from '../support/kube.ts';
+import { socketmapLookup } from '../support/socketmap.ts';
 
 const CLI = new URL('../../src/cli.ts', import.meta.url).pathname;
 const API_KEY = 'bridge-role-test-key-0123456789';
@@ -111,7 +111,7 @@ function exchange(port: number, request: string, done: (text: string) => boolean
   });
 }
 
-const socketmap = (port: number, ip: string) => exchange(port, encodeNetstring(`drac ${ip}`), (t) => t.endsWith(','));
+const socketmap = (port: number, ip: string) => socketmapLookup(port, 'drac', ip);
 const policy = (port: number, ip: string) =>
   exchange(port, `request=smtpd_access_policy\nprotocol_state=RCPT\nclient_address=${ip}\nrecipient=x@example.org\n\n`, (t) => t.endsWith('\n\n'));
 const whoson = (port: number, line: string) => exchange(port, `${line}\r\n\r\n`, (t) => t.endsWith('\r\n\r\n'));

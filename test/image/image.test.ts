@@ -11,6 +11,7 @@ import { after, before, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { kubeForTest, type TestKube } from '../support/kube.ts';
+import { socketmapLookup } from '../support/socketmap.ts';
 import { freePort, killRoles, startRoleProcess, type StartedRole } from './roles.ts';
 
 const run = promisify(execFile);
@@ -233,18 +234,7 @@ describe('the image, built by hand from the Dockerfile steps', () => {
       `${kubeSection()}metrics: {host: 127.0.0.1, port: ${metrics}}\nbridge:\n  host: 127.0.0.1\n  socketmap: {enabled: true, port: ${mapPort}}\n`,
       metrics,
     );
-    const answer = await new Promise<string>((resolve, reject) => {
-      const s = net.connect(mapPort, '127.0.0.1', () => s.write('15:drac 192.0.2.99,'));
-      let text = '';
-      s.on('data', (d: Buffer) => {
-        text += d.toString();
-        if (text.endsWith(',')) {
-          s.destroy();
-          resolve(text);
-        }
-      });
-      s.on('error', reject);
-    });
+    const answer = await socketmapLookup(mapPort, 'drac', '192.0.2.99');
     assert.equal(answer, '9:NOTFOUND ,');
     assert.equal(await bridge.stop(), 0, bridge.output());
   });

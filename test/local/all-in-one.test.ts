@@ -3,13 +3,13 @@
 import assert from 'node:assert/strict';
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { describe, it } from 'node:test';
 import { promisify } from 'node:util';
 import { testBinaries } from '../support/kube.ts';
 import { isAlive, testAssetsDir } from '../support/local.ts';
+import { socketmapLookup } from '../support/socketmap.ts';
 
 const run = promisify(execFile);
 const CLI = new URL('../../src/cli.ts', import.meta.url).pathname;
@@ -78,19 +78,7 @@ describe('npm start (the all-in-one) and the README walkthrough', () => {
 
     // The bridge's socket map (what a Postfix or sendmail of your own asks) sees the grant too.
     assert.match(out, /bridge\s+127\.0\.0\.1:9400 socketmap/);
-    const ask = () =>
-      new Promise<string>((resolve, reject) => {
-        const s = net.connect(9400, '127.0.0.1', () => s.write('14:drac 127.0.0.1,'));
-        let text = '';
-        s.on('data', (d: Buffer) => {
-          text += d.toString();
-          if (text.endsWith(',')) {
-            s.destroy();
-            resolve(text);
-          }
-        });
-        s.on('error', reject);
-      });
+    const ask = () => socketmapLookup(9400, 'drac', '127.0.0.1');
     let lookup = await ask();
     for (let i = 0; i < 50 && !lookup.includes(':OK '); i++) {
       await new Promise((r) => setTimeout(r, 100));

@@ -19,7 +19,7 @@ import { XdrReader, XdrWriter } from '../../src/bridge/xdr.ts';
 import { grantsPath } from '../../src/grants/paths.ts';
 import type { RelayGrant } from '../../src/grants/types.ts';
 import { kubeForTest, type TestKube } from '../support/kube.ts';
-import { socketmapLookup } from '../support/socketmap.ts';
+import { exchange, socketmapLookup } from '../support/exchange.ts';
 
 const CLI = new URL('../../src/cli.ts', import.meta.url).pathname;
 const API_KEY = 'bridge-role-test-key-0123456789';
@@ -85,30 +85,6 @@ async function eventually<T>(what: string, probe: () => Promise<T | undefined>, 
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 100));
   }
-}
-
-/** One request/answer exchange on a fresh TCP connection; resolves with everything read until `done`. */
-function exchange(port: number, request: string, done: (text: string) => boolean): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const s = net.connect(port, '127.0.0.1', () => s.write(request));
-    let text = '';
-    const timer = setTimeout(() => {
-      s.destroy();
-      reject(new Error(`no complete answer to ${JSON.stringify(request)}; got ${JSON.stringify(text)}`));
-    }, 5000);
-    s.on('data', (d: Buffer) => {
-      text += d.toString('latin1');
-      if (done(text)) {
-        clearTimeout(timer);
-        s.destroy();
-        resolve(text);
-      }
-    });
-    s.on('error', (err) => {
-      clearTimeout(timer);
-      reject(err);
-    });
-  });
 }
 
 const socketmap = (port: number, ip: string) => socketmapLookup(port, 'drac', ip);

@@ -11,7 +11,7 @@ import { after, before, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { kubeForTest, type TestKube } from '../support/kube.ts';
-import { socketmapLookup } from '../support/socketmap.ts';
+import { socketmapLookup } from '../support/exchange.ts';
 import { freePort, killRoles, startRoleProcess, type StartedRole } from './roles.ts';
 
 const run = promisify(execFile);

@@ -9,7 +9,7 @@ import { describe, it } from 'node:test';
 import { promisify } from 'node:util';
 import { testBinaries } from '../support/kube.ts';
 import { isAlive, testAssetsDir } from '../support/local.ts';
-import { socketmapLookup } from '../support/socketmap.ts';
+import { socketmapLookup } from '../support/exchange.ts';
 
 const run = promisify(execFile);
 const CLI = new URL('../../src/cli.ts', import.meta.url).pathname;

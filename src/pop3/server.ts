@@ -27,6 +27,11 @@ export interface Pop3ServerDeps {
   /** With several workers, the primary's throttle and session limits (see shared.ts); else our own. */
   throttle?: SharedThrottle;
   limiter?: SharedLimiter;
+  /**
+   * Bind listeners of our own with SO_REUSEPORT (a cluster worker: the kernel spreads the
+   * connections over the workers' sockets) instead of sharing the cluster primary's.
+   */
+  reusePort?: boolean;
 }
 
 export interface Pop3Server {
@@ -402,7 +407,8 @@ export async function startPop3Server(config: Pop3Config, deps: Pop3ServerDeps):
         });
       });
       server.once('error', reject);
-      server.listen(port, config.listen.host, () => {
+      const options = deps.reusePort ? { exclusive: true, reusePort: true } : {};
+      server.listen({ port, host: config.listen.host, ...options }, () => {
         server.off('error', reject);
         server.on('error', (err) => log.error('server_error', { error: err }));
         resolve(server);

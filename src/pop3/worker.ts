@@ -1,5 +1,5 @@
 // One POP3 worker process (pop3.workers > 1), forked by cluster.ts: the sessions on its share of
-// the connections, with grants and session limits asked of the primary and a throttle that every
+// the connections (its own listening sockets, SO_REUSEPORT on the role's ports), with grants and session limits asked of the primary and a throttle that every
 // worker's failures reach (shared.ts).
 // It tells the primary its ports once, then its readiness every second, and stops when told to
 // or when the primary is gone.
@@ -37,7 +37,7 @@ process.on('disconnect', () => void stop());
 try {
   const config = pop3ConfigFromWire(setup.config);
   const shared = sharedStateOverIpc({ send, on: (event, listener) => process.on(event, listener) }, config.throttle);
-  server = await startPop3Server(config, { ...shared, log });
+  server = await startPop3Server(config, { ...shared, log, reusePort: true });
 } catch (err) {
   send({ kd: 'failed', error: (err as Error).message });
   process.exit(1);

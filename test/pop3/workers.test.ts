@@ -26,18 +26,23 @@ describe('POP3 with several worker processes', () => {
 
   it('spreads sessions over the workers; lock, grants, throttle, readiness and metrics stay shared', async () => {
     deliverWithLda(world, 'carol', testMessage('kept', ['body']));
-    const doc = pop3Document(world, { workers: 2, throttle: { failureDelay: '10ms', maxFailuresPerAddress: 4 } });
+    const doc = pop3Document(world, { workers: 2, throttle: { failureDelay: '10ms', maxFailuresPerAddress: 4 }, limits: { maxSessionsPerAddress: 30 } });
     const renewer = new RecordingRenewer();
     const role = await runPop3(doc, undefined, { renewer });
     try {
       const base = `http://127.0.0.1:${role.healthPort}`;
       assert.equal((await fetch(`${base}/readyz`)).status, 200);
 
-      // Round robin: consecutive connections land on different workers.
-      const clients = await Promise.all(Array.from({ length: 6 }, () => RawClient.connect(role.server.port)));
-      const pids = new Set(clients.map(pidOf));
+      // Each worker listens on the port itself (SO_REUSEPORT) and the kernel spreads connections
+      // by their addresses and ports: of 24, fewer than three on either worker would be a fluke
+      // (~4 in 100,000). Six go on, three on each worker; the others end here.
+      const all = await Promise.all(Array.from({ length: 24 }, () => RawClient.connect(role.server.port)));
+      const pids = new Set(all.map(pidOf));
       assert.equal(pids.size, 2, `sessions on two worker processes, got ${[...pids].join(', ')}`);
       assert.ok(!pids.has(process.pid));
+      const clients = [...pids].flatMap((pid) => all.filter((c) => pidOf(c) === pid).slice(0, 3));
+      assert.equal(clients.length, 6);
+      for (const c of all) if (!clients.includes(c)) c.destroy();
       // Both listeners are shared, each its own port.
       assert.notEqual(role.server.tlsPort, role.server.port);
       const secure = await RawClient.connect(role.server.tlsPort as number, { tls: true });
@@ -60,7 +65,7 @@ describe('POP3 with several worker processes', () => {
       // Metrics are summed over the workers.
       const metrics = await (await fetch(`${base}/metrics`)).text();
       assert.match(metrics, /kubedrac_pop3_logins_total\{result="success"\} 3\b/);
-      assert.match(metrics, /kubedrac_pop3_connections_total 7\b/);
+      assert.match(metrics, /kubedrac_pop3_connections_total 25\b/);
 
       // Failures on both workers count against one allowance: then the right password is refused unchecked.
       const rest = clients.filter((c) => c !== first && c !== other);

@@ -39,7 +39,7 @@ export function parseStoredPassword(field: string, defaultScheme: Scheme = 'CRYP
   return stored;
 }
 
-function cryptKind(value: string): 'sha' | 'bcrypt' | 'argon2' | undefined {
+export function cryptKind(value: string): 'sha' | 'bcrypt' | 'argon2' | undefined {
   if (parseShaCryptSetting(value)) return 'sha';
   if (/^\$2[abxy]?\$\d{2}\$[./A-Za-z0-9]{53}$/.test(value)) return 'bcrypt';
   if (parseArgon2(value)) return 'argon2';

@@ -325,7 +325,9 @@ interface ServerContext {
 export async function startPop3Server(config: Pop3Config, deps: Pop3ServerDeps): Promise<Pop3Server> {
   const log = deps.log;
   const users = new UserDatabase({ file: config.usersFile, log, defaultScheme: config.defaultPasswordScheme });
-  const verifier = new PasswordVerifier({ threads: config.passwordThreads });
+  const sockets = new Set<net.Socket>();
+  // A login alone in this process hashes on the event loop: nobody else's session waits behind it.
+  const verifier = new PasswordVerifier({ threads: config.passwordThreads, idle: () => sockets.size <= 1 });
   const reloader = config.tls ? new TlsReloader({ ...config.tls, log }) : undefined;
   const login = new Pop3Login({
     users,
@@ -341,7 +343,6 @@ export async function startPop3Server(config: Pop3Config, deps: Pop3ServerDeps):
   const ctx: ServerContext = { config, users, tls: reloader, login };
   const limiter = deps.limiter ?? new ConnectionLimiter({ maxTotal: config.limits.maxSessions, maxPerAddress: config.limits.maxSessionsPerAddress });
   const connections = new Set<Connection>();
-  const sockets = new Set<net.Socket>();
 
   const accept = async (socket: net.Socket, implicitTls: boolean): Promise<void> => {
     connectionsTotal.inc();

@@ -104,6 +104,30 @@ describe('PasswordVerifier', () => {
   });
 });
 
+describe('PasswordVerifier when idle', () => {
+  it('hashes SHA512-CRYPT of up to 5000 rounds on the calling thread when idle, anything costlier on a worker', async () => {
+    let asked = 0;
+    const v = new PasswordVerifier({
+      threads: 1,
+      idle: () => {
+        asked++;
+        return true;
+      },
+    });
+    after(() => v.close());
+    const sha = parseStoredPassword(doveadm('SHA512-CRYPT', 's3cret'));
+    assert.equal(await v.verify(sha, 's3cret'), true);
+    assert.equal(await v.verify(sha, 'nope'), false);
+    assert.equal(await v.verify(parseStoredPassword(`{CRYPT}${sha.value}`), 's3cret'), true);
+    assert.equal(asked, 3);
+    // More rounds, or another scheme: not asked, off to the worker thread.
+    const costly = parseStoredPassword(execFileSync('doveadm', ['pw', '-s', 'SHA512-CRYPT', '-r', '6000', '-p', 's3cret']).toString().trim());
+    assert.equal(await v.verify(costly, 's3cret'), true);
+    assert.equal(await v.verify(parseStoredPassword(doveadm('SHA256-CRYPT', 's3cret')), 's3cret'), true);
+    assert.equal(asked, 3);
+  });
+});
+
 describe('LoginThrottle', () => {
   it('throttles an address, then a user attacked from many addresses, and refills over the window', () => {
     const t = new LoginThrottle({ maxFailuresPerAddress: 3, maxFailuresPerUser: 5, windowMs: 60_000 });

@@ -67,6 +67,8 @@ export interface UserDatabaseOptions {
 /** The users, kept current with the file. Construction throws when the first load fails. */
 export class UserDatabase {
   private users: Map<string, UserEntry>;
+  private plainSecretsOf: Map<string, UserEntry> | undefined;
+  private plainSecrets = false;
   private fingerprint: string;
   private readonly opts: Required<UserDatabaseOptions>;
   private readonly watch: FileWatch;
@@ -107,9 +109,19 @@ export class UserDatabase {
   }
 
   /** Whether any user's secret is stored in the clear (only those can use APOP). */
+  /** Asked at every POP3 connection (whether to offer APOP): worked out once per version of the file. */
   get hasPlainSecrets(): boolean {
-    for (const entry of this.users.values()) if (isPlainSecret(entry.password)) return true;
-    return false;
+    if (this.plainSecretsOf !== this.users) {
+      this.plainSecretsOf = this.users;
+      this.plainSecrets = false;
+      for (const entry of this.users.values()) {
+        if (isPlainSecret(entry.password)) {
+          this.plainSecrets = true;
+          break;
+        }
+      }
+    }
+    return this.plainSecrets;
   }
 
   /** Re-read the file; returns whether a new version was taken. A broken file keeps the old users. */

@@ -6,6 +6,7 @@ import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { encodeCrlfDotStuffed } from './crlf-wasm.ts';
+import { pooledIo, type FileIo } from './io.ts';
 
 export interface MaildirMessage {
   /** The unique part of the file name, before `:2,flags` (stable while flags change). */
@@ -101,9 +102,9 @@ function deliveredAt(baseName: string): number {
 }
 
 /** The names in a Maildir folder (none when it does not exist). */
-async function listFolder(dir: string): Promise<string[]> {
+async function listFolder(dir: string, io: FileIo): Promise<string[]> {
   try {
-    return (await fsp.readdir(dir)).filter((name) => !name.startsWith('.'));
+    return (await io.readdir(dir)).filter((name) => !name.startsWith('.'));
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
     throw err;
@@ -119,12 +120,12 @@ const rawSizes = new Map<string, number>();
 const RAW_SIZES_MAX = 200_000;
 
 /** The size of a regular file, undefined when it is gone or not a file. */
-async function rawSizeOf(file: string): Promise<number | undefined> {
+async function rawSizeOf(file: string, io: FileIo): Promise<number | undefined> {
   const known = rawSizes.get(file);
   if (known !== undefined) return known;
   let st: fs.Stats;
   try {
-    st = await fsp.stat(file);
+    st = await io.stat(file);
   } catch {
     return undefined; // moved or deleted meanwhile
   }
@@ -142,6 +143,8 @@ export interface SnapshotOptions {
    * locked. A message that cannot be moved stays, and is listed, where it is.
    */
   moveNewToCur?: boolean;
+  /** How to reach the folders (lists, moves, sizes); default: the thread pool. */
+  io?: FileIo;
 }
 
 /**
@@ -152,7 +155,8 @@ export async function snapshotMaildir(maildir: string, opts: SnapshotOptions = {
   const newDir = path.join(maildir, 'new');
   const curDir = path.join(maildir, 'cur');
   // Both folders at once; what moves from new/ is then known by name without reading cur/ again.
-  const [inCur, inNew] = await Promise.all([listFolder(curDir), listFolder(newDir)]);
+  const io = opts.io ?? pooledIo;
+  const [inCur, inNew] = await Promise.all([listFolder(curDir, io), listFolder(newDir, io)]);
   const files = inCur.map((name) => ({ name, file: path.join(curDir, name) }));
   const moved = await Promise.all(
     inNew.map(async (name) => {
@@ -160,7 +164,7 @@ export async function snapshotMaildir(maildir: string, opts: SnapshotOptions = {
       if (!opts.moveNewToCur) return stays;
       const to = name.includes(':') ? name : `${name}:2,`;
       try {
-        await fsp.rename(stays.file, path.join(curDir, to));
+        await io.rename(stays.file, path.join(curDir, to));
         return { name: to, file: path.join(curDir, to) };
       } catch (err) {
         // Gone: another reader moved it since we listed new/ (it shows up next session). Otherwise it stays in new/.
@@ -170,7 +174,7 @@ export async function snapshotMaildir(maildir: string, opts: SnapshotOptions = {
   );
   for (const f of moved) if (f !== undefined) files.push(f);
   // Sizes in parallel: one after another, each stat would wait for its own trip to the thread pool.
-  const sizes = await Promise.all(files.map((f) => rawSizeOf(f.file)));
+  const sizes = await Promise.all(files.map((f) => rawSizeOf(f.file, io)));
   const found: Array<{ baseName: string; path: string; rawSize: number }> = [];
   const seen = new Set<string>();
   files.forEach((f, i) => {

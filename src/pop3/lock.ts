@@ -7,6 +7,7 @@ import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
+import { pooledIo, type FileIo } from '../mail/io.ts';
 
 export const LOCK_FILE = '.kubedrac-pop3.lock';
 
@@ -16,6 +17,8 @@ export interface LockOptions {
   /** A lock not touched for this long is considered abandoned (several heartbeats). */
   staleMs: number;
   hostname?: string;
+  /** How to reach the file, asked at each step (taking, releasing); default: the thread pool. */
+  io?: () => FileIo;
 }
 
 interface LockContent {
@@ -42,16 +45,11 @@ function isAlive(pid: number): boolean {
   }
 }
 
-// The callback API, and closes nobody waits for: a login takes and gives back a lock, and each
-// trip to the thread pool costs the event loop more than the work itself.
-const fsCall = <T>(run: (cb: (err: NodeJS.ErrnoException | null, value: T) => void) => void): Promise<T> =>
-  new Promise((resolve, reject) => run((err, value) => (err ? reject(err) : resolve(value))));
-
 /** What a lock file we hold open says; undefined when it cannot be read or parsed. */
-async function readContent(fd: number): Promise<LockContent | undefined> {
+async function readContent(io: FileIo, fd: number): Promise<LockContent | undefined> {
   try {
     const buf = Buffer.allocUnsafe(1024);
-    const n = await fsCall<number>((cb) => fs.read(fd, buf, 0, buf.length, 0, cb));
+    const n = await io.read(fd, buf, 0);
     return JSON.parse(buf.toString('utf8', 0, n)) as LockContent;
   } catch {
     return undefined;
@@ -85,16 +83,18 @@ export async function lockMaildrop(maildir: string, opts: LockOptions): Promise<
   const token = crypto.randomBytes(12).toString('hex');
   const content: LockContent = { host, pid: process.pid, token, since: new Date().toISOString() };
 
+  const io = opts.io ?? (() => pooledIo);
   for (let attempt = 0; attempt < 3; attempt++) {
     try {
-      const fd = await fsCall<number>((cb) => fs.open(file, 'wx+', 0o600, cb));
+      const fileIo = io();
+      const fd = await fileIo.open(file, 'wx+', 0o600);
       // The lock is ours from here. What it says lands meanwhile: a reader that finds it still
       // empty judges it by age, and a fresh lock is in use.
-      const written = fsCall<number>((cb) => fs.write(fd, JSON.stringify(content), cb)).then(
+      const written = fileIo.write(fd, JSON.stringify(content)).then(
         () => undefined,
         () => undefined,
       );
-      return holdLock(file, fd, token, written, opts);
+      return holdLock(file, fd, token, written, opts.heartbeatMs, io);
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
     }
@@ -136,12 +136,12 @@ async function breakLock(file: string, stale: fs.Stats): Promise<void> {
  * The lock file stays open while held: its inode cannot be reused meanwhile, so the file at the
  * path is ours exactly when it is that inode and still holds our token.
  */
-function holdLock(file: string, fd: number, token: string, written: Promise<void>, opts: LockOptions): HeldLock {
+function holdLock(file: string, fd: number, token: string, written: Promise<void>, heartbeatMs: number, io: () => FileIo): HeldLock {
   // Touch the file we hold, not whatever the path names now (a lock that replaced a broken one).
   const timer = setInterval(() => {
     const now = new Date();
     fs.futimes(fd, now, now, () => undefined);
-  }, opts.heartbeatMs);
+  }, heartbeatMs);
   timer.unref();
   let released = false;
   return {
@@ -150,18 +150,15 @@ function holdLock(file: string, fd: number, token: string, written: Promise<void
       released = true;
       clearInterval(timer);
       await written;
+      const fileIo = io();
       try {
         // Remove only our own lock: if it was broken and re-taken, the file is someone else's.
-        const [held, there, content] = await Promise.all([
-          fsCall<fs.Stats>((cb) => fs.fstat(fd, cb)),
-          fsp.stat(file).catch(() => undefined),
-          readContent(fd),
-        ]);
-        if (there !== undefined && there.ino === held.ino && there.dev === held.dev && content?.token === token) await fsp.unlink(file).catch(() => undefined);
+        const [held, there, content] = await Promise.all([fileIo.fstat(fd), fileIo.stat(file).catch(() => undefined), readContent(fileIo, fd)]);
+        if (there !== undefined && there.ino === held.ino && there.dev === held.dev && content?.token === token) await fileIo.unlink(file).catch(() => undefined);
       } catch {
         /* not ours to remove */
       } finally {
-        fs.close(fd, () => undefined);
+        fileIo.close(fd);
       }
     },
   };

@@ -40,7 +40,7 @@ export async function openMaildrop(user: string, opts: MaildropOptions): Promise
   }
   let messages: MaildirMessage[];
   try {
-    messages = await snapshotMaildir(dir, { moveNewToCur: true });
+    messages = await snapshotMaildir(dir, { moveNewToCur: true, io: opts.lock.io?.() });
   } catch (err) {
     await lock.release();
     throw err;

@@ -11,6 +11,7 @@ import { ConnectionLimiter, RateLimiter } from '../net/limits.ts';
 import { countProxyHeaderError } from '../net/metrics.ts';
 import { ProxyProtocolError, readProxyHeader } from '../net/proxy.ts';
 import { TlsReloader } from '../net/tls.ts';
+import { inlineIo, pooledIo } from '../mail/io.ts';
 import type { Logger } from '../observability/log.ts';
 import type { Pop3Config } from './config.ts';
 import { Pop3Login } from './login.ts';
@@ -327,13 +328,16 @@ export async function startPop3Server(config: Pop3Config, deps: Pop3ServerDeps):
   const users = new UserDatabase({ file: config.usersFile, log, defaultScheme: config.defaultPasswordScheme });
   const sockets = new Set<net.Socket>();
   // A login alone in this process hashes on the event loop: nobody else's session waits behind it.
-  const verifier = new PasswordVerifier({ threads: config.passwordThreads, idle: () => sockets.size <= 1 });
+  const alone = () => sockets.size <= 1;
+  const verifier = new PasswordVerifier({ threads: config.passwordThreads, idle: alone });
+  const fileIo = () => (alone() ? inlineIo : pooledIo);
   const reloader = config.tls ? new TlsReloader({ ...config.tls, log }) : undefined;
   const login = new Pop3Login({
     users,
     verifier,
     throttle: deps.throttle ?? new LoginThrottle({ ...config.throttle }),
-    openMaildrop: (user) => openMaildrop(user, { mailRoot: config.mailRoot, mailLocation: config.mailLocation, lock: config.lock }),
+    // Likewise its lock and Maildir listing take no trips to the thread pool.
+    openMaildrop: (user) => openMaildrop(user, { mailRoot: config.mailRoot, mailLocation: config.mailLocation, lock: { ...config.lock, io: fileIo } }),
     renewer: deps.renewer,
     denyGrantNetworks: config.denyGrantNetworks,
     failureDelayMs: config.throttle.failureDelayMs,

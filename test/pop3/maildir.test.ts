@@ -3,6 +3,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { after, describe, it } from 'node:test';
 import { DotStuffer, crlfSizeOf, maildirBaseName, snapshotMaildir, uidFor } from '../../src/mail/maildir.ts';
+import { inlineIo, pooledIo } from '../../src/mail/io.ts';
 import { LOCK_FILE, MaildropInUseError, lockMaildrop } from '../../src/pop3/lock.ts';
 import { tempDir } from '../net/certs.ts';
 import { deliverWithLda, makeWorld, maildirOf, testMessage } from './support.ts';
@@ -113,6 +114,17 @@ describe('Maildir reading', () => {
     assert.deepEqual(again.map((m) => m.uid), list.map((m) => m.uid));
   });
 
+  it('lists and moves new/ to cur/ the same on the calling thread as through the thread pool', async () => {
+    deliverWithLda(world, 'bob', testMessage('one', ['a']));
+    deliverWithLda(world, 'bob', testMessage('two', ['b']));
+    const dir = maildirOf(world, 'bob');
+    const inline = await snapshotMaildir(dir, { moveNewToCur: true, io: inlineIo });
+    assert.equal(inline.length, 2);
+    assert.ok(inline.every((m) => m.path.includes(`${path.sep}cur${path.sep}`)));
+    assert.deepEqual(await snapshotMaildir(dir, { io: pooledIo }), inline);
+    assert.deepEqual(await snapshotMaildir(path.join(world.dir, 'no-such-maildir'), { io: inlineIo }), []);
+  });
+
   it('orders by delivery time, microseconds compared as numbers', async () => {
     const dir = path.join(world.dir, 'order-maildir');
     for (const sub of ['new', 'cur', 'tmp']) fs.mkdirSync(path.join(dir, sub), { recursive: true });
@@ -140,59 +152,63 @@ describe('Maildir reading', () => {
   });
 });
 
-describe('maildrop lock', () => {
-  const dir = tempDir('lock');
-  after(() => fs.rmSync(dir, { recursive: true, force: true }));
-  const opts = { heartbeatMs: 1000, staleMs: 60_000 };
+// The same lock whether its files are reached through the thread pool or on the calling thread
+// (a process with one session: src/mail/io.ts).
+for (const [name, io] of [['thread pool', pooledIo], ['calling thread', inlineIo]] as const) {
+  describe(`maildrop lock (${name})`, () => {
+    const dir = tempDir(`lock-${name.replace(/ /g, '-')}`);
+    after(() => fs.rmSync(dir, { recursive: true, force: true }));
+    const opts = { heartbeatMs: 1000, staleMs: 60_000, io: () => io };
 
-  it('is exclusive until released', async () => {
-    const held = await lockMaildrop(dir, opts);
-    await assert.rejects(lockMaildrop(dir, opts), MaildropInUseError);
-    await assert.rejects(lockMaildrop(dir, { ...opts, hostname: 'other-replica' }), MaildropInUseError);
-    await held.release();
-    const again = await lockMaildrop(dir, opts);
-    await again.release();
-    assert.ok(!fs.existsSync(path.join(dir, LOCK_FILE)));
-  });
+    it('is exclusive until released', async () => {
+      const held = await lockMaildrop(dir, opts);
+      await assert.rejects(lockMaildrop(dir, opts), MaildropInUseError);
+      await assert.rejects(lockMaildrop(dir, { ...opts, hostname: 'other-replica' }), MaildropInUseError);
+      await held.release();
+      const again = await lockMaildrop(dir, opts);
+      await again.release();
+      assert.ok(!fs.existsSync(path.join(dir, LOCK_FILE)));
+    });
 
-  it('breaks a lock whose process on this host is gone', async () => {
-    const host = 'this-host';
-    fs.writeFileSync(path.join(dir, LOCK_FILE), JSON.stringify({ host, pid: 2 ** 22 + 12345, token: 't', since: '' }));
-    const held = await lockMaildrop(dir, { ...opts, hostname: host });
-    await held.release();
-  });
+    it('breaks a lock whose process on this host is gone', async () => {
+      const host = 'this-host';
+      fs.writeFileSync(path.join(dir, LOCK_FILE), JSON.stringify({ host, pid: 2 ** 22 + 12345, token: 't', since: '' }));
+      const held = await lockMaildrop(dir, { ...opts, hostname: host });
+      await held.release();
+    });
 
-  it('breaks a lock from another host only once it is stale', async () => {
-    const file = path.join(dir, LOCK_FILE);
-    fs.writeFileSync(file, JSON.stringify({ host: 'gone-replica', pid: 1, token: 't', since: '' }));
-    await assert.rejects(lockMaildrop(dir, opts), MaildropInUseError);
-    const old = new Date(Date.now() - 120_000);
-    fs.utimesSync(file, old, old);
-    const held = await lockMaildrop(dir, opts);
-    // Releasing removes only our own lock file.
-    await held.release();
-    assert.ok(!fs.existsSync(file));
-  });
+    it('breaks a lock from another host only once it is stale', async () => {
+      const file = path.join(dir, LOCK_FILE);
+      fs.writeFileSync(file, JSON.stringify({ host: 'gone-replica', pid: 1, token: 't', since: '' }));
+      await assert.rejects(lockMaildrop(dir, opts), MaildropInUseError);
+      const old = new Date(Date.now() - 120_000);
+      fs.utimesSync(file, old, old);
+      const held = await lockMaildrop(dir, opts);
+      // Releasing removes only our own lock file.
+      await held.release();
+      assert.ok(!fs.existsSync(file));
+    });
 
-  it('does not remove a lock that another session took after ours was broken', async () => {
-    const held = await lockMaildrop(dir, opts);
-    const file = path.join(dir, LOCK_FILE);
-    // What a session that judged ours stale does: move it aside, remove it, create its own.
-    fs.renameSync(file, `${file}.stale.x`);
-    fs.rmSync(`${file}.stale.x`);
-    fs.writeFileSync(file, JSON.stringify({ host: 'other', pid: 1, token: 'theirs', since: '' }), { flag: 'wx' });
-    await held.release();
-    assert.equal((JSON.parse(fs.readFileSync(file, 'utf8')) as { token: string }).token, 'theirs');
-    fs.rmSync(file);
-  });
+    it('does not remove a lock that another session took after ours was broken', async () => {
+      const held = await lockMaildrop(dir, opts);
+      const file = path.join(dir, LOCK_FILE);
+      // What a session that judged ours stale does: move it aside, remove it, create its own.
+      fs.renameSync(file, `${file}.stale.x`);
+      fs.rmSync(`${file}.stale.x`);
+      fs.writeFileSync(file, JSON.stringify({ host: 'other', pid: 1, token: 'theirs', since: '' }), { flag: 'wx' });
+      await held.release();
+      assert.equal((JSON.parse(fs.readFileSync(file, 'utf8')) as { token: string }).token, 'theirs');
+      fs.rmSync(file);
+    });
 
-  it('a lock file overwritten in place with another token is not removed either', async () => {
-    const held = await lockMaildrop(dir, opts);
-    const file = path.join(dir, LOCK_FILE);
-    await new Promise((r) => setTimeout(r, 50)); // our own content has landed
-    fs.writeFileSync(file, JSON.stringify({ host: 'other', pid: 1, token: 'theirs', since: '' }));
-    await held.release();
-    assert.ok(fs.existsSync(file));
-    fs.rmSync(file);
+    it('a lock file overwritten in place with another token is not removed either', async () => {
+      const held = await lockMaildrop(dir, opts);
+      const file = path.join(dir, LOCK_FILE);
+      await new Promise((r) => setTimeout(r, 50)); // our own content has landed
+      fs.writeFileSync(file, JSON.stringify({ host: 'other', pid: 1, token: 'theirs', since: '' }));
+      await held.release();
+      assert.ok(fs.existsSync(file));
+      fs.rmSync(file);
+    });
   });
-});
+}

@@ -533,6 +533,7 @@ describe('the bridge role in the chart', () => {
     ['a protocol on the metrics port', ['bridge.enabled=true', 'bridge.allow[0]=10.0.0.0/8', 'bridge.policy.enabled=true', 'bridge.policy.port=9090'], /bridge port 9090 \(policy, TCP\) is also used by metrics\.port/],
     ['a privileged container port', ['bridge.socketmap.port=625'], /\/bridge\/socketmap\/port.*minimum/],
     ['an unknown bridge key', ['bridge.sockmap.enabled=true'], /\/bridge.*additional properties 'sockmap' not allowed/],
+    ['a NodePort bridge (the portmapper would hand out a port clients cannot reach)', ['bridge.serviceType=NodePort'], /\/bridge\/serviceType.*value must be one of/],
   ];
   for (const [what, sets, message] of refusals) {
     test(`refuses ${what}`, async () => {

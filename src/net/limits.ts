@@ -10,6 +10,16 @@ export interface ConnectionLimits {
 
 export type AcquireResult = { ok: true; release: () => void } | { ok: false; reason: 'total' | 'per-address' };
 
+/** A slot's release that does its work the first time it is called and nothing after. */
+export function releaseOnce(release: () => void): () => void {
+  let released = false;
+  return () => {
+    if (released) return;
+    released = true;
+    release();
+  };
+}
+
 /** The key under which an address is counted: an IPv4-mapped IPv6 address counts as its IPv4. */
 export function addressKey(ip: string): string {
   return unmapIpv4(ip) ?? ip.toLowerCase();
@@ -40,17 +50,14 @@ export class ConnectionLimiter {
     if (this.limits.maxPerAddress > 0 && current >= this.limits.maxPerAddress) return { ok: false, reason: 'per-address' };
     this.perAddress.set(key, current + 1);
     this.totalCount++;
-    let released = false;
     return {
       ok: true,
-      release: () => {
-        if (released) return;
-        released = true;
+      release: releaseOnce(() => {
         this.totalCount--;
         const n = (this.perAddress.get(key) ?? 1) - 1;
         if (n <= 0) this.perAddress.delete(key);
         else this.perAddress.set(key, n);
-      },
+      }),
     };
   }
 }

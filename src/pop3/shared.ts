@@ -8,7 +8,7 @@
 // moment a relay takes. The maildrop lock needs none of this: it is a file.
 import { LoginThrottle, type ThrottleOptions, type ThrottleVerdict } from '../auth/throttle.ts';
 import { GrantWriteError, type GrantRenewer, type GrantSource, type RenewOutcome } from '../grants/types.ts';
-import type { AcquireResult } from '../net/limits.ts';
+import { releaseOnce, type AcquireResult } from '../net/limits.ts';
 
 export interface SharedThrottle {
   check(address: string, user: string, nowMs: number): ThrottleVerdict | Promise<ThrottleVerdict>;
@@ -78,15 +78,7 @@ export function sharedStateOverIpc(channel: Channel, throttleOptions: ThrottleOp
       acquire: async (ip) => {
         const answer = await ask<{ slot: number } | { reason: 'total' | 'per-address' }>({ kd: 'acquire', id: nextId++, ip });
         if ('reason' in answer) return { ok: false, reason: answer.reason };
-        let released = false;
-        return {
-          ok: true,
-          release: () => {
-            if (released) return;
-            released = true;
-            channel.send({ kd: 'release', slot: answer.slot });
-          },
-        };
+        return { ok: true, release: releaseOnce(() => channel.send({ kd: 'release', slot: answer.slot })) };
       },
     },
   };

@@ -13,7 +13,7 @@ import { runRoleProcess } from '../role-process.ts';
 import { startAuthPolicyListener } from './auth-policy.ts';
 import { bridgeReads, bridgeWrites, parseBridgeConfig, type BridgeConfig } from './config.ts';
 import { startDracRpcListener } from './drac-rpc.ts';
-import type { BridgeContext, BridgeProtocol, RunningListener } from './listener.ts';
+import type { BridgeContext, RunningListener } from './listener.ts';
 import { startPolicyListener } from './policy.ts';
 import { startSocketmapListener } from './socketmap.ts';
 import { startWhosonListener } from './whoson.ts';
@@ -35,17 +35,17 @@ const NO_WRITES: BridgeContext['store'] = {
   revoke: (ip) => Promise.reject(new GrantWriteError(ip, 'no grant writer is enabled in this bridge')),
 };
 
-type ListenerStart = { key: string; protocol: BridgeProtocol; start: () => Promise<RunningListener> };
+type ListenerStart = { key: string; start: () => Promise<RunningListener> };
 
 /** The enabled listeners, each with the config key a bind failure is reported under. */
 function listenerStarts(config: BridgeConfig, ctx: BridgeContext): ListenerStart[] {
   const starts: ListenerStart[] = [];
   const { socketmap, policy, whoson, drac, authPolicy } = config;
-  if (socketmap) starts.push({ key: 'bridge.socketmap', protocol: 'socketmap', start: () => startSocketmapListener(socketmap, ctx) });
-  if (policy) starts.push({ key: 'bridge.policy', protocol: 'policy', start: () => startPolicyListener(policy, ctx) });
-  if (whoson) starts.push({ key: 'bridge.whoson', protocol: 'whoson', start: () => startWhosonListener(whoson, ctx) });
-  if (drac) starts.push({ key: 'bridge.drac', protocol: 'drac', start: () => startDracRpcListener(drac, ctx) });
-  if (authPolicy) starts.push({ key: 'bridge.authPolicy', protocol: 'auth-policy', start: () => startAuthPolicyListener(authPolicy, ctx) });
+  if (socketmap) starts.push({ key: 'bridge.socketmap', start: () => startSocketmapListener(socketmap, ctx) });
+  if (policy) starts.push({ key: 'bridge.policy', start: () => startPolicyListener(policy, ctx) });
+  if (whoson) starts.push({ key: 'bridge.whoson', start: () => startWhosonListener(whoson, ctx) });
+  if (drac) starts.push({ key: 'bridge.drac', start: () => startDracRpcListener(drac, ctx) });
+  if (authPolicy) starts.push({ key: 'bridge.authPolicy', start: () => startAuthPolicyListener(authPolicy, ctx) });
   return starts;
 }
 
@@ -61,18 +61,11 @@ export async function runBridge(doc: ConfigDocument, log: Logger = createLogger(
   if (bridgeReads(config)) {
     cache = new GrantCache({ client, namespace, log: log.child({ component: 'grant-cache' }) });
     // Listen at once: until the first list is in, every reader answers "try later".
-    cache.start().catch((err: unknown) => log.warn('grant_cache_start_stopped', { error: err as Error }));
+    cache.startInBackground();
   }
   let store: GrantStore | undefined;
   if (bridgeWrites(config)) {
-    store = new GrantStore({
-      client,
-      namespace,
-      ttlMs: doc.common.grants.ttlMs,
-      renewIntervalMs: doc.common.grants.renewIntervalMs,
-      ipv6PrefixLength: doc.common.grants.ipv6PrefixLength,
-      log: log.child({ component: 'grant-store' }),
-    });
+    store = new GrantStore({ client, namespace, ...doc.common.grants, log: log.child({ component: 'grant-store' }) });
   }
   const ctx: BridgeContext = { grants: cache ?? NO_GRANTS, store: store ?? NO_WRITES, log };
 

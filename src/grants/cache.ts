@@ -107,6 +107,15 @@ export class GrantCache extends EventEmitter implements GrantLookup {
     return first;
   }
 
+  /**
+   * Start without waiting for the first list, for a role that serves at once and answers "try
+   * later" until `synced`. The cache logs its own sync; only a start that never completes is
+   * worth a line here.
+   */
+  startInBackground(): void {
+    this.start().catch((err: unknown) => this.log.warn('grant_cache_start_stopped', { error: err as Error }));
+  }
+
   async stop(): Promise<void> {
     this.abort.abort();
     this.firstSync?.reject(new Error('grant cache stopped before its first sync'));

@@ -35,14 +35,7 @@ export async function runPop3(doc: ConfigDocument, log: Logger = createLogger('p
   let renewer = opts.renewer;
   if (renewer === undefined) {
     client = KubeClient.fromPath(doc.common.kubernetes.kubeconfig);
-    store = new GrantStore({
-      client,
-      namespace: doc.common.kubernetes.namespace,
-      ttlMs: doc.common.grants.ttlMs,
-      renewIntervalMs: doc.common.grants.renewIntervalMs,
-      ipv6PrefixLength: doc.common.grants.ipv6PrefixLength,
-      log: log.child({ component: 'grant-store' }),
-    });
+    store = new GrantStore({ client, namespace: doc.common.kubernetes.namespace, ...doc.common.grants, log: log.child({ component: 'grant-store' }) });
     renewer = store;
   }
 

@@ -52,8 +52,7 @@ export async function runSmtp(doc: ConfigDocument, log: Logger = createLogger('s
   const client = KubeClient.fromPath(doc.common.kubernetes.kubeconfig);
   const cache = new GrantCache({ client, namespace, log: log.child({ component: 'grant-cache' }) });
   // Listen at once: until the first list is in, relaying is answered 451 and local mail flows.
-  // The cache logs its own sync; only a start that never completes is worth a line here.
-  cache.start().catch((err: unknown) => log.warn('grant_cache_start_stopped', { error: err as Error }));
+  cache.startInBackground();
 
   let users: UserDatabase | undefined;
   let auth: SmtpAuthDeps | undefined;

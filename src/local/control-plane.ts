@@ -9,15 +9,15 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { KubeClient } from '../kube/client.ts';
-import type { Binaries, ProgressFn } from './binaries.ts';
-import { ensureControlPlaneBinaries } from './binaries.ts';
+import type { ControlPlaneBinaries, ProgressFn } from './binaries.ts';
+import { ensureLocalClusterBinaries } from './binaries.ts';
 
 export interface ControlPlaneOptions {
   /** Working folder for data, certificates and the kubeconfig; a temp folder when unset. */
   dir?: string;
   /** Keep the folder when stopping (a folder given by the caller is always kept). */
   keepDir?: boolean;
-  binaries?: Binaries;
+  binaries?: ControlPlaneBinaries;
   progress?: ProgressFn;
   /** Where the children's output goes; discarded by default except for the last lines on failure. */
   logFile?: string;
@@ -49,7 +49,7 @@ export class ControlPlane {
   private readonly ownsDir: boolean;
   private readonly keepDir: boolean;
   private readonly opts: ControlPlaneOptions;
-  private binaries: Binaries | undefined;
+  private binaries: ControlPlaneBinaries | undefined;
   private procs: Proc[] = [];
   private readonly adopted: number[] = [];
   private watchdog: ChildProcess | undefined;
@@ -76,14 +76,9 @@ export class ControlPlane {
     return this.binaries.kubectl;
   }
 
-  get helm(): string {
-    if (!this.binaries) throw new Error('control plane not started');
-    return this.binaries.helm;
-  }
-
   /** Start etcd and kube-apiserver, wait for /readyz, write the admin kubeconfig. */
   async start(): Promise<void> {
-    this.binaries ??= this.opts.binaries ?? (await ensureControlPlaneBinaries(this.opts.progress));
+    this.binaries ??= this.opts.binaries ?? (await ensureLocalClusterBinaries(this.opts.progress));
     if (this.apiPort === 0) {
       this.etcdPort = await freePort();
       this.etcdPeerPort = await freePort();

@@ -14,7 +14,7 @@ import { TlsReloader } from '../net/tls.ts';
 import { inlineIo, pooledIo } from '../mail/io.ts';
 import type { Logger } from '../observability/log.ts';
 import type { Pop3Config } from './config.ts';
-import { Pop3Login } from './login.ts';
+import { Pop3Login, type LoginClient } from './login.ts';
 import { openMaildrop } from './maildrop.ts';
 import { MailRootProbe } from './readiness.ts';
 import { connectionsRefused, connectionsTotal, deletedMessages, retrievedBytes, sessionsActive, tlsHandshakes } from './metrics.ts';
@@ -85,7 +85,7 @@ class Connection {
   readonly done: Promise<void>;
   private resolveDone!: () => void;
 
-  constructor(socket: net.Socket, server: ServerContext, opts: { secure: boolean; grantAddress: string | null; throttleAddress: string; log: Logger }) {
+  constructor(socket: net.Socket, server: ServerContext, opts: { secure: boolean; client: Omit<LoginClient, 'sessionId'>; log: Logger }) {
     this.socket = socket;
     this.server = server;
     this.log = opts.log;
@@ -93,6 +93,7 @@ class Connection {
     const cfg = server.config;
     this.commands = new RateLimiter({ capacity: cfg.limits.commandBurst, refillPerSecond: cfg.limits.commandsPerSecond, maxKeys: 1 });
     const sessionId = crypto.randomBytes(6).toString('hex');
+    const client: LoginClient = { ...opts.client, sessionId };
     const io: SessionIo = {
       write: (text) => this.write(text + '\r\n'),
       writeStream: (head, chunks, sent) => this.writeStream(head, chunks, sent),
@@ -107,12 +108,10 @@ class Connection {
       loginDelaySeconds: cfg.loginDelaySeconds,
       implementation: cfg.implementation,
       maxErrors: cfg.limits.maxErrors,
-      login: (user, password) =>
-        server.login.login(user, password, { grantAddress: opts.grantAddress, throttleAddress: opts.throttleAddress, sessionId }),
+      login: (user, password) => server.login.login(user, password, client),
       // RFC 1939's timestamp, unique per session; only when some user could use APOP at all.
       apopBanner: server.users.hasPlainSecrets ? `<${process.pid}.${sessionId}@${server.config.implementation}>` : undefined,
-      apop: (user, banner, digest) =>
-        server.login.apop(user, banner, digest, { grantAddress: opts.grantAddress, throttleAddress: opts.throttleAddress, sessionId }),
+      apop: (user, banner, digest) => server.login.apop(user, banner, digest, client),
       onEvent: (event, fields) => {
         if (event === 'retrieved') retrievedBytes.inc(fields.bytes as number);
         else if (event === 'deleted') deletedMessages.inc(fields.count as number);
@@ -395,7 +394,9 @@ export async function startPop3Server(config: Pop3Config, deps: Pop3ServerDeps):
     socket.setNoDelay(true);
     const peer = socket.remoteAddress ?? '';
     let grantAddress: string | null = peer;
+    let proxyPeer: string | undefined;
     if (config.trustedProxies.contains(peer)) {
+      proxyPeer = peer;
       try {
         const header = await readProxyHeader(socket, { trustedProxies: config.trustedProxies, timeoutMs: config.proxyHeaderTimeoutMs });
         grantAddress = header.client?.address ?? null;
@@ -433,7 +434,7 @@ export async function startPop3Server(config: Pop3Config, deps: Pop3ServerDeps):
       }
     }
     sessionsActive.inc();
-    const conn = new Connection(stream, ctx, { secure: implicitTls, grantAddress, throttleAddress: grantAddress ?? peer, log });
+    const conn = new Connection(stream, ctx, { secure: implicitTls, client: { grantAddress, throttleAddress: grantAddress ?? peer, proxyPeer }, log });
     connections.add(conn);
     void conn.done.finally(() => {
       connections.delete(conn);

@@ -66,8 +66,8 @@ export async function runPop3(doc: ConfigDocument, log: Logger = createLogger('p
     healthPort: healthServer.port,
     close: () =>
       (closing ??= (async () => {
-        await tmpCleaner.close();
         await server.close();
+        await tmpCleaner.close();
         await healthServer.close();
         store?.close();
         client?.close();

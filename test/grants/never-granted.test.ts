@@ -15,17 +15,10 @@ import { RawClient, makeWorld, startServer, type StartedServer, type World } fro
 import { proxyArgs, swaks } from '../smtp/peers.ts';
 import { memoryLogger, startTestSmtp, type TestSmtp } from '../smtp/support.ts';
 import { kubeForTest, type TestKube } from '../support/kube.ts';
+import { eventually } from '../support/eventually.ts';
 
 const SWAKS_RELAYED = 0;
 const SWAKS_RCPT_REFUSED = 24;
-
-async function eventually(check: () => boolean | Promise<boolean>, what: string, limitMs = 30_000): Promise<void> {
-  const until = Date.now() + limitMs;
-  while (!(await check())) {
-    if (Date.now() > until) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
 
 describe('addresses that are never granted, on the real API server', () => {
   let k: TestKube;
@@ -121,11 +114,11 @@ describe('addresses that are never granted, on the real API server', () => {
     for (const header of never) assert.match(await login(header), /^\+OK Logged in/, header);
     // A real client through the same proxy does get one (so that the test above can fail).
     assert.match(await login('PROXY TCP4 192.0.2.44 127.0.0.1 40000 110'), /^\+OK Logged in/);
-    await eventually(async () => (await grantNames()).includes('v4-192.0.2.44'), 'the real client\'s grant');
+    await eventually('the grant of the real client', async () => (await grantNames()).includes('v4-192.0.2.44'), 30_000);
     const names = await grantNames();
     for (const name of ['v4-0.0.0.0', 'v4-255.255.255.255', 'v4-224.0.0.1', 'v4-127.0.0.1']) assert.ok(!names.includes(name), `${name} in ${names.join(', ')}`);
 
-    await eventually(() => cache.lookup('192.0.2.44') !== undefined, 'the grant in the cache');
+    await eventually('the grant in the cache', () => cache.lookup('192.0.2.44') !== undefined, 30_000);
     const relayed = await swaks({ port: smtp.port, to: 'x@remote.test', extra: proxyArgs(1, '192.0.2.44') });
     assert.equal(relayed.code, SWAKS_RELAYED, relayed.stdout);
     for (const source of ['0.0.0.0', '255.255.255.255', '127.0.0.1', '224.0.0.1']) {

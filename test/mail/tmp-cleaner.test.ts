@@ -11,6 +11,7 @@ import { MaildirTmpCleaner, TMP_MAX_AGE_MS, cleanMaildirTmp, maildirsUnder } fro
 import type { Logger } from '../../src/observability/log.ts';
 import { runPop3 } from '../../src/pop3/main.ts';
 import { RecordingRenewer, makeWorld, maildirOf, pop3Document } from '../pop3/support.ts';
+import { eventually } from '../support/eventually.ts';
 
 const root = fs.mkdtempSync(path.join(os.tmpdir(), 'tmp-cleaner-'));
 after(() => fs.rmSync(root, { recursive: true, force: true }));
@@ -27,14 +28,6 @@ async function leftover(maildir: string, ageMs: number): Promise<string> {
   const when = new Date(Date.now() - ageMs);
   fs.utimesSync(file, when, when);
   return file;
-}
-
-async function eventually(check: () => boolean, what: string, limitMs = 10_000): Promise<void> {
-  const until = Date.now() + limitMs;
-  while (!check()) {
-    if (Date.now() > until) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
 }
 
 describe('Maildir tmp/ cleaning', () => {
@@ -80,9 +73,9 @@ describe('Maildir tmp/ cleaning', () => {
     const cleaner = new MaildirTmpCleaner({ mailRoot, mailLocation: '%u', log: quiet, intervalMs: 200 });
     cleaner.start();
     try {
-      await eventually(() => !fs.existsSync(first), 'the sweep at start');
+      await eventually('the sweep at start', () => !fs.existsSync(first));
       const later = await leftover(path.join(mailRoot, 'bob'), 48 * HOUR);
-      await eventually(() => !fs.existsSync(later), 'a periodic sweep');
+      await eventually('a periodic sweep', () => !fs.existsSync(later));
     } finally {
       await cleaner.close();
     }
@@ -96,7 +89,7 @@ describe('Maildir tmp/ cleaning', () => {
         const fresh = await leftover(maildirOf(world, 'carol'), HOUR);
         const role = await runPop3(pop3Document(world, { workers }), quiet, { renewer: new RecordingRenewer() });
         try {
-          await eventually(() => !fs.existsSync(old), `the old tmp/ file removed (workers: ${workers})`);
+          await eventually(`the old tmp/ file removed (workers: ${workers})`, () => !fs.existsSync(old));
           assert.ok(fs.existsSync(fresh));
         } finally {
           await role.close();

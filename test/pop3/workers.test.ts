@@ -10,6 +10,7 @@ import { parsePop3Config } from '../../src/pop3/config.ts';
 import { runPop3 } from '../../src/pop3/main.ts';
 import type { Logger } from '../../src/observability/log.ts';
 import { RawClient, RecordingRenewer, deliverWithLda, makeWorld, pop3Document, testMessage } from './support.ts';
+import { eventually } from '../support/eventually.ts';
 
 const run = promisify(execFile);
 
@@ -18,14 +19,6 @@ function recordingLogger(events: string[]): Logger {
   const put = (event: string) => void events.push(event);
   const logger: Logger = { debug: put, info: put, warn: put, error: put, child: () => logger };
   return logger;
-}
-
-async function eventually(check: () => boolean, what: string, limitMs = 30_000): Promise<void> {
-  const until = Date.now() + limitMs;
-  while (!check()) {
-    if (Date.now() > until) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
 }
 
 /** The worker's pid, from the APOP timestamp `<pid.session@name>` of the greeting. */
@@ -118,7 +111,7 @@ describe('POP3 with several worker processes', () => {
       // loaded, a worker started now cannot start.
       fs.writeFileSync(failing.cert.keyFile, 'not a key\n');
       process.kill(dying, 'SIGKILL');
-      await eventually(() => events.filter((e) => e === 'pop3_worker_restart_failed').length >= 2, 'the restart to fail twice');
+      await eventually('the restart to fail twice', () => events.filter((e) => e === 'pop3_worker_restart_failed').length >= 2, 30_000);
 
       process.kill(surviving, 0); // still there: nothing the failed starts said reached it as a login
       const base = ['-s', '--cacert', failing.cert.certFile, '-u', `carol:${failing.passwords.carol}`, '--max-time', '30'];

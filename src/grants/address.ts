@@ -364,8 +364,8 @@ function isCanonicalIpv4(text: string, from: number): boolean {
  * RCPT): all of 0.0.0.0/8 and 224.0.0.0/3 are never granted.
  */
 function grantableIpv4(text: string): boolean {
-  const dot = text.indexOf('.');
-  const first = Number(text.slice(0, dot));
+  let first = 0;
+  for (let i = 0, c = text.charCodeAt(0); c !== 46; c = text.charCodeAt(++i)) first = first * 10 + (c - 48);
   return first !== 0 && first < 224;
 }
 

@@ -24,6 +24,8 @@ export const STATUS_INTERVAL_MS = 1000;
 const START_TIMEOUT_MS = 30_000;
 const STOP_TIMEOUT_MS = 10_000;
 const RESTART_DELAY_MS = 1000;
+/** A worker that keeps failing to start is retried less and less often, down to once a minute. */
+const MAX_RESTART_DELAY_MS = 60_000;
 
 export interface WorkerSetup {
   config: Pop3ConfigWire;
@@ -79,6 +81,8 @@ export async function startPop3Cluster(config: Pop3Config, deps: Pop3ClusterDeps
   cluster.setupPrimary({ exec, args: [], execArgv: process.execArgv.filter((a) => !a.startsWith('--test')) });
 
   const slots: Slot[] = [];
+  /** Per slot: how long to wait before its next restart (doubled by each exit before listening). */
+  const restartDelays: number[] = [];
   let closing = false;
   const metricWaits = new Map<number, (json: MetricsJson) => void>();
   let nextMetricsId = 1;
@@ -102,6 +106,7 @@ export async function startPop3Cluster(config: Pop3Config, deps: Pop3ClusterDeps
           case 'listening':
             clearTimeout(timer);
             slot.listening = true;
+            restartDelays[index] = RESTART_DELAY_MS;
             ports ??= { port: message.port, tlsPort: message.tlsPort };
             resolve();
             return;
@@ -126,10 +131,12 @@ export async function startPop3Cluster(config: Pop3Config, deps: Pop3ClusterDeps
         slot.listening = false;
         if (closing) return;
         reject(new Error(`pop3 worker ${index + 1} exited (${signal ?? code}) while starting`));
-        log.error('pop3_worker_exited', { worker: index + 1, code, signal });
+        const delayMs = restartDelays[index] ?? RESTART_DELAY_MS;
+        restartDelays[index] = Math.min(2 * delayMs, MAX_RESTART_DELAY_MS);
+        log.error('pop3_worker_exited', { worker: index + 1, code, signal, restartInMs: delayMs });
         setTimeout(() => {
           if (!closing) fork(index).catch((err: unknown) => log.error('pop3_worker_restart_failed', { worker: index + 1, error: err as Error }));
-        }, RESTART_DELAY_MS).unref();
+        }, delayMs).unref();
       });
     });
 

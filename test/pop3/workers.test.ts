@@ -15,8 +15,8 @@ import { eventually } from '../support/eventually.ts';
 const run = promisify(execFile);
 
 /** A logger that keeps the events it was given, so a test can wait for one. */
-function recordingLogger(events: string[]): Logger {
-  const put = (event: string) => void events.push(event);
+function recordingLogger(events: Array<{ event: string; fields?: Record<string, unknown> }>): Logger {
+  const put = (event: string, fields?: Record<string, unknown>) => void events.push({ event, fields });
   const logger: Logger = { debug: put, info: put, warn: put, error: put, child: () => logger };
   return logger;
 }
@@ -99,7 +99,7 @@ describe('POP3 with several worker processes', () => {
   it('a worker that fails to start, and fails again on its restart, leaves the others serving', async () => {
     const failing = makeWorld('workers-failing');
     deliverWithLda(failing, 'carol', testMessage('still served', ['body']));
-    const events: string[] = [];
+    const events: Array<{ event: string; fields?: Record<string, unknown> }> = [];
     const role = await runPop3(pop3Document(failing, { workers: 2 }), recordingLogger(events), { renewer: new RecordingRenewer() });
     try {
       const clients = await Promise.all(Array.from({ length: 16 }, () => RawClient.connect(role.server.port)));
@@ -111,7 +111,10 @@ describe('POP3 with several worker processes', () => {
       // loaded, a worker started now cannot start.
       fs.writeFileSync(failing.cert.keyFile, 'not a key\n');
       process.kill(dying, 'SIGKILL');
-      await eventually('the restart to fail twice', () => events.filter((e) => e === 'pop3_worker_restart_failed').length >= 2, 30_000);
+      await eventually('the restart to fail twice', () => events.filter((e) => e.event === 'pop3_worker_restart_failed').length >= 2, 30_000);
+      // Each failed start doubles the wait before the next one.
+      const delays = events.filter((e) => e.event === 'pop3_worker_exited').map((e) => e.fields?.restartInMs);
+      assert.deepEqual(delays.slice(0, 3), [1000, 2000, 4000].slice(0, delays.length));
 
       process.kill(surviving, 0); // still there: nothing the failed starts said reached it as a login
       const base = ['-s', '--cacert', failing.cert.certFile, '-u', `carol:${failing.passwords.carol}`, '--max-time', '30'];

@@ -35,7 +35,7 @@ describe('POP3 flow control and command rate', () => {
   before(async () => {
     world = makeWorld('flow');
     // A small allowance, so that a test-sized burst goes past it.
-    s = await startServer(world, { allowPlaintextAuth: true, limits: { commandsPerSecond: 50, commandBurst: 100 } });
+    s = await startServer(world, { allowPlaintextAuth: true, limits: { commandsPerSecond: 20, commandBurst: 100 } });
   });
   after(async () => {
     await s.close();

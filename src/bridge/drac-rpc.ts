@@ -4,7 +4,7 @@
 // 16 words. Procedure 1 (ADD) answers an addstat: ADD_SUCCESS once the grant is written,
 // ADD_PERM to a caller that is not admitted, ADD_SYSERR when the write failed, ADD_UNKOWN for an
 // address nobody can connect from (0.0.0.0, ::, multicast, broadcast, 240/4).
-import { formatIp, parseIp, type IpPrefix } from '../grants/address.ts';
+import { formatIp, neverGrantedReason, parseIp, type IpPrefix } from '../grants/address.ts';
 import { GrantWriteError } from '../grants/types.ts';
 import type { NetworkList } from '../net/networks.ts';
 import { DracdAllow } from './dracd-allow.ts';
@@ -42,15 +42,9 @@ export function decodeAddArgs(vers: number, args: Uint8Array): IpPrefix | undefi
   return parseIp(formatIp({ family: 6, bytes, prefixLength: 128 }));
 }
 
-/** Whether a client could ever connect from this address: not unspecified, multicast, broadcast or reserved (240/4). */
+/** Whether a client could ever connect from this address: not unspecified, multicast, broadcast or reserved. */
 export function isClientAddress(ip: IpPrefix): boolean {
-  const b = ip.bytes;
-  if (ip.family === 4) {
-    if (b.every((x) => x === 0)) return false;
-    return (b[0] as number) < 224; // 224/4 multicast, 240/4 reserved, 255.255.255.255 broadcast
-  }
-  if (b.every((x) => x === 0)) return false;
-  return b[0] !== 0xff; // ff00::/8 multicast
+  return neverGrantedReason(ip) === undefined;
 }
 
 interface DracServiceOptions {

@@ -249,14 +249,83 @@ export interface GrantKey {
   name: string;
 }
 
+/** Why an address may never be granted (see neverGrantedReason); `proxy`: it is the trusted proxy's. */
+export type NeverGrantedReason = 'unspecified' | 'broadcast' | 'multicast' | 'reserved' | 'proxy';
+
+/** The address a grant would be for is one that no grant may name, whoever asks. */
+export class NeverGrantedError extends AddressError {
+  readonly reason: NeverGrantedReason;
+  constructor(address: string, reason: NeverGrantedReason) {
+    super(
+      reason === 'proxy'
+        ? `never granted: ${address} is the address of the proxy that sent the PROXY header`
+        : `never granted: ${address} is ${reason === 'unspecified' ? 'an unspecified' : `a ${reason}`} address`,
+    );
+    this.reason = reason;
+  }
+}
+
 /**
- * The grant a login from `clientIp` writes. IPv6 clients are aggregated to `ipv6PrefixLength`
- * (their privacy addresses change within the /64); IPv4 clients are granted exactly.
+ * The widest IPv6 prefix a grant may be for (the least `grants.ipv6PrefixLength` accepts); the
+ * CRD refuses wider ones too.
  */
-export function grantKeyFor(clientIp: string, ipv6PrefixLength: number): GrantKey {
+export const WIDEST_IPV6_PREFIX = 32;
+
+/**
+ * Why no client could be at address `p`, so that a grant for it would be a mistake or an attack
+ * (a PROXY header naming `0.0.0.0`, `255.255.255.255` or a multicast group): IPv4 0.0.0.0/8
+ * ("this network", 0.0.0.0 unspecified), 224.0.0.0/4 multicast, 240.0.0.0/4 reserved (and
+ * 255.255.255.255 broadcast); IPv6 ff00::/8 multicast, and ::/96 but ::1 (:: unspecified, the
+ * deprecated IPv4-compatible addresses). IPv4-mapped IPv6 is IPv4 here (parseIp). The CRD's CEL
+ * refuses the same ranges (crds/relaygrants.kubedrac.io.yaml): change both together.
+ */
+export function neverGrantedReason(p: IpPrefix): NeverGrantedReason | undefined {
+  const b = p.bytes;
+  const first = b[0] as number;
+  if (p.family === 4) {
+    if (first === 0) return b[1] === 0 && b[2] === 0 && b[3] === 0 ? 'unspecified' : 'reserved';
+    if (first < 224) return undefined;
+    if (first < 240) return 'multicast';
+    return b[1] === 255 && b[2] === 255 && b[3] === 255 && first === 255 ? 'broadcast' : 'reserved';
+  }
+  if (first === 0xff) return 'multicast';
+  for (let i = 0; i < 12; i++) if (b[i] !== 0) return undefined;
+  if (b[12] === 0 && b[13] === 0 && b[14] === 0) return b[15] === 0 ? 'unspecified' : b[15] === 1 ? undefined : 'reserved';
+  return 'reserved';
+}
+
+/** Whether `p` is the IPv6 loopback address ::1. */
+function isIpv6Loopback(p: IpPrefix): boolean {
+  return p.family === 6 && p.bytes[15] === 1 && p.bytes.every((x, i) => i === 15 || x === 0);
+}
+
+export interface GrantKeyOptions {
+  /** The connection's peer when a PROXY header named the client: never granted. */
+  proxyPeer?: string;
+}
+
+/**
+ * The grant a login from `clientIp` writes, and the one place that refuses what must never be
+ * granted, so that every writer (POP3, the bridge's whoson, DRAC RPC and auth-policy) obeys it:
+ * an address no client could have (neverGrantedReason), and a key that would cover the proxy the
+ * header came through. Throws NeverGrantedError for those, AddressError for anything else wrong.
+ * IPv6 clients are aggregated to `ipv6PrefixLength` (their privacy addresses change within the
+ * /64), never wider than WIDEST_IPV6_PREFIX; the loopback ::1, whose /64 would cover ::, is
+ * granted exactly, as IPv4 clients are.
+ */
+export function grantKeyFor(clientIp: string, ipv6PrefixLength: number, opts: GrantKeyOptions = {}): GrantKey {
   const ip = parseIp(clientIp);
   if (!ip) throw new AddressError(`not an IP address: ${JSON.stringify(clientIp)}`);
-  const p = ip.family === 6 && ipv6PrefixLength < 128 ? prefixOf(ip, ipv6PrefixLength) : ip;
+  const reason = neverGrantedReason(ip);
+  if (reason !== undefined) throw new NeverGrantedError(formatIp(ip), reason);
+  if (!Number.isInteger(ipv6PrefixLength) || ipv6PrefixLength < WIDEST_IPV6_PREFIX || ipv6PrefixLength > 128) {
+    throw new AddressError(`IPv6 prefix length must be ${WIDEST_IPV6_PREFIX} to 128, got ${ipv6PrefixLength}`);
+  }
+  const p = ip.family === 6 && ipv6PrefixLength < 128 && !isIpv6Loopback(ip) ? prefixOf(ip, ipv6PrefixLength) : ip;
+  if (opts.proxyPeer !== undefined) {
+    const peer = parseIp(opts.proxyPeer);
+    if (peer === undefined || covers(p, peer)) throw new NeverGrantedError(formatIp(p), 'proxy');
+  }
   return { address: formatIp(p), name: grantNameOf(p) };
 }
 
@@ -290,6 +359,15 @@ function isCanonicalIpv4(text: string, from: number): boolean {
   return parts === 4;
 }
 
+/**
+ * neverGrantedReason for canonical IPv4 text, from its first octet alone (the hot path of every
+ * RCPT): all of 0.0.0.0/8 and 224.0.0.0/3 are never granted.
+ */
+function grantableIpv4(text: string): boolean {
+  let first = 0;
+  for (let i = 0, c = text.charCodeAt(0); c !== 46; c = text.charCodeAt(++i)) first = first * 10 + (c - 48);
+  return first !== 0 && first < 224;
+}
 
 /**
  * The grant names that could cover one client IP, computed for the hot path of every RCPT: the
@@ -309,15 +387,16 @@ export class ClientGrantNames {
     this.hex = hex;
   }
 
+  /** The names for client `ip`; undefined when it is no address, or one never granted (no grant covers it). */
   static of(ip: string): ClientGrantNames | undefined {
-    if (isCanonicalIpv4(ip, 0)) return new ClientGrantNames(4, `v4-${ip}`, ip, '');
+    if (isCanonicalIpv4(ip, 0)) return grantableIpv4(ip) ? new ClientGrantNames(4, `v4-${ip}`, ip, '') : undefined;
     // Dual-stack sockets report IPv4 clients as ::ffff:a.b.c.d.
     if (ip.length > 7 && ip.charCodeAt(0) === 58 && /^::ffff:/i.test(ip) && isCanonicalIpv4(ip, 7)) {
       const v4 = ip.slice(7);
-      return new ClientGrantNames(4, `v4-${v4}`, v4, '');
+      return grantableIpv4(v4) ? new ClientGrantNames(4, `v4-${v4}`, v4, '') : undefined;
     }
     const parsed = parseIp(ip);
-    if (!parsed) return undefined;
+    if (!parsed || neverGrantedReason(parsed) !== undefined) return undefined;
     if (parsed.family === 4) {
       const v4 = formatIp(parsed);
       return new ClientGrantNames(4, `v4-${v4}`, v4, '');

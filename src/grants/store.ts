@@ -72,10 +72,10 @@ export class GrantStore implements GrantRenewer {
     this.pruneTimer = setInterval(() => this.prune(), Math.max(1000, Math.min(60_000, opts.renewIntervalMs))).unref();
   }
 
-  async renew(clientIp: string, user: string, source: GrantSource): Promise<RenewOutcome> {
+  async renew(clientIp: string, user: string, source: GrantSource, opts?: { proxyPeer?: string }): Promise<RenewOutcome> {
     let key: GrantKey;
     try {
-      key = grantKeyFor(clientIp, this.opts.ipv6PrefixLength);
+      key = grantKeyFor(clientIp, this.opts.ipv6PrefixLength, opts);
     } catch (err) {
       grantWrites.inc({ op: 'failed' });
       throw new GrantWriteError(clientIp, (err as AddressError).message, { cause: err });

@@ -65,9 +65,11 @@ export type RenewOutcome = 'created' | 'patched' | 'skipped';
 export interface GrantRenewer {
   /**
    * Create or extend the grant for `clientIp`. Resolves with what was done; rejects only with a
-   * GrantWriteError (the login path logs and counts it, never fails the login).
+   * GrantWriteError (the login path logs and counts it, never fails the login), also when the
+   * address must never be granted (see grantKeyFor). `proxyPeer`: the connection's peer when a
+   * PROXY header named `clientIp`, which is never granted.
    */
-  renew(clientIp: string, user: string, source: GrantSource): Promise<RenewOutcome>;
+  renew(clientIp: string, user: string, source: GrantSource, opts?: { proxyPeer?: string }): Promise<RenewOutcome>;
 }
 
 export class GrantWriteError extends Error {

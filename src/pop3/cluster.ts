@@ -6,7 +6,7 @@
 // before the greeting here). The primary holds what must be one per
 // replica (the grant store, the session limits) and relays failed logins to every worker's
 // throttle (shared.ts), answers /readyz for all (ready when every worker is), sums their metrics,
-// and replaces a worker that dies.
+// and replaces a worker that dies. The messages on the channel are in ipc.ts.
 import cluster, { type Worker } from 'node:cluster';
 import net from 'node:net';
 import { AggregatorRegistry } from 'prom-client';
@@ -16,31 +16,21 @@ import type { Logger } from '../observability/log.ts';
 import { registry } from '../observability/metrics.ts';
 import { pop3ConfigToWire, type Pop3Config, type Pop3ConfigWire } from './config.ts';
 import type { Pop3Server } from './server.ts';
-import { serveSharedState, type PrimaryReply } from './shared.ts';
-
-/** One process's metrics, as `registry.getMetricsAsJSON()` gives them. */
-type MetricsJson = object[];
+import type { MetricsJson, PrimaryMessage, WorkerMessage } from './ipc.ts';
+import { serveSharedState } from './shared.ts';
 
 export const WORKER_ENV = 'KUBE_DRAC_POP3_WORKER';
 export const STATUS_INTERVAL_MS = 1000;
 const START_TIMEOUT_MS = 30_000;
 const STOP_TIMEOUT_MS = 10_000;
 const RESTART_DELAY_MS = 1000;
+/** A worker that keeps failing to start is retried less and less often, down to once a minute. */
+const MAX_RESTART_DELAY_MS = 60_000;
 
 export interface WorkerSetup {
   config: Pop3ConfigWire;
   logLevel: 'error' | 'warn' | 'info' | 'debug';
 }
-
-/** Worker -> primary, besides the shared-state requests. */
-export type ToPrimary =
-  | { kd: 'listening'; port: number; tlsPort: number | undefined }
-  | { kd: 'failed'; error: string }
-  | { kd: 'status'; reasons: string[] }
-  | { kd: 'metrics'; id: number; json: MetricsJson };
-
-/** Primary -> worker, besides the shared-state replies. */
-export type ToWorker = { kd: 'close' } | { kd: 'metrics'; id: number };
 
 export interface Pop3Cluster extends Pop3Server {
   /** Every process's metrics, summed (Prometheus text). */
@@ -91,6 +81,8 @@ export async function startPop3Cluster(config: Pop3Config, deps: Pop3ClusterDeps
   cluster.setupPrimary({ exec, args: [], execArgv: process.execArgv.filter((a) => !a.startsWith('--test')) });
 
   const slots: Slot[] = [];
+  /** Per slot: how long to wait before its next restart (doubled by each exit before listening). */
+  const restartDelays: number[] = [];
   let closing = false;
   const metricWaits = new Map<number, (json: MetricsJson) => void>();
   let nextMetricsId = 1;
@@ -103,21 +95,22 @@ export async function startPop3Cluster(config: Pop3Config, deps: Pop3ClusterDeps
       const slot: Slot = { worker, listening: false, reasons: ['starting'], reportedAt: Date.now() };
       slots[index] = slot;
       const sharing = serveSharedState(worker, shared, (failure) => {
-        for (const other of slots) if (other !== slot && other.worker.isConnected()) other.worker.send({ kd: 'failed', ...failure } satisfies PrimaryReply);
+        for (const other of slots) if (other !== slot && other.worker.isConnected()) other.worker.send({ kd: 'peer-login-failed', ...failure } satisfies PrimaryMessage);
       });
       const timer = setTimeout(() => {
         reject(new Error(`pop3 worker ${index + 1} did not start within ${START_TIMEOUT_MS} ms`));
         worker.kill();
       }, START_TIMEOUT_MS);
-      worker.on('message', (message: ToPrimary) => {
+      worker.on('message', (message: WorkerMessage) => {
         switch (message.kd) {
           case 'listening':
             clearTimeout(timer);
             slot.listening = true;
+            restartDelays[index] = RESTART_DELAY_MS;
             ports ??= { port: message.port, tlsPort: message.tlsPort };
             resolve();
             return;
-          case 'failed':
+          case 'start-failed':
             clearTimeout(timer);
             reject(new Error(message.error));
             return;
@@ -129,7 +122,7 @@ export async function startPop3Cluster(config: Pop3Config, deps: Pop3ClusterDeps
             metricWaits.get(message.id)?.(message.json);
             return;
           default:
-            return;
+            return; // the shared-state requests: serveSharedState's
         }
       });
       worker.on('exit', (code, signal) => {
@@ -138,10 +131,12 @@ export async function startPop3Cluster(config: Pop3Config, deps: Pop3ClusterDeps
         slot.listening = false;
         if (closing) return;
         reject(new Error(`pop3 worker ${index + 1} exited (${signal ?? code}) while starting`));
-        log.error('pop3_worker_exited', { worker: index + 1, code, signal });
+        const delayMs = restartDelays[index] ?? RESTART_DELAY_MS;
+        restartDelays[index] = Math.min(2 * delayMs, MAX_RESTART_DELAY_MS);
+        log.error('pop3_worker_exited', { worker: index + 1, code, signal, restartInMs: delayMs });
         setTimeout(() => {
           if (!closing) fork(index).catch((err: unknown) => log.error('pop3_worker_restart_failed', { worker: index + 1, error: err as Error }));
-        }, RESTART_DELAY_MS).unref();
+        }, delayMs).unref();
       });
     });
 
@@ -158,7 +153,7 @@ export async function startPop3Cluster(config: Pop3Config, deps: Pop3ClusterDeps
               clearTimeout(timer);
               resolve();
             });
-            if (slot.worker.isConnected()) slot.worker.send({ kd: 'close' } satisfies ToWorker);
+            if (slot.worker.isConnected()) slot.worker.send({ kd: 'close' } satisfies PrimaryMessage);
             else slot.worker.process.kill('SIGTERM');
           }),
       ),
@@ -206,7 +201,7 @@ export async function startPop3Cluster(config: Pop3Config, deps: Pop3ClusterDeps
                 metricWaits.delete(id);
                 resolve(json);
               });
-              slot.worker.send({ kd: 'metrics', id } satisfies ToWorker);
+              slot.worker.send({ kd: 'collect-metrics', id } satisfies PrimaryMessage);
             }),
         ),
       );

@@ -34,6 +34,8 @@ export interface LoginClient {
   grantAddress: string | null;
   /** The address failures are counted against (the client, else the proxy's peer). */
   throttleAddress: string;
+  /** The connection's peer when a PROXY header named the client: never granted. */
+  proxyPeer?: string;
   sessionId: string;
 }
 
@@ -122,7 +124,7 @@ export class Pop3Login {
       return;
     }
     const started = process.hrtime.bigint();
-    const write = d.renewer.renew(address, user, 'pop3').then(
+    const write = d.renewer.renew(address, user, 'pop3', { proxyPeer: client.proxyPeer }).then(
       (outcome) => {
         grantWrites.inc({ result: outcome });
         return outcome;

@@ -1,6 +1,7 @@
 // `kube-drac pop3`: the POP3 listeners, the grant store that logins renew grants through, and the
 // health endpoint (ready while the listeners are bound, users are loaded and the mail root is usable). SIGTERM (via runRoleProcess) stops accepting, ends sessions without deleting anything.
 import type { ConfigDocument } from '../config/load.ts';
+import { MaildirTmpCleaner } from '../mail/tmp-cleaner.ts';
 import { GrantStore } from '../grants/store.ts';
 import type { GrantRenewer } from '../grants/types.ts';
 import { KubeClient } from '../kube/client.ts';
@@ -56,6 +57,9 @@ export async function runPop3(doc: ConfigDocument, log: Logger = createLogger('p
     throw err;
   }
   const healthServer = health;
+  // One sweep of the Maildirs' tmp/ per replica (not per worker), at start and periodically.
+  const tmpCleaner = new MaildirTmpCleaner({ mailRoot: config.mailRoot, mailLocation: config.mailLocation, log: log.child({ component: 'maildir-tmp' }) });
+  tmpCleaner.start();
   let closing: Promise<void> | undefined;
   return {
     server,
@@ -63,6 +67,7 @@ export async function runPop3(doc: ConfigDocument, log: Logger = createLogger('p
     close: () =>
       (closing ??= (async () => {
         await server.close();
+        await tmpCleaner.close();
         await healthServer.close();
         store?.close();
         client?.close();

@@ -14,7 +14,7 @@ import { TlsReloader } from '../net/tls.ts';
 import { inlineIo, pooledIo } from '../mail/io.ts';
 import type { Logger } from '../observability/log.ts';
 import type { Pop3Config } from './config.ts';
-import { Pop3Login } from './login.ts';
+import { Pop3Login, type LoginClient } from './login.ts';
 import { openMaildrop } from './maildrop.ts';
 import { MailRootProbe } from './readiness.ts';
 import { connectionsRefused, connectionsTotal, deletedMessages, retrievedBytes, sessionsActive, tlsHandshakes } from './metrics.ts';
@@ -49,8 +49,15 @@ export interface Pop3Server {
   close(): Promise<void>;
 }
 
-/** Lines are fed to the session one at a time; more input waits (bounded) behind the one in progress. */
+// Lines are fed to the session one at a time; more input waits behind the one in progress. The
+// socket is not read while too many lines wait or too much of our output is unsent (a client that
+// does not read its replies), and read again once both are down to half: every path through pump()
+// ends with that check, so a session never stays paused with nothing left to unpause it.
 const MAX_QUEUED_LINES = 256;
+const MAX_UNSENT_BYTES = 256 * 1024;
+/** A line too long to be a command, as queued (a real line cannot hold a NUL). */
+const TOO_LONG = '\0too-long';
+const SLOW_DOWN = '-ERR [SYS/TEMP] Too many commands; slow down.\r\n';
 
 class Connection {
   private socket: net.Socket;
@@ -60,17 +67,25 @@ class Connection {
   private buffer: Buffer = Buffer.alloc(0);
   private discarding = false;
   private readonly queue: string[] = [];
-  private overflowed = false;
+  /** We stopped reading the socket (see MAX_QUEUED_LINES). */
+  private paused = false;
+  /** The client has sent its FIN: once what it sent before is answered, the session ends. */
+  private peerEnded = false;
   private busy = false;
   private closed = false;
   private timer: NodeJS.Timeout | undefined;
   private readonly commands: RateLimiter;
   private readonly onData = (chunk: Buffer) => this.receive(chunk);
   private readonly onClose = () => this.closedByPeer();
+  private readonly onEnd = () => {
+    this.peerEnded = true;
+    void this.pump();
+  };
+  private readonly onDrain = () => this.regulate();
   readonly done: Promise<void>;
   private resolveDone!: () => void;
 
-  constructor(socket: net.Socket, server: ServerContext, opts: { secure: boolean; grantAddress: string | null; throttleAddress: string; log: Logger }) {
+  constructor(socket: net.Socket, server: ServerContext, opts: { secure: boolean; client: Omit<LoginClient, 'sessionId'>; log: Logger }) {
     this.socket = socket;
     this.server = server;
     this.log = opts.log;
@@ -78,6 +93,7 @@ class Connection {
     const cfg = server.config;
     this.commands = new RateLimiter({ capacity: cfg.limits.commandBurst, refillPerSecond: cfg.limits.commandsPerSecond, maxKeys: 1 });
     const sessionId = crypto.randomBytes(6).toString('hex');
+    const client: LoginClient = { ...opts.client, sessionId };
     const io: SessionIo = {
       write: (text) => this.write(text + '\r\n'),
       writeStream: (head, chunks, sent) => this.writeStream(head, chunks, sent),
@@ -92,12 +108,10 @@ class Connection {
       loginDelaySeconds: cfg.loginDelaySeconds,
       implementation: cfg.implementation,
       maxErrors: cfg.limits.maxErrors,
-      login: (user, password) =>
-        server.login.login(user, password, { grantAddress: opts.grantAddress, throttleAddress: opts.throttleAddress, sessionId }),
+      login: (user, password) => server.login.login(user, password, client),
       // RFC 1939's timestamp, unique per session; only when some user could use APOP at all.
       apopBanner: server.users.hasPlainSecrets ? `<${process.pid}.${sessionId}@${server.config.implementation}>` : undefined,
-      apop: (user, banner, digest) =>
-        server.login.apop(user, banner, digest, { grantAddress: opts.grantAddress, throttleAddress: opts.throttleAddress, sessionId }),
+      apop: (user, banner, digest) => server.login.apop(user, banner, digest, client),
       onEvent: (event, fields) => {
         if (event === 'retrieved') retrievedBytes.inc(fields.bytes as number);
         else if (event === 'deleted') deletedMessages.inc(fields.count as number);
@@ -111,9 +125,26 @@ class Connection {
   private attach(socket: net.Socket): void {
     this.socket = socket;
     socket.on('data', this.onData);
+    socket.on('end', this.onEnd);
+    socket.on('drain', this.onDrain);
     socket.on('close', this.onClose);
     socket.on('error', (err) => this.log.debug('socket_error', { error: err }));
+    this.paused = false;
     socket.resume();
+  }
+
+  /** Stop reading while input or output backs up; read again once both are down to half. */
+  private regulate(): void {
+    if (this.closed) return;
+    const queued = this.queue.length;
+    const unsent = this.socket.writableLength;
+    if (!this.paused && (queued > MAX_QUEUED_LINES || unsent > MAX_UNSENT_BYTES)) {
+      this.paused = true;
+      this.socket.pause();
+    } else if (this.paused && queued <= MAX_QUEUED_LINES / 2 && unsent <= MAX_UNSENT_BYTES / 2) {
+      this.paused = false;
+      this.socket.resume();
+    }
   }
 
   private write(text: string): void {
@@ -137,15 +168,7 @@ class Connection {
         if (!more) {
           // Corked, nothing drains: send what is buffered, then wait until the peer has read it.
           socket.uncork();
-          await new Promise<void>((resolve) => {
-            const done = () => {
-              socket.off('drain', done);
-              socket.off('close', done);
-              resolve();
-            };
-            socket.on('drain', done);
-            socket.on('close', done);
-          });
+          await drained(socket);
           socket.cork();
         }
         this.armTimer();
@@ -183,16 +206,13 @@ class Connection {
       const line = raw.length > 0 && raw[raw.length - 1] === 0x0d ? raw.subarray(0, raw.length - 1) : raw;
       this.enqueue(line.toString('utf8'));
     }
-    if (this.queue.length > MAX_QUEUED_LINES && !this.overflowed) {
-      this.overflowed = true;
-      this.socket.pause();
-    }
+    this.regulate();
     void this.pump();
   }
 
   /** null stands for a line that was too long. */
   private enqueue(line: string | null): void {
-    this.queue.push(line ?? '\0too-long');
+    this.queue.push(line ?? TOO_LONG);
   }
 
   private async pump(): Promise<void> {
@@ -200,23 +220,14 @@ class Connection {
     this.busy = true;
     try {
       while (this.queue.length > 0 && !this.closed) {
-        const line = this.queue.shift() as string;
-        this.armTimer();
-        if (line === '\0too-long') {
-          this.session.lineTooLong();
-          continue;
-        }
-        if (!this.commands.take('c')) {
-          this.write('-ERR [SYS/TEMP] Too many commands; slow down.\r\n');
-          continue;
-        }
-        await this.session.handle(line);
-        this.armTimer(); // the state may have changed (login): pick its timeout
-        if (this.overflowed && this.queue.length < MAX_QUEUED_LINES / 2) {
-          this.overflowed = false;
-          this.socket.resume();
-        }
+        // A client that does not read its replies: answer nothing more until it has read them.
+        if (this.socket.writableLength > MAX_UNSENT_BYTES) await drained(this.socket);
+        else await this.run(this.queue.shift() as string);
+        this.regulate();
       }
+      // The client said all it will say and it has been answered: end the session (a dropped
+      // connection deletes nothing) instead of waiting for a timeout with the maildrop locked.
+      if (this.peerEnded && this.queue.length === 0) await this.session.abort();
     } catch (err) {
       this.log.error('session_failed', { error: err as Error });
       this.write('-ERR [SYS/TEMP] Internal error.\r\n');
@@ -226,11 +237,22 @@ class Connection {
     }
   }
 
+  /** One queued line: answered by the session, unless it is too long or over the command rate. */
+  private async run(line: string): Promise<void> {
+    this.armTimer();
+    if (line === TOO_LONG) return this.session.lineTooLong();
+    if (!this.commands.take('c')) return this.write(SLOW_DOWN);
+    await this.session.handle(line);
+    this.armTimer(); // the state may have changed (login): pick its timeout
+  }
+
   /** STLS: drop every byte received so far, then handshake on the same socket. */
   private async startTls(): Promise<void> {
     const plain = this.socket;
     const reloader = this.server.tls as TlsReloader;
     plain.off('data', this.onData);
+    plain.off('end', this.onEnd);
+    plain.off('drain', this.onDrain);
     plain.pause();
     this.queue.length = 0;
     this.buffer = Buffer.alloc(0);
@@ -282,6 +304,19 @@ class Connection {
   }
 }
 
+/** Settles once what was written to `socket` has gone out, or it closed. */
+function drained(socket: net.Socket): Promise<void> {
+  return new Promise<void>((resolve) => {
+    const done = () => {
+      socket.off('drain', done);
+      socket.off('close', done);
+      resolve();
+    };
+    socket.on('drain', done);
+    socket.on('close', done);
+  });
+}
+
 /** TLS server handshake on `socket`; settles on success, error, close or after `timeoutMs`. */
 function handshake(socket: net.Socket, reloader: TlsReloader, timeoutMs: number): Promise<tls.TLSSocket> {
   return new Promise((resolve, reject) => {
@@ -305,9 +340,12 @@ function handshake(socket: net.Socket, reloader: TlsReloader, timeoutMs: number)
       clearTimeout(timer);
       secure.off('error', onError);
       secure.off('close', onClose);
+      secure.off('end', onClose);
     };
     secure.once('error', onError);
     secure.once('close', onClose);
+    // Half-open sockets (see listen): a client's FIN does not close the socket by itself.
+    secure.once('end', onClose);
     secure.once('secure', () => {
       cleanup();
       tlsHandshakes.inc({ result: 'success' });
@@ -356,7 +394,9 @@ export async function startPop3Server(config: Pop3Config, deps: Pop3ServerDeps):
     socket.setNoDelay(true);
     const peer = socket.remoteAddress ?? '';
     let grantAddress: string | null = peer;
+    let proxyPeer: string | undefined;
     if (config.trustedProxies.contains(peer)) {
+      proxyPeer = peer;
       try {
         const header = await readProxyHeader(socket, { trustedProxies: config.trustedProxies, timeoutMs: config.proxyHeaderTimeoutMs });
         grantAddress = header.client?.address ?? null;
@@ -394,7 +434,7 @@ export async function startPop3Server(config: Pop3Config, deps: Pop3ServerDeps):
       }
     }
     sessionsActive.inc();
-    const conn = new Connection(stream, ctx, { secure: implicitTls, grantAddress, throttleAddress: grantAddress ?? peer, log });
+    const conn = new Connection(stream, ctx, { secure: implicitTls, client: { grantAddress, throttleAddress: grantAddress ?? peer, proxyPeer }, log });
     connections.add(conn);
     void conn.done.finally(() => {
       connections.delete(conn);
@@ -405,7 +445,9 @@ export async function startPop3Server(config: Pop3Config, deps: Pop3ServerDeps):
 
   const listen = (port: number, implicitTls: boolean): Promise<net.Server> =>
     new Promise((resolve, reject) => {
-      const server = net.createServer({ pauseOnConnect: true }, (socket) => {
+      // Half-open: a client that sends its last commands and its FIN at once still gets the answers
+      // (the session ends once they are written, see Connection.pump).
+      const server = net.createServer({ pauseOnConnect: true, allowHalfOpen: true }, (socket) => {
         accept(socket, implicitTls).catch((err: unknown) => {
           log.error('accept_failed', { error: err as Error });
           socket.destroy();

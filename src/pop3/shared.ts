@@ -7,8 +7,9 @@
 // applied to (relayed by the primary): a check costs no trip, and the copies differ only for the
 // moment a relay takes. The maildrop lock needs none of this: it is a file.
 import { LoginThrottle, type ThrottleOptions, type ThrottleVerdict } from '../auth/throttle.ts';
-import { GrantWriteError, type GrantRenewer, type GrantSource, type RenewOutcome } from '../grants/types.ts';
+import { GrantWriteError, type GrantRenewer, type RenewOutcome } from '../grants/types.ts';
 import { releaseOnce, type AcquireResult } from '../net/limits.ts';
+import type { LoginFailure, PrimaryMessage, WorkerMessage, WorkerRequest } from './ipc.ts';
 
 export interface SharedThrottle {
   check(address: string, user: string, nowMs: number): ThrottleVerdict | Promise<ThrottleVerdict>;
@@ -25,18 +26,8 @@ export interface SharedState {
   limiter: SharedLimiter;
 }
 
-/** Worker -> primary. */
-export type WorkerRequest =
-  | { kd: 'renew'; id: number; ip: string; user: string; source: GrantSource }
-  | { kd: 'failed'; address: string; user: string; now: number }
-  | { kd: 'acquire'; id: number; ip: string }
-  | { kd: 'release'; slot: number };
-
-/** Primary -> worker: answers, and the failed logins of the other workers. */
-export type PrimaryReply = { kd: 'reply'; id: number; value?: unknown; error?: string } | { kd: 'failed'; address: string; user: string; now: number };
-
 interface Channel {
-  send(message: WorkerRequest): void;
+  send(message: WorkerMessage): void;
   on(event: 'message', listener: (message: unknown) => void): void;
 }
 
@@ -46,8 +37,8 @@ export function sharedStateOverIpc(channel: Channel, throttleOptions: ThrottleOp
   const waiting = new Map<number, { resolve: (value: unknown) => void; reject: (err: Error) => void }>();
   const throttle = new LoginThrottle(throttleOptions);
   channel.on('message', (message) => {
-    const m = message as PrimaryReply;
-    if (m.kd === 'failed') return throttle.failed(m.address, m.user, m.now);
+    const m = message as PrimaryMessage;
+    if (m.kd === 'peer-login-failed') return throttle.failed(m.address, m.user, m.now);
     if (m.kd !== 'reply') return;
     const w = waiting.get(m.id);
     if (w === undefined) return;
@@ -57,13 +48,13 @@ export function sharedStateOverIpc(channel: Channel, throttleOptions: ThrottleOp
   });
   const ask = <T>(request: WorkerRequest): Promise<T> =>
     new Promise<T>((resolve, reject) => {
-      waiting.set((request as { id: number }).id, { resolve: resolve as (value: unknown) => void, reject });
+      waiting.set(request.id, { resolve: resolve as (value: unknown) => void, reject });
       channel.send(request);
     });
   return {
     renewer: {
-      renew: (ip, user, source) =>
-        ask<RenewOutcome>({ kd: 'renew', id: nextId++, ip, user, source }).catch((err: unknown) => {
+      renew: (ip, user, source, opts) =>
+        ask<RenewOutcome>({ kd: 'renew', id: nextId++, ip, user, source, proxyPeer: opts?.proxyPeer }).catch((err: unknown) => {
           throw new GrantWriteError(ip, (err as Error).message);
         }),
     },
@@ -71,7 +62,7 @@ export function sharedStateOverIpc(channel: Channel, throttleOptions: ThrottleOp
       check: (address, user, now) => throttle.check(address, user, now),
       failed: (address, user, now) => {
         throttle.failed(address, user, now);
-        channel.send({ kd: 'failed', address, user, now });
+        channel.send({ kd: 'login-failed', address, user, now });
       },
     },
     limiter: {
@@ -90,23 +81,24 @@ export function sharedStateOverIpc(channel: Channel, throttleOptions: ThrottleOp
  * `releaseAll`, for when the worker is gone: the sessions it held are over.
  */
 export function serveSharedState(
-  worker: { send(message: PrimaryReply): void; on(event: 'message', listener: (message: unknown) => void): void },
+  worker: { send(message: PrimaryMessage): void; on(event: 'message', listener: (message: unknown) => void): void },
   state: Omit<SharedState, 'throttle'>,
-  relayFailure: (failure: { address: string; user: string; now: number }) => void,
+  relayFailure: (failure: LoginFailure) => void,
 ): { releaseAll(): void } {
   const slots = new Map<number, () => void>();
   let nextSlot = 1;
   const reply = (id: number, value: unknown) => worker.send({ kd: 'reply', id, value });
   worker.on('message', (message) => {
-    const m = message as WorkerRequest;
+    // The start-up, status and metrics messages on this channel are cluster.ts's.
+    const m = message as WorkerMessage;
     switch (m.kd) {
       case 'renew':
-        state.renewer.renew(m.ip, m.user, m.source).then(
+        state.renewer.renew(m.ip, m.user, m.source, { proxyPeer: m.proxyPeer }).then(
           (outcome) => reply(m.id, outcome),
           (err: unknown) => worker.send({ kd: 'reply', id: m.id, error: (err as Error).message }),
         );
         return;
-      case 'failed':
+      case 'login-failed':
         relayFailure({ address: m.address, user: m.user, now: m.now });
         return;
       case 'acquire':

@@ -8,14 +8,15 @@ import { createLogger, setLogLevel } from '../observability/log.ts';
 import { collectProcessMetrics, registry } from '../observability/metrics.ts';
 import { pop3ConfigFromWire } from './config.ts';
 import { startPop3Server, type Pop3Server } from './server.ts';
-import { sharedStateOverIpc, type WorkerRequest } from './shared.ts';
-import { STATUS_INTERVAL_MS, WORKER_ENV, type ToPrimary, type ToWorker, type WorkerSetup } from './cluster.ts';
+import { STATUS_INTERVAL_MS, WORKER_ENV, type WorkerSetup } from './cluster.ts';
+import type { PrimaryMessage, WorkerMessage } from './ipc.ts';
+import { sharedStateOverIpc } from './shared.ts';
 
 const setup = JSON.parse(process.env[WORKER_ENV] ?? '{}') as WorkerSetup;
 setLogLevel(setup.logLevel);
 collectProcessMetrics();
 const log = createLogger('pop3').child({ worker: cluster.worker?.id ?? 0 });
-const send = (message: ToPrimary | WorkerRequest) => process.send?.(message);
+const send = (message: WorkerMessage) => process.send?.(message);
 
 let server: Pop3Server | undefined;
 let stopping: Promise<void> | undefined;
@@ -25,9 +26,9 @@ const stop = () =>
     process.exit(0);
   })());
 
-process.on('message', (message: ToWorker) => {
+process.on('message', (message: PrimaryMessage) => {
   if (message.kd === 'close') void stop();
-  else if (message.kd === 'metrics') void registry.getMetricsAsJSON().then((json) => send({ kd: 'metrics', id: message.id, json }));
+  else if (message.kd === 'collect-metrics') void registry.getMetricsAsJSON().then((json) => send({ kd: 'metrics', id: message.id, json }));
 });
 // The primary coordinates shutdown; a Ctrl-C reaches the whole process group, so leave it to it.
 process.on('SIGINT', () => undefined);
@@ -39,7 +40,7 @@ try {
   const shared = sharedStateOverIpc({ send, on: (event, listener) => process.on(event, listener) }, config.throttle);
   server = await startPop3Server(config, { ...shared, log, reusePort: true });
 } catch (err) {
-  send({ kd: 'failed', error: (err as Error).message });
+  send({ kd: 'start-failed', error: (err as Error).message });
   process.exit(1);
 }
 const running = server;

@@ -5,7 +5,7 @@ import { UserDatabase } from '../auth/passwd-file.ts';
 import { LoginThrottle } from '../auth/throttle.ts';
 import { PasswordVerifier } from '../auth/verifier.ts';
 import type { ConfigDocument } from '../config/load.ts';
-import { covers, grantKeyFor, parseGrantAddress, parseIp } from '../grants/address.ts';
+import { NeverGrantedError, covers, grantKeyFor, parseGrantAddress, parseIp } from '../grants/address.ts';
 import { GrantCache } from '../grants/cache.ts';
 import { grantsPath } from '../grants/paths.ts';
 import type { GrantMatch, RelayGrant } from '../grants/types.ts';
@@ -22,7 +22,13 @@ import { startSmtpServer, type RunningSmtpServer, type SmtpAuthDeps } from './se
  * prefix for IPv6): undefined when there is none, it is being deleted, or it does not cover `ip`.
  */
 export async function getGrantFor(client: KubeClient, namespace: string, ip: string, ipv6PrefixLength: number): Promise<GrantMatch | undefined> {
-  const key = grantKeyFor(ip, ipv6PrefixLength);
+  let key;
+  try {
+    key = grantKeyFor(ip, ipv6PrefixLength);
+  } catch (err) {
+    if (err instanceof NeverGrantedError) return undefined; // no grant may cover it: refused, not deferred
+    throw err;
+  }
   const grant = await client.get<RelayGrant>(grantsPath(namespace, key.name));
   if (grant === undefined || grant.metadata.deletionTimestamp !== undefined) return undefined;
   const expiresAtMs = Date.parse(grant.spec.expiresAt);

@@ -5,12 +5,14 @@ import fc from 'fast-check';
 import {
   AddressError,
   ClientGrantNames,
+  NeverGrantedError,
   canonicalIp,
   covers,
   formatIp,
   grantAddressOfName,
   grantKeyFor,
   grantNameOf,
+  neverGrantedReason,
   parseGrantAddress,
   parseIp,
   prefixOf,
@@ -21,6 +23,8 @@ const ipv6Bytes = fc.uint8Array({ minLength: 16, maxLength: 16 });
 const ipv6 = ipv6Bytes
   .filter((b) => !(b.slice(0, 10).every((x) => x === 0) && b[10] === 0xff && b[11] === 0xff))
   .map((b) => formatIp({ family: 6, bytes: b, prefixLength: 128 }));
+/** Whether a client could be at `ip` (a grant may be written for it). */
+const grantable = (ip: string) => neverGrantedReason(parseIp(ip)!) === undefined;
 
 describe('canonicalIp', () => {
   it('keeps canonical IPv4 and refuses leading zeros and junk', () => {
@@ -112,7 +116,7 @@ describe('grant names', () => {
   it('gives two different addresses two different names', () => {
     fc.assert(
       fc.property(fc.oneof(ipv4, ipv6), fc.oneof(ipv4, ipv6), (a, b) => {
-        fc.pre(a !== b);
+        fc.pre(a !== b && grantable(a) && grantable(b));
         assert.notEqual(grantKeyFor(a, 128).name, grantKeyFor(b, 128).name);
       }),
     );
@@ -131,8 +135,9 @@ describe('grant names', () => {
     const client = fc.oneof(ipv4, ipv6, ipv4.map((ip) => `::ffff:${ip}`), ipv6.map((ip) => ip.toUpperCase()));
     fc.assert(
       fc.property(client, fc.integer({ min: 0, max: 128 }), (ip, len) => {
-        const names = ClientGrantNames.of(ip)!;
         const parsed = parseIp(ip)!;
+        if (!grantable(ip)) return assert.equal(ClientGrantNames.of(ip), undefined, `${ip}: never granted, so never covered`);
+        const names = ClientGrantNames.of(ip)!;
         assert.equal(names.exact, grantKeyFor(ip, 128).name);
         const l = Math.min(len, parsed.family === 4 ? 32 : 128);
         assert.equal(names.prefixName(l), grantNameOf(prefixOf(parsed, l)));
@@ -146,5 +151,78 @@ describe('grant names', () => {
     assert.ok(covers(net64, parseIp('2001:db8:1:2:ffff:ffff:ffff:ffff')!));
     assert.ok(!covers(net64, parseIp('2001:db8:1:3::')!));
     assert.ok(!covers(net64, parseIp('10.0.0.1')!));
+  });
+});
+
+describe('addresses that are never granted', () => {
+  it('names the reason for each range, IPv4-mapped forms included', () => {
+    const cases: Array<[string, string | undefined]> = [
+      ['0.0.0.0', 'unspecified'],
+      ['::ffff:0.0.0.0', 'unspecified'],
+      ['::ffff:0:0', 'unspecified'],
+      ['::', 'unspecified'],
+      ['0.1.2.3', 'reserved'],
+      ['255.255.255.255', 'broadcast'],
+      ['::ffff:255.255.255.255', 'broadcast'],
+      ['::FFFF:FFFF:FFFF', 'broadcast'],
+      ['224.0.0.1', 'multicast'],
+      ['239.255.255.250', 'multicast'],
+      ['ff02::1', 'multicast'],
+      ['ff0e::1:3', 'multicast'],
+      ['240.0.0.1', 'reserved'],
+      ['255.255.255.254', 'reserved'],
+      ['::1.2.3.4', 'reserved'],
+      ['::2', 'reserved'],
+      // Clients can be at these.
+      ['1.0.0.0', undefined],
+      ['127.0.0.1', undefined],
+      ['::1', undefined],
+      ['10.0.0.255', undefined],
+      ['223.255.255.255', undefined],
+      ['192.0.2.10', undefined],
+      ['fe80::1', undefined],
+      ['2001:db8::1', undefined],
+      ['fe00::1', undefined],
+      ['::1:0:0:0', undefined],
+    ];
+    for (const [ip, reason] of cases) assert.equal(neverGrantedReason(parseIp(ip)!), reason, ip);
+  });
+
+  it('grantKeyFor refuses each of them, the proxy the header came through, and prefixes wider than /32', () => {
+    for (const ip of ['0.0.0.0', '::ffff:0.0.0.0', '255.255.255.255', '::ffff:255.255.255.255', '224.0.0.251', 'ff02::fb', '::', '240.1.2.3']) {
+      assert.throws(() => grantKeyFor(ip, 64), (err: unknown) => err instanceof NeverGrantedError && /^never granted: /.test(err.message), ip);
+    }
+    // The proxy's own address, in any spelling, and an IPv6 prefix that would cover it.
+    for (const [client, proxy] of [
+      ['127.0.0.2', '127.0.0.2'],
+      ['127.0.0.2', '::ffff:127.0.0.2'],
+      ['2001:db8:1:2::5', '2001:db8:1:2::1'],
+    ] as const) {
+      assert.throws(
+        () => grantKeyFor(client, 64, { proxyPeer: proxy }),
+        (err: unknown) => err instanceof NeverGrantedError && err.reason === 'proxy' && /address of the proxy/.test(err.message),
+        `${client} via ${proxy}`,
+      );
+    }
+    assert.equal(grantKeyFor('192.0.2.10', 64, { proxyPeer: '127.0.0.2' }).name, 'v4-192.0.2.10');
+    assert.equal(grantKeyFor('2001:db8:1:3::5', 64, { proxyPeer: '2001:db8:1:2::1' }).address, '2001:db8:1:3::/64');
+    for (const len of [31, 0, -1, 129, 64.5]) assert.throws(() => grantKeyFor('2001:db8::1', len), AddressError, String(len));
+    assert.equal(grantKeyFor('2001:db8::1', 32).address, '2001:db8::/32');
+    // The loopback is granted exactly: its /64 would cover :: and the IPv4-compatible range.
+    assert.deepEqual(grantKeyFor('::1', 64), { address: '::1', name: 'v6-00000000000000000000000000000001' });
+  });
+
+  it('no key for any address of a never-granted range, and the lookup names of none', () => {
+    const never = fc.oneof(
+      fc.tuple(fc.oneof(fc.constant(0), fc.integer({ min: 224, max: 255 })), fc.nat(255), fc.nat(255), fc.nat(255)).map((b) => b.join('.')),
+      ipv6Bytes.map((b) => formatIp({ family: 6, bytes: Uint8Array.from([0xff, ...b.slice(1)]), prefixLength: 128 })),
+    );
+    fc.assert(
+      fc.property(never, fc.boolean(), (ip, mapped) => {
+        const text = mapped && !ip.includes(':') ? `::ffff:${ip}` : ip;
+        assert.throws(() => grantKeyFor(text, 64), NeverGrantedError, text);
+        assert.equal(ClientGrantNames.of(text), undefined, text);
+      }),
+    );
   });
 });

@@ -12,6 +12,7 @@ import type { RelayGrant } from '../../src/grants/types.ts';
 import { KubeClient } from '../../src/kube/client.ts';
 import { kubeForTest, type TestKube } from '../support/kube.ts';
 import { RawClient, makeWorld, startServer, type World } from './support.ts';
+import { eventually } from '../support/eventually.ts';
 
 /** A TCP path to the API server that the test can cut and restore (a real outage, not a fake API). */
 class CuttableLink {
@@ -68,14 +69,6 @@ async function grantsIn(kube: TestKube): Promise<RelayGrant[]> {
   return out.items;
 }
 
-async function eventually(check: () => Promise<boolean>, what: string, limitMs = 60_000): Promise<void> {
-  const until = Date.now() + limitMs;
-  while (!(await check())) {
-    if (Date.now() > until) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 200));
-  }
-}
-
 describe('POP3 logins and RelayGrants on the real API server', () => {
   let kube: TestKube;
   let world: World;
@@ -92,7 +85,7 @@ describe('POP3 logins and RelayGrants on the real API server', () => {
     const store = new GrantStore({ client: kube.client, namespace: kube.namespace, ttlMs: 30 * 60_000, renewIntervalMs: 5 * 60_000, ipv6PrefixLength: 64 });
     // A fresh API server's first writes to a new resource are slow (storage and CEL set-up), longer
     // than the login waits: warm it up first, so that "+OK waited for the write" is what is tested.
-    await eventually(async () => (await store.renew('192.0.2.250', 'warm-up', 'pop3').catch(() => 'failed')) !== 'failed', 'a first grant write');
+    await eventually('a first grant write', async () => (await store.renew('192.0.2.250', 'warm-up', 'pop3').catch(() => 'failed')) !== 'failed', 60_000);
     const s = await startServer(world, { allowPlaintextAuth: true, trustedProxies: ['127.0.0.1'] }, store);
     try {
       const login = async (client: string, password: string) => {
@@ -137,7 +130,7 @@ describe('POP3 logins and RelayGrants on the real API server', () => {
       await c.cmd('QUIT');
       assert.ok(!(await grantsIn(kube)).some((g) => g.metadata.name === 'v4-198.51.100.20'));
       link.restore();
-      await eventually(async () => (await grantsIn(kube)).some((g) => g.metadata.name === 'v4-198.51.100.20'), 'the retried grant');
+      await eventually('the retried grant', async () => (await grantsIn(kube)).some((g) => g.metadata.name === 'v4-198.51.100.20'), 60_000);
     } finally {
       await s.close();
       store.close();

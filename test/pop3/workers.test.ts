@@ -1,11 +1,25 @@
 // pop3.workers > 1: sessions spread over worker processes, while the maildrop lock, the grant
 // writes, the throttle, /readyz and /metrics still behave as one server.
 import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import fs from 'node:fs';
 import { after, describe, it } from 'node:test';
+import { promisify } from 'node:util';
 import { ConfigError, ConfigReader } from '../../src/config/reader.ts';
 import { parsePop3Config } from '../../src/pop3/config.ts';
 import { runPop3 } from '../../src/pop3/main.ts';
+import type { Logger } from '../../src/observability/log.ts';
 import { RawClient, RecordingRenewer, deliverWithLda, makeWorld, pop3Document, testMessage } from './support.ts';
+import { eventually } from '../support/eventually.ts';
+
+const run = promisify(execFile);
+
+/** A logger that keeps the events it was given, so a test can wait for one. */
+function recordingLogger(events: Array<{ event: string; fields?: Record<string, unknown> }>): Logger {
+  const put = (event: string, fields?: Record<string, unknown>) => void events.push({ event, fields });
+  const logger: Logger = { debug: put, info: put, warn: put, error: put, child: () => logger };
+  return logger;
+}
 
 /** The worker's pid, from the APOP timestamp `<pid.session@name>` of the greeting. */
 const pidOf = (c: RawClient) => Number(/<(\d+)\./.exec(c.greeting)?.[1]);
@@ -79,6 +93,44 @@ describe('POP3 with several worker processes', () => {
       const closing = role.close();
       assert.deepEqual(role.server.notReadyReasons(), ['listeners closed']);
       await closing;
+    }
+  });
+
+  it('a worker that fails to start, and fails again on its restart, leaves the others serving', async () => {
+    const failing = makeWorld('workers-failing');
+    deliverWithLda(failing, 'carol', testMessage('still served', ['body']));
+    const events: Array<{ event: string; fields?: Record<string, unknown> }> = [];
+    const role = await runPop3(pop3Document(failing, { workers: 2 }), recordingLogger(events), { renewer: new RecordingRenewer() });
+    try {
+      const clients = await Promise.all(Array.from({ length: 16 }, () => RawClient.connect(role.server.port)));
+      const pids = [...new Set(clients.map(pidOf))];
+      for (const c of clients) c.destroy();
+      assert.equal(pids.length, 2, `two workers, got ${pids.join(', ')}`);
+      const [dying, surviving] = pids as [number, number];
+      // A broken key from now on (a bad Secret rotation): the running workers keep the one they
+      // loaded, a worker started now cannot start.
+      fs.writeFileSync(failing.cert.keyFile, 'not a key\n');
+      process.kill(dying, 'SIGKILL');
+      await eventually('the restart to fail twice', () => events.filter((e) => e.event === 'pop3_worker_restart_failed').length >= 2, 30_000);
+      // Each failed start doubles the wait before the next one.
+      const delays = events.filter((e) => e.event === 'pop3_worker_exited').map((e) => e.fields?.restartInMs);
+      assert.deepEqual(delays.slice(0, 3), [1000, 2000, 4000].slice(0, delays.length));
+
+      process.kill(surviving, 0); // still there: nothing the failed starts said reached it as a login
+      const base = ['-s', '--cacert', failing.cert.certFile, '-u', `carol:${failing.passwords.carol}`, '--max-time', '30'];
+      for (let i = 0; i < 4; i++) {
+        const list = await run('curl', [...base, '--ssl-reqd', `pop3://127.0.0.1:${role.server.port}/`]);
+        assert.match(list.stdout, /^1 \d+\r\n$/);
+      }
+      const c = await RawClient.connect(role.server.port);
+      assert.equal(pidOf(c), surviving);
+      assert.match(await c.login('carol', 'wrong'), /^-ERR \[AUTH\]/);
+      assert.match(await c.login('carol', failing.passwords.carol), /^\+OK Logged in, 1 messages/);
+      assert.match(await c.cmd('QUIT'), /^\+OK/);
+      assert.ok(role.server.notReadyReasons().some((r) => /worker \d: not running/.test(r)));
+    } finally {
+      await role.close();
+      failing.cleanup();
     }
   });
 });

@@ -1,10 +1,15 @@
 // The grant cache against the real API server: it follows creates, renewals and deletions,
 // refuses expired grants, relists on 410, and catches up after the API server and etcd restart.
 import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { GrantCache } from '../../src/grants/cache.ts';
 import { grantsPath } from '../../src/grants/paths.ts';
 import { GrantStore } from '../../src/grants/store.ts';
+import { KubeClient } from '../../src/kube/client.ts';
 import { installCrds, ensureNamespace } from '../../src/kube/crds.ts';
 import { ControlPlane } from '../../src/local/control-plane.ts';
 import { registry } from '../../src/observability/metrics.ts';
@@ -182,6 +187,79 @@ describe('a watch on a quiet namespace (issue 13 item 2: the stalls)', () => {
       await eventually('the delete in the cache', () => cache.lookup('198.51.100.60') === undefined, 2000);
     } finally {
       await cache.stop();
+    }
+  });
+});
+
+/**
+ * A TCP path to the API server whose open connections the test can freeze: bytes stop flowing
+ * both ways but nothing is closed (a dead peer behind a NAT or a partition, not a reset). New
+ * connections still pass.
+ */
+class FreezableLink {
+  private readonly server: net.Server;
+  private readonly pairs = new Set<[net.Socket, net.Socket]>();
+  constructor(target: { host: string; port: number }) {
+    this.server = net.createServer((inbound) => {
+      const outbound = net.connect(target.port, target.host);
+      const pair: [net.Socket, net.Socket] = [inbound, outbound];
+      this.pairs.add(pair);
+      for (const s of pair) {
+        s.on('error', () => undefined);
+        s.on('close', () => this.pairs.delete(pair));
+      }
+      inbound.pipe(outbound).pipe(inbound);
+    });
+  }
+  listen(): Promise<number> {
+    return new Promise((resolve) => this.server.listen(0, '127.0.0.1', () => resolve((this.server.address() as net.AddressInfo).port)));
+  }
+  freeze(): void {
+    for (const [a, b] of this.pairs) {
+      a.unpipe(b);
+      b.unpipe(a);
+      a.pause();
+      b.pause();
+    }
+    this.pairs.clear();
+  }
+  close(): void {
+    this.server.close();
+  }
+}
+
+describe('a watch on a dead connection', () => {
+  let k: TestKube;
+  before(async () => {
+    k = await kubeForTest('dead-watch');
+  });
+  after(() => k.cleanup());
+
+  it('is declared stalled once the server would have ended it, and the cache resumes on a new connection', async () => {
+    const kubeconfig = fs.readFileSync(k.kubeconfigPath, 'utf8');
+    const server = /https:\/\/127\.0\.0\.1:(\d+)/.exec(kubeconfig);
+    assert.ok(server, 'the test kubeconfig names a loopback API server');
+    const link = new FreezableLink({ host: '127.0.0.1', port: Number(server[1]) });
+    const port = await link.listen();
+    const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'kd-link-')), 'kubeconfig');
+    fs.writeFileSync(file, kubeconfig.replace(server[0], `https://127.0.0.1:${port}`), { mode: 0o600 });
+    const client = KubeClient.fromPath(file);
+    const stalledCount = async () =>
+      ((await registry.getMetricsAsJSON()).find((x) => x.name === 'kubedrac_grant_watch_restarts_total')?.values ?? []).find((v) => v.labels.reason === 'stalled')?.value ?? 0;
+    const stalledBefore = await stalledCount();
+    const cache = new GrantCache({ client, namespace: k.namespace, watchSeconds: [3, 4], stallGraceMs: 1000 });
+    await cache.start();
+    try {
+      await eventually('the watch', () => cache.watching);
+      link.freeze();
+      await k.client.create(grantsPath(k.namespace), grant('v4-198.51.100.70', '198.51.100.70', Date.now() + 30 * MIN));
+      // The frozen watch never ends by itself: 3 s (timeoutSeconds) + 1 s grace, then a new watch.
+      await eventually('the stall to be declared', async () => (await stalledCount()) > stalledBefore, 10_000);
+      await eventually('the grant, through the new connection', () => cache.lookup('198.51.100.70') !== undefined, 5000);
+    } finally {
+      await cache.stop();
+      client.close();
+      link.close();
     }
   });
 });

@@ -21,7 +21,7 @@ import { grantWatchRestarts } from '../src/grants/metrics.ts';
 import { grantsPath } from '../src/grants/paths.ts';
 import type { KubeClient } from '../src/kube/client.ts';
 import { ensureNamespace, installCrds } from '../src/kube/crds.ts';
-import { ControlPlane } from '../src/local/control-plane.ts';
+import { ControlPlane, freePort } from '../src/local/control-plane.ts';
 import { createLogger } from '../src/observability/log.ts';
 import { percentile, type BenchOptions, type BenchResult } from './types.ts';
 
@@ -48,17 +48,6 @@ interface Schedule {
 
 const FULL: Schedule = { idle: [300, 120, 240, 60, 180], busySeconds: 180 };
 const QUICK: Schedule = { idle: [20, 5], busySeconds: 25 };
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address() as net.AddressInfo;
-      srv.close(() => resolve(port));
-    });
-  });
-}
 
 // ---------------------------------------------------------------------------------------------
 // The role processes.

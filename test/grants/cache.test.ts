@@ -39,6 +39,11 @@ async function metricValue(name: string): Promise<number> {
   return (m?.values ?? []).reduce((sum, v) => sum + v.value, 0);
 }
 
+async function stalledRestarts(): Promise<number> {
+  const m = (await registry.getMetricsAsJSON()).find((x) => x.name === 'kubedrac_grant_watch_restarts_total');
+  return m?.values.find((v) => v.labels.reason === 'stalled')?.value ?? 0;
+}
+
 describe('GrantCache on the shared API server', () => {
   let k: TestKube;
   let cache: GrantCache;
@@ -141,56 +146,6 @@ describe('GrantCache on the shared API server', () => {
   });
 });
 
-describe('a watch on a quiet namespace (issue 13 item 2: the stalls)', () => {
-  let k: TestKube;
-  before(async () => {
-    k = await kubeForTest('quiet-watch');
-  });
-  after(() => k.cleanup());
-
-  it('gets no event from the API server until the server ends it at timeoutSeconds', async () => {
-    // The premise of the stall fix: bookmarks are sent only once the resource's resourceVersion
-    // moved past the watch's, so a quiet watch is silent for its whole life. An idle timeout
-    // shorter than timeoutSeconds (the old 90 s against 240-300 s) therefore always fired.
-    const list = await k.client.request<{ metadata: { resourceVersion: string } }>('GET', grantsPath(k.namespace));
-    const events: string[] = [];
-    const started = Date.now();
-    await k.client.watch(
-      grantsPath(k.namespace),
-      { resourceVersion: list.metadata.resourceVersion, allowWatchBookmarks: true, timeoutSeconds: 4 },
-      (e) => events.push(e.type),
-      { idleTimeoutMs: 60_000 },
-    );
-    const ms = Date.now() - started;
-    // Nothing but bookmarks (and on a cluster where no grant anywhere changes, not even those:
-    // other tests write grants in other namespaces, which moves the resource's version).
-    assert.ok(events.every((e) => e === 'BOOKMARK'), events.join());
-    assert.ok(ms >= 3500 && ms < 30_000, `the server ended the watch itself after ${ms} ms`);
-  });
-
-  it('restarts such watches as ended, never as stalled, and still sees a delete at once', async () => {
-    const stalled = async () =>
-      ((await registry.getMetricsAsJSON()).find((x) => x.name === 'kubedrac_grant_watch_restarts_total')?.values ?? []).find((v) => v.labels.reason === 'stalled')?.value ?? 0;
-    const stalledBefore = await stalled();
-    // Watches of 3 s, declared stalled 1 s after that: several quiet watches in 12 s.
-    const cache = new GrantCache({ client: k.client, namespace: k.namespace, watchSeconds: [3, 4], stallGraceMs: 1000 });
-    const origin = await metricValue('kubedrac_grant_watch_restarts_total');
-    await cache.start();
-    try {
-      await new Promise((r) => setTimeout(r, 12_000));
-      const ended = (await metricValue('kubedrac_grant_watch_restarts_total')) - origin;
-      assert.ok(ended >= 2, `quiet watches ended by the server and resumed: ${ended}`);
-      assert.equal((await stalled()) - stalledBefore, 0, 'no quiet watch was taken for a stalled one');
-      await k.client.create(grantsPath(k.namespace), grant('v4-198.51.100.60', '198.51.100.60', Date.now() + 30 * MIN));
-      await eventually('the grant in the cache', () => cache.lookup('198.51.100.60') !== undefined, 2000);
-      await k.client.delete(grantsPath(k.namespace, 'v4-198.51.100.60'));
-      await eventually('the delete in the cache', () => cache.lookup('198.51.100.60') === undefined, 2000);
-    } finally {
-      await cache.stop();
-    }
-  });
-});
-
 /**
  * A TCP path to the API server whose open connections the test can freeze: bytes stop flowing
  * both ways but nothing is closed (a dead peer behind a NAT or a partition, not a reset). New
@@ -228,12 +183,52 @@ class FreezableLink {
   }
 }
 
-describe('a watch on a dead connection', () => {
+describe('watch stalls (issue 13 item 2): a quiet watch is not a dead one, a dead one is found', () => {
   let k: TestKube;
   before(async () => {
-    k = await kubeForTest('dead-watch');
+    k = await kubeForTest('quiet-watch');
   });
   after(() => k.cleanup());
+
+  it('gets no event from the API server until the server ends it at timeoutSeconds', async () => {
+    // The premise of the stall fix: bookmarks are sent only once the resource's resourceVersion
+    // moved past the watch's, so a quiet watch is silent for its whole life. An idle timeout
+    // shorter than timeoutSeconds (the old 90 s against 240-300 s) therefore always fired.
+    const list = await k.client.request<{ metadata: { resourceVersion: string } }>('GET', grantsPath(k.namespace));
+    const events: string[] = [];
+    const started = Date.now();
+    await k.client.watch(
+      grantsPath(k.namespace),
+      { resourceVersion: list.metadata.resourceVersion, allowWatchBookmarks: true, timeoutSeconds: 4 },
+      (e) => events.push(e.type),
+      { idleTimeoutMs: 60_000 },
+    );
+    const ms = Date.now() - started;
+    // Nothing but bookmarks (and on a cluster where no grant anywhere changes, not even those:
+    // other tests write grants in other namespaces, which moves the resource's version).
+    assert.ok(events.every((e) => e === 'BOOKMARK'), events.join());
+    assert.ok(ms >= 3500 && ms < 30_000, `the server ended the watch itself after ${ms} ms`);
+  });
+
+  it('restarts such watches as ended, never as stalled, and still sees a delete at once', async () => {
+    const stalledBefore = await stalledRestarts();
+    // Watches of 3 s, declared stalled 1 s after that: several quiet watches in 12 s.
+    const cache = new GrantCache({ client: k.client, namespace: k.namespace, watchSeconds: [3, 4], stallGraceMs: 1000 });
+    const origin = await metricValue('kubedrac_grant_watch_restarts_total');
+    await cache.start();
+    try {
+      await new Promise((r) => setTimeout(r, 12_000));
+      const ended = (await metricValue('kubedrac_grant_watch_restarts_total')) - origin;
+      assert.ok(ended >= 2, `quiet watches ended by the server and resumed: ${ended}`);
+      assert.equal((await stalledRestarts()) - stalledBefore, 0, 'no quiet watch was taken for a stalled one');
+      await k.client.create(grantsPath(k.namespace), grant('v4-198.51.100.60', '198.51.100.60', Date.now() + 30 * MIN));
+      await eventually('the grant in the cache', () => cache.lookup('198.51.100.60') !== undefined, 2000);
+      await k.client.delete(grantsPath(k.namespace, 'v4-198.51.100.60'));
+      await eventually('the delete in the cache', () => cache.lookup('198.51.100.60') === undefined, 2000);
+    } finally {
+      await cache.stop();
+    }
+  });
 
   it('is declared stalled once the server would have ended it, and the cache resumes on a new connection', async () => {
     const kubeconfig = fs.readFileSync(k.kubeconfigPath, 'utf8');
@@ -244,9 +239,7 @@ describe('a watch on a dead connection', () => {
     const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'kd-link-')), 'kubeconfig');
     fs.writeFileSync(file, kubeconfig.replace(server[0], `https://127.0.0.1:${port}`), { mode: 0o600 });
     const client = KubeClient.fromPath(file);
-    const stalledCount = async () =>
-      ((await registry.getMetricsAsJSON()).find((x) => x.name === 'kubedrac_grant_watch_restarts_total')?.values ?? []).find((v) => v.labels.reason === 'stalled')?.value ?? 0;
-    const stalledBefore = await stalledCount();
+    const stalledBefore = await stalledRestarts();
     const cache = new GrantCache({ client, namespace: k.namespace, watchSeconds: [3, 4], stallGraceMs: 1000 });
     await cache.start();
     try {
@@ -254,7 +247,7 @@ describe('a watch on a dead connection', () => {
       link.freeze();
       await k.client.create(grantsPath(k.namespace), grant('v4-198.51.100.70', '198.51.100.70', Date.now() + 30 * MIN));
       // The frozen watch never ends by itself: 3 s (timeoutSeconds) + 1 s grace, then a new watch.
-      await eventually('the stall to be declared', async () => (await stalledCount()) > stalledBefore, 10_000);
+      await eventually('the stall to be declared', async () => (await stalledRestarts()) > stalledBefore, 10_000);
       await eventually('the grant, through the new connection', () => cache.lookup('198.51.100.70') !== undefined, 5000);
     } finally {
       await cache.stop();

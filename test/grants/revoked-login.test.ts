@@ -4,12 +4,11 @@
 // to expire sooner, comes back at the next login, and relaying works again.
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { parseConfig } from '../../src/config/load.ts';
 import { GrantCache } from '../../src/grants/cache.ts';
 import { grantsPath } from '../../src/grants/paths.ts';
 import type { RelayGrant } from '../../src/grants/types.ts';
 import { runPop3, type RunningPop3Role } from '../../src/pop3/main.ts';
-import { makeWorld, type World } from '../pop3/support.ts';
+import { makeWorld, pop3Document, type World } from '../pop3/support.ts';
 import { swaks } from '../smtp/peers.ts';
 import { memoryLogger, run, startTestSmtp, type TestSmtp } from '../smtp/support.ts';
 import { kubeForTest, type TestKube } from '../support/kube.ts';
@@ -46,22 +45,9 @@ const grant = (name: string) => k.client.get<RelayGrant>(grantsPath(k.namespace,
 before(async () => {
   k = await kubeForTest('revoked-login');
   world = makeWorld('revoked-login');
-  const doc = parseConfig(
-    JSON.stringify({
-      kubernetes: { kubeconfig: k.kubeconfigPath, namespace: k.namespace },
-      metrics: { host: '127.0.0.1', port: 0 },
-      pop3: {
-        listen: { host: '127.0.0.1', port: 0 },
-        tls: { certFile: world.cert.certFile, keyFile: world.cert.keyFile },
-        tlsPort: 0,
-        allowPlaintextAuth: true,
-        mailRoot: world.mailRoot,
-        usersFile: world.usersFile,
-        passwordThreads: 1,
-      },
-    }),
-    'test',
-  );
+  const doc = pop3Document(world);
+  // The real wiring: the role builds its own GrantStore and GrantCache on this cluster.
+  doc.common.kubernetes = { ...doc.common.kubernetes, kubeconfig: k.kubeconfigPath, namespace: k.namespace };
   pop3 = await runPop3(doc, memoryLogger());
   smtpCache = new GrantCache({ client: k.client, namespace: k.namespace, log: memoryLogger() });
   await smtpCache.start();

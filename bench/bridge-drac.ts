@@ -16,6 +16,7 @@ import { ADDSTAT, DRAC_PROGRAM, startDracRpcListener } from '../src/bridge/drac-
 import { ACCEPT, decodeReply, encodeCall } from '../src/bridge/oncrpc.ts';
 import { hostOfUniversalAddress, PMAP_PROGRAM } from '../src/bridge/portmap.ts';
 import { XdrReader, XdrWriter } from '../src/bridge/xdr.ts';
+import { GrantCache } from '../src/grants/cache.ts';
 import { GrantStore } from '../src/grants/store.ts';
 import { KubeClient } from '../src/kube/client.ts';
 import { ensureNamespace, installCrds } from '../src/kube/crds.ts';
@@ -38,7 +39,10 @@ const silent: Logger = { debug() {}, info() {}, warn() {}, error() {}, child: ()
 
 async function serve(kubeconfig: string): Promise<void> {
   const client = KubeClient.fromPath(kubeconfig);
-  const store = new GrantStore({ client, namespace: NAMESPACE, ttlMs: 30 * MIN, renewIntervalMs: 5 * MIN, ipv6PrefixLength: 64 });
+  // As the bridge role: its writers skip writes on what their own cache saw.
+  const grants = new GrantCache({ client, namespace: NAMESPACE, indexUsers: false, log: silent });
+  await grants.start();
+  const store = new GrantStore({ client, namespace: NAMESPACE, ttlMs: 30 * MIN, renewIntervalMs: 5 * MIN, ipv6PrefixLength: 64, grants });
   // A writer-only bridge reads no grants.
   const listener = await startDracRpcListener(
     { host: HOST, port: 0, allow: NetworkList.parse(['127.0.0.0/8'], 'allow'), portmapper: { host: HOST, port: 111 } },

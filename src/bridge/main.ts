@@ -64,8 +64,12 @@ export async function runBridge(doc: ConfigDocument, log: Logger = createLogger(
     cache.startInBackground();
   }
   let store: GrantStore | undefined;
+  let writerCache: GrantCache | undefined;
   if (bridgeWrites(config)) {
-    store = new GrantStore({ client, namespace, ...doc.common.grants, log: log.child({ component: 'grant-store' }) });
+    // The store skips a login's write only on what a cache saw of the API server (issue 13).
+    writerCache = cache ?? new GrantCache({ client, namespace, indexUsers: false, log: log.child({ component: 'grant-cache' }) });
+    if (writerCache !== cache) writerCache.startInBackground();
+    store = new GrantStore({ client, namespace, ...doc.common.grants, grants: writerCache, log: log.child({ component: 'grant-store' }) });
   }
   const ctx: BridgeContext = { grants: cache ?? NO_GRANTS, store: store ?? NO_WRITES, log };
 
@@ -76,6 +80,7 @@ export async function runBridge(doc: ConfigDocument, log: Logger = createLogger(
     await health?.close();
     await cache?.stop();
     store?.close();
+    if (writerCache !== cache) await writerCache?.stop();
     client.close();
   };
   try {

@@ -28,8 +28,13 @@ export interface GrantCacheOptions {
   log?: Logger;
   /** Page size of the initial and repair lists. */
   listPageSize?: number;
-  /** A watch on which nothing arrived (not even a bookmark) for this long is treated as stalled. */
-  stallTimeoutMs?: number;
+  /**
+   * A watch the server has not ended this long after its `timeoutSeconds` is treated as stalled
+   * (a dead connection). Not sooner: on a quiet namespace the server sends nothing at all.
+   */
+  stallGraceMs?: number;
+  /** The server-side length of each watch, in seconds: [min, max), picked at random per watch. */
+  watchSeconds?: [number, number];
   /**
    * false: users are not kept (entries and matches say user ''), ~30 bytes a grant less, for a
    * reader that never shows them (the operator). Default true.
@@ -61,7 +66,8 @@ export class GrantCache extends EventEmitter implements GrantLookup {
   private readonly namespace: string;
   private readonly log: Logger;
   private readonly pageSize: number;
-  private readonly stallTimeoutMs: number;
+  private readonly stallGraceMs: number;
+  private readonly watchSeconds: [number, number];
   private readonly indexUsers: boolean;
   /** Grant name -> slot in the columns below. */
   private readonly index = new Map<string, number>();
@@ -80,6 +86,7 @@ export class GrantCache extends EventEmitter implements GrantLookup {
   private loop: Promise<void> | undefined;
   private firstSync: { resolve: () => void; reject: (err: Error) => void } | undefined;
   private _synced = false;
+  private _watching = false;
 
   constructor(opts: GrantCacheOptions) {
     super();
@@ -87,12 +94,21 @@ export class GrantCache extends EventEmitter implements GrantLookup {
     this.namespace = opts.namespace;
     this.log = opts.log ?? createLogger('grant-cache');
     this.pageSize = opts.listPageSize ?? 5000;
-    this.stallTimeoutMs = opts.stallTimeoutMs ?? 90_000;
+    this.stallGraceMs = opts.stallGraceMs ?? 30_000;
+    this.watchSeconds = opts.watchSeconds ?? [240, 300];
     this.indexUsers = opts.indexUsers ?? true;
   }
 
   get synced(): boolean {
     return this._synced;
+  }
+
+  /**
+   * True while synced and a watch stream is open: the index then misses nothing older than the
+   * events on their way. A writer skips a write on its word only then.
+   */
+  get watching(): boolean {
+    return this._watching;
   }
 
   get size(): number {
@@ -185,16 +201,25 @@ export class GrantCache extends EventEmitter implements GrantLookup {
       try {
         if (this.resourceVersion === undefined) await this.relist(signal);
         this.watchAbort = new AbortController();
+        const [minSeconds, maxSeconds] = this.watchSeconds;
+        const timeoutSeconds = minSeconds + Math.floor(Math.random() * (maxSeconds - minSeconds));
         await this.client.watch<RelayGrant>(
           grantsPath(this.namespace),
-          // The server ends the watch before our stall timer would; we then resume at once.
-          { resourceVersion: this.resourceVersion, allowWatchBookmarks: true, timeoutSeconds: 240 + Math.floor(Math.random() * 60) },
+          { resourceVersion: this.resourceVersion, allowWatchBookmarks: true, timeoutSeconds },
           (event) => this.onEvent(event),
-          { signal: AbortSignal.any([signal, this.watchAbort.signal]), idleTimeoutMs: this.stallTimeoutMs },
+          {
+            signal: AbortSignal.any([signal, this.watchAbort.signal]),
+            // The server ends every watch at timeoutSeconds, but may send nothing before (a bookmark
+            // only once the resource's resourceVersion moved): silence is only a stall after that.
+            idleTimeoutMs: timeoutSeconds * 1000 + this.stallGraceMs,
+            onOpen: () => (this._watching = true),
+          },
         );
+        this._watching = false;
         failures = 0;
         if (!signal.aborted) grantWatchRestarts.inc({ reason: 'ended' });
       } catch (err) {
+        this._watching = false;
         if (signal.aborted) break;
         if (this.watchAbort.signal.aborted) continue; // restartWatch()
         if (err instanceof KubeApiError && (err.status === 410 || err.reason === 'Expired' || err.reason === 'Gone')) {

@@ -1,9 +1,11 @@
 // The grant store: how a login path creates or renews the grant of a client address.
-// Coalesced (a replica writes at most once per address per renew interval), merge-patched
+// Coalesced (a login skips its write only while the grant is really in the API server, as this
+// replica's GrantCache last saw it through its watch, with an expiresAt far enough off), merge-patched
 // (404 -> create, create 409 -> patch), retried with backoff and jitter, and never throwing
 // anything but a GrantWriteError into a login path. A write that still fails keeps being retried
 // in the background until it lands or the grant it would have written has expired.
 import { grantKeyFor, type AddressError, type GrantKey } from './address.ts';
+import type { GrantCache } from './cache.ts';
 import { grantWrites } from './metrics.ts';
 import { grantsPath } from './paths.ts';
 import {
@@ -27,6 +29,12 @@ export interface GrantStoreOptions {
   ttlMs: number;
   renewIntervalMs: number;
   ipv6PrefixLength: number;
+  /**
+   * The writer's view of the grants the API server holds (its own GrantCache on the same
+   * namespace). Without one, or while it is not watching, every login writes: a skip is never
+   * made on the store's own belief alone.
+   */
+  grants?: GrantsSeen;
   log?: Logger;
   /** Attempts within one renew() call before it rejects (the background retry goes on). */
   attempts?: number;
@@ -50,6 +58,19 @@ export function isFreshEnough(expiresAtMs: number | undefined, nowMs: number, tt
   return expiresAtMs !== undefined && expiresAtMs > nowMs + ttlMs - renewIntervalMs;
 }
 
+/** What the store reads of a GrantCache. */
+export type GrantsSeen = Pick<GrantCache, 'watching' | 'expiresAtMsOf' | 'on' | 'off'>;
+
+/**
+ * The expiry a skip may rely on: this replica's own write while its watch event is still on the
+ * way (`ownWrite`, dropped by the first event about the grant after the write), else what the
+ * watch last showed. Undefined while the cache is not watching: its picture may miss deletions.
+ */
+export function seenExpiry(watching: boolean, ownWrite: number | undefined, cached: number | undefined): number | undefined {
+  if (!watching) return undefined;
+  return ownWrite ?? cached;
+}
+
 interface Pending {
   key: GrantKey;
   user: string;
@@ -58,9 +79,14 @@ interface Pending {
 }
 
 export class GrantStore implements GrantRenewer {
-  private readonly opts: Required<Omit<GrantStoreOptions, 'log'>> & { log: Logger };
-  /** What this replica knows each grant runs until (its own writes). Pruned as grants expire. */
-  private readonly known = new Map<string, number>();
+  private readonly opts: Required<Omit<GrantStoreOptions, 'log' | 'grants'>> & { log: Logger; grants: GrantsSeen | undefined };
+  /**
+   * This replica's writes whose watch event has not arrived yet (name -> expiry written), so that
+   * a burst of logins right after a write does not write again. Any event about the grant (this
+   * write's own, another replica's renewal, an edit, a deletion) hands the answer back to the cache.
+   */
+  private readonly ownWrites = new Map<string, number>();
+  private readonly forgetOwnWrite = (name: string) => this.ownWrites.delete(name);
   private readonly inflight = new Map<string, Promise<RenewOutcome>>();
   /** Writes that failed, being retried in the background; the newest login wins. */
   private readonly retrying = new Map<string, Pending>();
@@ -68,7 +94,9 @@ export class GrantStore implements GrantRenewer {
   private closed = false;
 
   constructor(opts: GrantStoreOptions) {
-    this.opts = { attempts: 3, now: Date.now, log: createLogger('grant-store'), ...opts };
+    this.opts = { attempts: 3, now: Date.now, log: createLogger('grant-store'), grants: undefined, ...opts };
+    this.opts.grants?.on('upsert', this.forgetOwnWrite);
+    this.opts.grants?.on('delete', this.forgetOwnWrite);
     this.pruneTimer = setInterval(() => this.prune(), Math.max(1000, Math.min(60_000, opts.renewIntervalMs))).unref();
   }
 
@@ -81,7 +109,7 @@ export class GrantStore implements GrantRenewer {
       throw new GrantWriteError(clientIp, (err as AddressError).message, { cause: err });
     }
     const now = this.opts.now();
-    if (isFreshEnough(this.known.get(key.name), now, this.opts.ttlMs, this.opts.renewIntervalMs)) {
+    if (isFreshEnough(this.seenExpiryOf(key.name), now, this.opts.ttlMs, this.opts.renewIntervalMs)) {
       grantWrites.inc({ op: 'skipped' });
       return 'skipped';
     }
@@ -99,10 +127,15 @@ export class GrantStore implements GrantRenewer {
     }
   }
 
+  private seenExpiryOf(name: string): number | undefined {
+    const grants = this.opts.grants;
+    return seenExpiry(grants?.watching ?? false, this.ownWrites.get(name), grants?.expiresAtMsOf(name));
+  }
+
   /** Delete the grant of an address or prefix (whoson LOGOUT, tests, admin tools). */
   async revoke(clientIp: string): Promise<boolean> {
     const key = grantKeyFor(clientIp, this.opts.ipv6PrefixLength);
-    this.known.delete(key.name);
+    this.ownWrites.delete(key.name);
     this.retrying.delete(key.name);
     try {
       await this.opts.client.delete(grantsPath(this.opts.namespace, key.name));
@@ -116,13 +149,16 @@ export class GrantStore implements GrantRenewer {
   close(): void {
     this.closed = true;
     clearInterval(this.pruneTimer);
+    this.opts.grants?.off('upsert', this.forgetOwnWrite);
+    this.opts.grants?.off('delete', this.forgetOwnWrite);
   }
 
   private async writeWithRetries(p: Pending, attempts: number, capMs: number): Promise<RenewOutcome> {
     for (let attempt = 0; ; attempt++) {
       try {
         const outcome = await this.write(p);
-        this.known.set(p.key.name, p.expiresAtMs);
+        // Only a cache that is watching can hand this back (see ownWrites); without one, nothing to keep.
+        if (this.opts.grants) this.ownWrites.set(p.key.name, p.expiresAtMs);
         grantWrites.inc({ op: outcome === 'created' ? 'create' : 'patch' });
         return outcome;
       } catch (err) {
@@ -209,6 +245,6 @@ export class GrantStore implements GrantRenewer {
 
   private prune(): void {
     const now = this.opts.now();
-    for (const [name, expiresAtMs] of this.known) if (expiresAtMs <= now) this.known.delete(name);
+    for (const [name, expiresAtMs] of this.ownWrites) if (expiresAtMs <= now) this.ownWrites.delete(name);
   }
 }

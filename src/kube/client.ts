@@ -44,6 +44,10 @@ export type WatchHandler<T> = (event: WatchEvent<T>) => void;
 
 const AUTH_REFRESH_MS = 60_000;
 const DEFAULT_TIMEOUT_MS = 10_000;
+/** Until a watch's response headers (the server may first wait up to a few seconds for its cache). */
+const WATCH_ANSWER_TIMEOUT_MS = 30_000;
+/** Idle time before TCP keep-alive probes on a watch (libuv then probes every 1 s, 10 times). */
+const WATCH_KEEPALIVE_DELAY_MS = 10_000;
 
 function queryString(query: RequestOptions['query']): string {
   if (!query) return '';
@@ -52,6 +56,7 @@ function queryString(query: RequestOptions['query']): string {
   const s = params.toString();
   return s ? `?${s}` : '';
 }
+
 
 export class KubeClient {
   readonly credentials: KubeCredentials;
@@ -114,19 +119,29 @@ export class KubeClient {
       signal: opts.signal,
     };
     const requester = this.server.protocol === 'https:' ? httpsRequest : httpRequest;
-    return new Promise((resolve, reject) => {
-      const req = requester(requestOptions, (res) => {
-        if (res.statusCode === 401) this.headersAt = 0; // a rotated token: read the credentials again next time
-        resolve({ req, res });
+    const timeoutMs = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+    const send = (mayResend: boolean): Promise<{ req: http.ClientRequest; res: http.IncomingMessage }> =>
+      new Promise((resolve, reject) => {
+        let answered = false;
+        const req = requester(requestOptions, (res) => {
+          answered = true;
+          if (res.statusCode === 401) this.headersAt = 0; // a rotated token: read the credentials again next time
+          resolve({ req, res });
+        });
+        // A socket idle timeout (reset by every byte), not a deadline: it bounds the wait for the
+        // answer, and request() clears it once the body is read.
+        req.setTimeout(timeoutMs, () => {
+          req.destroy(new KubeApiError(0, 'Timeout', `${method} ${path}: no answer within ${timeoutMs} ms`));
+        });
+        req.on('error', (err: NodeJS.ErrnoException) => {
+          // The API server closes keep-alive connections idle for 90 s; a request written to one
+          // just as it closes is reset before the server read it, and is safe to send once more.
+          if (mayResend && !answered && req.reusedSocket && (err.code === 'ECONNRESET' || err.code === 'EPIPE')) resolve(send(false));
+          else reject(err instanceof KubeApiError ? err : new KubeApiError(0, 'Unreachable', `${method} ${path}: ${err.message}`, { cause: err }));
+        });
+        req.end(body);
       });
-      req.setTimeout(opts.timeoutMs ?? DEFAULT_TIMEOUT_MS, () => {
-        req.destroy(new KubeApiError(0, 'Timeout', `${method} ${path}: no answer within ${opts.timeoutMs ?? DEFAULT_TIMEOUT_MS} ms`));
-      });
-      req.on('error', (err) =>
-        reject(err instanceof KubeApiError ? err : new KubeApiError(0, 'Unreachable', `${method} ${path}: ${err.message}`, { cause: err })),
-      );
-      req.end(body);
-    });
+    return send(true);
   }
 
   /** One request; resolves with the decoded body of a 2xx answer, rejects with KubeApiError otherwise. */
@@ -182,26 +197,41 @@ export class KubeClient {
 
   /**
    * One watch request: calls `onEvent` for each event until the server ends the stream (resolves)
-   * or the connection fails (rejects). An `ERROR` event is passed to the handler like any other;
-   * `idleTimeoutMs` ends a stream on which nothing (not even a bookmark) arrived for that long.
+   * or the connection fails (rejects). An `ERROR` event is passed to the handler like any other.
+   * `idleTimeoutMs` ends a stream on which nothing at all arrived for that long: the API server
+   * sends nothing on a quiet watch (its bookmarks only carry a resourceVersion that moved), so
+   * this must run past the watch's own `timeoutSeconds`, when the server always ends it.
+   * Meanwhile TCP keep-alive probes find a peer that is gone.
    */
-  async watch<T>(path: string, query: RequestOptions['query'], onEvent: WatchHandler<T>, opts: { signal?: AbortSignal; idleTimeoutMs: number }): Promise<void> {
-    const { req, res } = await this.open('GET', path, {
-      query: { ...query, watch: true },
-      signal: opts.signal,
-      timeoutMs: opts.idleTimeoutMs,
-    });
+  async watch<T>(
+    path: string,
+    query: RequestOptions['query'],
+    onEvent: WatchHandler<T>,
+    opts: { signal?: AbortSignal; idleTimeoutMs: number; onOpen?: () => void },
+  ): Promise<void> {
+    const { req, res } = await this.open('GET', path, { query: { ...query, watch: true }, signal: opts.signal, timeoutMs: WATCH_ANSWER_TIMEOUT_MS });
     const status = res.statusCode ?? 0;
     if (status !== 200) {
       const chunks: Buffer[] = [];
       for await (const chunk of res) chunks.push(chunk as Buffer);
       throw errorFromBody(status, 'WATCH', path, Buffer.concat(chunks).toString('utf8'));
     }
-    // The request timeout keeps running as an idle timeout: it is reset by every chunk received.
+    // From here the stream's own idle timer, not the socket timeout of the answer.
+    req.setTimeout(0);
+    res.socket.setKeepAlive(true, WATCH_KEEPALIVE_DELAY_MS);
+    opts.onOpen?.();
     await new Promise<void>((resolve, reject) => {
+      const idle = setTimeout(() => {
+        req.destroy(new KubeApiError(0, 'Timeout', `watch ${path}: nothing received within ${opts.idleTimeoutMs} ms`));
+      }, opts.idleTimeoutMs);
+      const settle = (fn: () => void) => {
+        clearTimeout(idle);
+        fn();
+      };
       let buffered = '';
       res.setEncoding('utf8');
       res.on('data', (chunk: string) => {
+        idle.refresh();
         buffered += chunk;
         let nl: number;
         while ((nl = buffered.indexOf('\n')) !== -1) {
@@ -212,17 +242,17 @@ export class KubeClient {
             onEvent(JSON.parse(line) as WatchEvent<T>);
           } catch (err) {
             // The handler's error (e.g. a 410 in an ERROR event) is what ends this watch.
-            reject(err instanceof Error ? err : new Error(String(err)));
+            settle(() => reject(err instanceof Error ? err : new Error(String(err))));
             req.destroy();
             return;
           }
         }
       });
-      res.on('end', () => resolve());
-      res.on('error', (err) => reject(err));
-      res.on('aborted', () => reject(new KubeApiError(0, 'Unreachable', `watch ${path}: connection aborted`)));
-      req.on('error', (err) => reject(err));
-      req.on('close', () => resolve());
+      res.on('end', () => settle(resolve));
+      res.on('error', (err) => settle(() => reject(err)));
+      res.on('aborted', () => settle(() => reject(new KubeApiError(0, 'Unreachable', `watch ${path}: connection aborted`))));
+      req.on('error', (err) => settle(() => reject(err)));
+      req.on('close', () => settle(resolve));
     });
   }
 

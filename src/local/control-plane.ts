@@ -23,7 +23,8 @@ export interface ControlPlaneOptions {
   logFile?: string;
 }
 
-async function freePort(): Promise<number> {
+/** A TCP port free on 127.0.0.1 at the time of asking. */
+export async function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
     const srv = net.createServer();
     srv.once('error', reject);

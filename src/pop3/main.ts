@@ -1,10 +1,11 @@
 // `kube-drac pop3`: the POP3 listeners, the grant store that logins renew grants through, and the
 // health endpoint (ready while the listeners are bound, users are loaded and the mail root is usable). SIGTERM (via runRoleProcess) stops accepting, ends sessions without deleting anything.
 import type { ConfigDocument } from '../config/load.ts';
-import { MaildirTmpCleaner } from '../mail/tmp-cleaner.ts';
+import { GrantCache } from '../grants/cache.ts';
 import { GrantStore } from '../grants/store.ts';
 import type { GrantRenewer } from '../grants/types.ts';
 import { KubeClient } from '../kube/client.ts';
+import { MaildirTmpCleaner } from '../mail/tmp-cleaner.ts';
 import { startHealthServer } from '../observability/health.ts';
 import { createLogger, setLogLevel, type Logger } from '../observability/log.ts';
 import { collectProcessMetrics } from '../observability/metrics.ts';
@@ -33,10 +34,15 @@ export async function runPop3(doc: ConfigDocument, log: Logger = createLogger('p
 
   let client: KubeClient | undefined;
   let store: GrantStore | undefined;
+  let grants: GrantCache | undefined;
   let renewer = opts.renewer;
   if (renewer === undefined) {
     client = KubeClient.fromPath(doc.common.kubernetes.kubeconfig);
-    store = new GrantStore({ client, namespace: doc.common.kubernetes.namespace, ...doc.common.grants, log: log.child({ component: 'grant-store' }) });
+    const { namespace } = doc.common.kubernetes;
+    // The store skips a login's write only on what this cache saw of the API server (issue 13).
+    grants = new GrantCache({ client, namespace, indexUsers: false, log: log.child({ component: 'grant-cache' }) });
+    grants.startInBackground();
+    store = new GrantStore({ client, namespace, ...doc.common.grants, grants, log: log.child({ component: 'grant-store' }) });
     renewer = store;
   }
 
@@ -53,6 +59,7 @@ export async function runPop3(doc: ConfigDocument, log: Logger = createLogger('p
   } catch (err) {
     await server.close();
     store?.close();
+    await grants?.stop();
     client?.close();
     throw err;
   }
@@ -70,6 +77,7 @@ export async function runPop3(doc: ConfigDocument, log: Logger = createLogger('p
         await tmpCleaner.close();
         await healthServer.close();
         store?.close();
+        await grants?.stop();
         client?.close();
         log.info('pop3_stopped');
       })()),

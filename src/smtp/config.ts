@@ -52,7 +52,11 @@ export interface SmtpConfig {
   reverseDns: boolean;
   /** SMTP AUTH (PLAIN, LOGIN) against usersFile, only after TLS. Off by default. */
   auth: { enabled: boolean };
-  liveLookup: { enabled: boolean; ratePerSecond: number; cacheTtlMs: number };
+  /**
+   * cacheTtlMs: how long a miss is remembered (delays only a grant the watch has not shown yet);
+   * positiveCacheTtlMs: how long a find is, at most 2 s (a revocation waits for it).
+   */
+  liveLookup: { enabled: boolean; ratePerSecond: number; cacheTtlMs: number; positiveCacheTtlMs: number };
 }
 
 const DOMAIN_RE = /^(?=.{1,253}$)([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*\.?$/i;
@@ -62,6 +66,9 @@ const HOSTNAME_OR_IP = {
   describe: 'a host name or IP address',
 };
 
+
+/** The longest a revoked grant may still relay, on any path. */
+export const MAX_REVOCATION_LAG_MS = 2000;
 
 function readPasswordFile(key: string, file: string): string {
   let text: string;
@@ -176,6 +183,9 @@ export function parseSmtpConfig(section: ConfigReader): SmtpConfig {
     enabled: ll.bool('enabled', true),
     ratePerSecond: ll.int('ratePerSecond', 20, { min: 1, max: 10_000 }),
     cacheTtlMs: ll.duration('negativeCacheTtl', '5s', { minMs: 100, maxMs: 600_000 }),
+    // A remembered find keeps relaying after a revocation until it runs out: at most 2 s, the
+    // bound every revocation path keeps.
+    positiveCacheTtlMs: ll.duration('positiveCacheTtl', '1s', { minMs: 0, maxMs: MAX_REVOCATION_LAG_MS }),
   };
   ll.finish();
 

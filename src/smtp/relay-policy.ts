@@ -209,8 +209,14 @@ export interface LiveGrantLookupOptions {
   fetch: (ip: string) => Promise<GrantMatch | undefined>;
   /** The global rate limit: true when a lookup may be made now (a token bucket). */
   tryAcquire: () => boolean;
-  /** How long a miss (or a find) is remembered per address. */
+  /** How long a miss is remembered per address (it only delays a grant the watch has not shown yet). */
   cacheTtlMs: number;
+  /**
+   * How long a find is remembered per address: a revoked grant keeps relaying that long, so keep
+   * it within the revocation bound (2 s). It spares the API server a GET per RCPT of a burst while
+   * the watch is behind.
+   */
+  foundTtlMs: number;
   /** Bound on remembered addresses, so a flood of strangers cannot grow memory. */
   maxEntries?: number;
 }
@@ -258,18 +264,19 @@ export class LiveGrantLookup implements LiveLookup {
     } catch {
       return { result: 'error' };
     }
-    this.remember(ip, match, nowMs);
-    if (match !== undefined && match.expiresAtMs > nowMs) return { result: 'found', match };
+    const found = match !== undefined && match.expiresAtMs > nowMs;
+    this.remember(ip, found ? match : undefined, nowMs + (found ? this.opts.foundTtlMs : this.opts.cacheTtlMs));
+    if (found) return { result: 'found', match };
     return { result: 'not_found' };
   }
 
-  private remember(ip: string, match: GrantMatch | undefined, nowMs: number): void {
+  private remember(ip: string, match: GrantMatch | undefined, untilMs: number): void {
     if (this.remembered.size >= this.maxEntries) {
       // Maps iterate in insertion order: drop the oldest entry.
       const oldest = this.remembered.keys().next();
       if (!oldest.done) this.remembered.delete(oldest.value);
     }
     this.remembered.delete(ip);
-    this.remembered.set(ip, { untilMs: nowMs + this.opts.cacheTtlMs, match });
+    this.remembered.set(ip, { untilMs, match });
   }
 }

@@ -91,6 +91,7 @@ export async function startSmtpServer(config: SmtpConfig, deps: SmtpDeps): Promi
       fetch: deps.liveLookup,
       tryAcquire: () => bucket.take('global'),
       cacheTtlMs: config.liveLookup.cacheTtlMs,
+      foundTtlMs: config.liveLookup.positiveCacheTtlMs,
     });
   }
   const policy = new RelayPolicy({

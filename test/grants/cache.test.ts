@@ -1,10 +1,15 @@
 // The grant cache against the real API server: it follows creates, renewals and deletions,
 // refuses expired grants, relists on 410, and catches up after the API server and etcd restart.
 import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { GrantCache } from '../../src/grants/cache.ts';
 import { grantsPath } from '../../src/grants/paths.ts';
 import { GrantStore } from '../../src/grants/store.ts';
+import { KubeClient } from '../../src/kube/client.ts';
 import { installCrds, ensureNamespace } from '../../src/kube/crds.ts';
 import { ControlPlane } from '../../src/local/control-plane.ts';
 import { registry } from '../../src/observability/metrics.ts';
@@ -32,6 +37,11 @@ async function eventually(what: string, check: () => boolean | Promise<boolean>,
 async function metricValue(name: string): Promise<number> {
   const m = (await registry.getMetricsAsJSON()).find((x) => x.name === name);
   return (m?.values ?? []).reduce((sum, v) => sum + v.value, 0);
+}
+
+async function stalledRestarts(): Promise<number> {
+  const m = (await registry.getMetricsAsJSON()).find((x) => x.name === 'kubedrac_grant_watch_restarts_total');
+  return m?.values.find((v) => v.labels.reason === 'stalled')?.value ?? 0;
 }
 
 describe('GrantCache on the shared API server', () => {
@@ -133,6 +143,117 @@ describe('GrantCache on the shared API server', () => {
     assert.ok(cache.lookup('198.51.100.1'), 'the index survives a relist');
     await k.client.create(grantsPath(k.namespace), grant('v4-198.51.100.21', '198.51.100.21', Date.now() + 10 * MIN));
     await eventually('watching again after the relist', () => cache.lookup('198.51.100.21') !== undefined);
+  });
+});
+
+/**
+ * A TCP path to the API server whose open connections the test can freeze: bytes stop flowing
+ * both ways but nothing is closed (a dead peer behind a NAT or a partition, not a reset). New
+ * connections still pass.
+ */
+class FreezableLink {
+  private readonly server: net.Server;
+  private readonly pairs = new Set<[net.Socket, net.Socket]>();
+  constructor(target: { host: string; port: number }) {
+    this.server = net.createServer((inbound) => {
+      const outbound = net.connect(target.port, target.host);
+      const pair: [net.Socket, net.Socket] = [inbound, outbound];
+      this.pairs.add(pair);
+      for (const s of pair) {
+        s.on('error', () => undefined);
+        s.on('close', () => this.pairs.delete(pair));
+      }
+      inbound.pipe(outbound).pipe(inbound);
+    });
+  }
+  listen(): Promise<number> {
+    return new Promise((resolve) => this.server.listen(0, '127.0.0.1', () => resolve((this.server.address() as net.AddressInfo).port)));
+  }
+  freeze(): void {
+    for (const [a, b] of this.pairs) {
+      a.unpipe(b);
+      b.unpipe(a);
+      a.pause();
+      b.pause();
+    }
+    this.pairs.clear();
+  }
+  close(): void {
+    this.server.close();
+  }
+}
+
+describe('watch stalls (issue 13 item 2): a quiet watch is not a dead one, a dead one is found', () => {
+  let k: TestKube;
+  before(async () => {
+    k = await kubeForTest('quiet-watch');
+  });
+  after(() => k.cleanup());
+
+  it('gets no event from the API server until the server ends it at timeoutSeconds', async () => {
+    // The premise of the stall fix: bookmarks are sent only once the resource's resourceVersion
+    // moved past the watch's, so a quiet watch is silent for its whole life. An idle timeout
+    // shorter than timeoutSeconds (the old 90 s against 240-300 s) therefore always fired.
+    const list = await k.client.request<{ metadata: { resourceVersion: string } }>('GET', grantsPath(k.namespace));
+    const events: string[] = [];
+    const started = Date.now();
+    await k.client.watch(
+      grantsPath(k.namespace),
+      { resourceVersion: list.metadata.resourceVersion, allowWatchBookmarks: true, timeoutSeconds: 4 },
+      (e) => events.push(e.type),
+      { idleTimeoutMs: 60_000 },
+    );
+    const ms = Date.now() - started;
+    // Nothing but bookmarks (and on a cluster where no grant anywhere changes, not even those:
+    // other tests write grants in other namespaces, which moves the resource's version).
+    assert.ok(events.every((e) => e === 'BOOKMARK'), events.join());
+    assert.ok(ms >= 3500 && ms < 30_000, `the server ended the watch itself after ${ms} ms`);
+  });
+
+  it('restarts such watches as ended, never as stalled, and still sees a delete at once', async () => {
+    const stalledBefore = await stalledRestarts();
+    // Watches of 3 s, declared stalled 1 s after that: several quiet watches in 12 s.
+    const cache = new GrantCache({ client: k.client, namespace: k.namespace, watchSeconds: [3, 4], stallGraceMs: 1000 });
+    const origin = await metricValue('kubedrac_grant_watch_restarts_total');
+    await cache.start();
+    try {
+      await new Promise((r) => setTimeout(r, 12_000));
+      const ended = (await metricValue('kubedrac_grant_watch_restarts_total')) - origin;
+      assert.ok(ended >= 2, `quiet watches ended by the server and resumed: ${ended}`);
+      assert.equal((await stalledRestarts()) - stalledBefore, 0, 'no quiet watch was taken for a stalled one');
+      await k.client.create(grantsPath(k.namespace), grant('v4-198.51.100.60', '198.51.100.60', Date.now() + 30 * MIN));
+      await eventually('the grant in the cache', () => cache.lookup('198.51.100.60') !== undefined, 2000);
+      await k.client.delete(grantsPath(k.namespace, 'v4-198.51.100.60'));
+      await eventually('the delete in the cache', () => cache.lookup('198.51.100.60') === undefined, 2000);
+    } finally {
+      await cache.stop();
+    }
+  });
+
+  it('is declared stalled once the server would have ended it, and the cache resumes on a new connection', async () => {
+    const kubeconfig = fs.readFileSync(k.kubeconfigPath, 'utf8');
+    const server = /https:\/\/127\.0\.0\.1:(\d+)/.exec(kubeconfig);
+    assert.ok(server, 'the test kubeconfig names a loopback API server');
+    const link = new FreezableLink({ host: '127.0.0.1', port: Number(server[1]) });
+    const port = await link.listen();
+    const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'kd-link-')), 'kubeconfig');
+    fs.writeFileSync(file, kubeconfig.replace(server[0], `https://127.0.0.1:${port}`), { mode: 0o600 });
+    const client = KubeClient.fromPath(file);
+    const stalledBefore = await stalledRestarts();
+    const cache = new GrantCache({ client, namespace: k.namespace, watchSeconds: [3, 4], stallGraceMs: 1000 });
+    await cache.start();
+    try {
+      await eventually('the watch', () => cache.watching);
+      link.freeze();
+      await k.client.create(grantsPath(k.namespace), grant('v4-198.51.100.70', '198.51.100.70', Date.now() + 30 * MIN));
+      // The frozen watch never ends by itself: 3 s (timeoutSeconds) + 1 s grace, then a new watch.
+      await eventually('the stall to be declared', async () => (await stalledRestarts()) > stalledBefore, 10_000);
+      await eventually('the grant, through the new connection', () => cache.lookup('198.51.100.70') !== undefined, 5000);
+    } finally {
+      await cache.stop();
+      client.close();
+      link.close();
+    }
   });
 });
 

@@ -1,4 +1,6 @@
-// The grant store against the real API server: create, renew, coalescing, races, typed errors.
+// The grant store against the real API server: create, renew, coalescing on what the writer's own
+// GrantCache saw (deleted and edited grants are written again, another replica's renewal counts),
+// races, typed errors.
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -6,7 +8,8 @@ import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { KubeClient } from '../../src/kube/client.ts';
 import { grantsPath } from '../../src/grants/paths.ts';
-import { GrantStore, isFreshEnough } from '../../src/grants/store.ts';
+import { GrantCache } from '../../src/grants/cache.ts';
+import { GrantStore, isFreshEnough, seenExpiry } from '../../src/grants/store.ts';
 import { GrantWriteError, type RelayGrant } from '../../src/grants/types.ts';
 import { registry } from '../../src/observability/metrics.ts';
 import { kubeForTest, type TestKube } from '../support/kube.ts';
@@ -29,18 +32,45 @@ describe('isFreshEnough (coalescing rule)', () => {
   });
 });
 
+describe('seenExpiry (what a skip may rely on)', () => {
+  it('is nothing while the cache is not watching, whatever the store wrote itself', () => {
+    assert.equal(seenExpiry(false, 5000, 5000), undefined);
+    assert.equal(seenExpiry(false, undefined, 5000), undefined);
+  });
+  it('is the own write while its event is on the way, else what the watch showed', () => {
+    assert.equal(seenExpiry(true, 9000, 5000), 9000);
+    assert.equal(seenExpiry(true, undefined, 5000), 5000);
+    assert.equal(seenExpiry(true, undefined, undefined), undefined);
+  });
+});
+
+/** Wait (bounded) until `cond` holds; rejects naming `what`. */
+async function until(cond: () => boolean, what: string, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!cond()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
 describe('GrantStore on the real API server', () => {
   let k: TestKube;
   let now = Date.parse('2030-01-01T00:00:00Z');
+  let cache: GrantCache;
   let store: GrantStore;
   const get = (name: string) => k.client.get<RelayGrant>(grantsPath(k.namespace, name));
+  const storeOptions = () => ({ client: k.client, namespace: k.namespace, ttlMs: 30 * MIN, renewIntervalMs: 5 * MIN, ipv6PrefixLength: 64, now: () => now });
 
   before(async () => {
     k = await kubeForTest('store');
-    store = new GrantStore({ client: k.client, namespace: k.namespace, ttlMs: 30 * MIN, renewIntervalMs: 5 * MIN, ipv6PrefixLength: 64, now: () => now });
+    cache = new GrantCache({ client: k.client, namespace: k.namespace });
+    await cache.start();
+    await until(() => cache.watching, 'the watch');
+    store = new GrantStore({ ...storeOptions(), grants: cache });
   });
   after(async () => {
     store.close();
+    await cache.stop();
     await k.cleanup();
   });
 
@@ -109,6 +139,59 @@ describe('GrantStore on the real API server', () => {
     denied.close();
     client.close();
     assert.equal(await get('v4-192.0.2.13'), undefined);
+  });
+
+  it('writes again after the grant was deleted with the client, as kubectl does', async () => {
+    assert.equal(await store.renew('192.0.2.20', 'deleted', 'pop3'), 'created');
+    assert.equal(await store.renew('192.0.2.20', 'deleted', 'pop3'), 'skipped');
+    await k.kubectl('delete', 'rg', 'v4-192.0.2.20');
+    await until(() => cache.get('v4-192.0.2.20') === undefined, 'the deletion in the cache');
+    assert.equal(await store.renew('192.0.2.20', 'deleted', 'pop3'), 'created', 'the login after the deletion writes the grant back');
+    assert.ok(await get('v4-192.0.2.20'));
+  });
+
+  it('writes again after the grant was patched to expire sooner', async () => {
+    assert.equal(await store.renew('192.0.2.21', 'edited', 'pop3'), 'created');
+    const iso = (ms: number) => new Date(ms).toISOString().replace('.000Z', 'Z');
+    const sooner = iso(now + 10 * MIN);
+    await k.kubectl('patch', 'rg', 'v4-192.0.2.21', '--type=merge', '-p', JSON.stringify({ spec: { expiresAt: sooner } }));
+    await until(() => cache.expiresAtMsOf('v4-192.0.2.21') === Date.parse(sooner), 'the edit in the cache');
+    assert.equal(await store.renew('192.0.2.21', 'edited', 'pop3'), 'patched');
+    assert.equal((await get('v4-192.0.2.21'))?.spec.expiresAt, iso(now + 30 * MIN));
+  });
+
+  it('takes another replica\'s renewal as fresh', async () => {
+    const otherCache = new GrantCache({ client: k.client, namespace: k.namespace });
+    await otherCache.start();
+    const other = new GrantStore({ ...storeOptions(), grants: otherCache });
+    try {
+      assert.equal(await other.renew('192.0.2.22', 'elsewhere', 'pop3'), 'created');
+      await until(() => cache.get('v4-192.0.2.22') !== undefined, 'the other replica\'s grant in this cache');
+      assert.equal(await store.renew('192.0.2.22', 'here', 'pop3'), 'skipped');
+    } finally {
+      other.close();
+      await otherCache.stop();
+    }
+  });
+
+  it('does not write twice for a burst of logins right after its write, before the watch event', async () => {
+    const before = (await writes('create')) + (await writes('patch'));
+    assert.equal(await store.renew('192.0.2.23', 'burst', 'pop3'), 'created');
+    // Straight after the write: the watch event is very likely still on its way.
+    const outcomes = await Promise.all(Array.from({ length: 10 }, () => store.renew('192.0.2.23', 'burst', 'pop3')));
+    assert.deepEqual(new Set(outcomes), new Set(['skipped']));
+    assert.equal((await writes('create')) + (await writes('patch')) - before, 1);
+  });
+
+  it('never skips on its own belief while its cache is not watching', async () => {
+    const idle = new GrantCache({ client: k.client, namespace: k.namespace }); // never started
+    const blind = new GrantStore({ ...storeOptions(), grants: idle });
+    try {
+      assert.equal(await blind.renew('192.0.2.24', 'blind', 'pop3'), 'created');
+      assert.equal(await blind.renew('192.0.2.24', 'blind', 'pop3'), 'patched');
+    } finally {
+      blind.close();
+    }
   });
 
   it('revokes', async () => {

@@ -10,6 +10,8 @@ import {
   type RelayDecision,
   type RelayRequest,
 } from '../../src/smtp/relay-policy.ts';
+import { ConfigError, ConfigReader } from '../../src/config/reader.ts';
+import { parseSmtpConfig } from '../../src/smtp/config.ts';
 import { ListGrantLookup, StaleGrantLookup, cidrSet } from './support.ts';
 
 const NOW = Date.parse('2026-11-28T10:00:00Z');
@@ -187,13 +189,25 @@ void describe('LiveGrantLookup', () => {
 
   void it('remembers misses per address for the TTL, then asks again', async () => {
     let fetches = 0;
-    const live = new LiveGrantLookup({ fetch: () => (fetches++, Promise.resolve(undefined)), tryAcquire: () => true, cacheTtlMs: 5000 });
+    const live = new LiveGrantLookup({ fetch: () => (fetches++, Promise.resolve(undefined)), tryAcquire: () => true, cacheTtlMs: 5000, foundTtlMs: 1000 });
     assert.equal((await live.lookup('203.0.113.1', NOW)).result, 'not_found');
     assert.equal((await live.lookup('203.0.113.1', NOW + 4999)).result, 'cached_negative');
     assert.equal((await live.lookup('203.0.113.2', NOW + 1)).result, 'not_found');
     assert.equal(fetches, 2);
     assert.equal((await live.lookup('203.0.113.1', NOW + 5000)).result, 'not_found');
     assert.equal(fetches, 3);
+  });
+
+  void it('remembers a find only for foundTtlMs, so a revocation is seen after it and not after the miss TTL', async () => {
+    let grant: GrantMatch | undefined = match;
+    let fetches = 0;
+    const live = new LiveGrantLookup({ fetch: () => (fetches++, Promise.resolve(grant)), tryAcquire: () => true, cacheTtlMs: 5000, foundTtlMs: 1000 });
+    assert.equal((await live.lookup('203.0.113.50', NOW)).result, 'found');
+    grant = undefined; // revoked
+    assert.equal((await live.lookup('203.0.113.50', NOW + 999)).result, 'found', 'within foundTtlMs: remembered');
+    assert.equal(fetches, 1);
+    assert.equal((await live.lookup('203.0.113.50', NOW + 1000)).result, 'not_found', 'asked again once foundTtlMs ran out');
+    assert.equal(fetches, 2);
   });
 
   void it('refuses to look up once the global rate limit is spent', async () => {
@@ -203,6 +217,7 @@ void describe('LiveGrantLookup', () => {
       fetch: () => (fetches++, Promise.resolve(undefined)),
       tryAcquire: () => tokens-- > 0,
       cacheTtlMs: 5000,
+      foundTtlMs: 1000,
     });
     const results = [];
     for (let i = 0; i < 5; i++) results.push((await live.lookup(`203.0.113.${i}`, NOW)).result);
@@ -220,6 +235,7 @@ void describe('LiveGrantLookup', () => {
       },
       tryAcquire: () => true,
       cacheTtlMs: 5000,
+      foundTtlMs: 1000,
     });
     const a = live.lookup('203.0.113.50', NOW);
     const b = live.lookup('203.0.113.50', NOW);
@@ -235,6 +251,7 @@ void describe('LiveGrantLookup', () => {
       fetch: () => (fail ? Promise.reject(new Error('ECONNREFUSED')) : Promise.resolve(match)),
       tryAcquire: () => true,
       cacheTtlMs: 5000,
+      foundTtlMs: 1000,
     });
     assert.equal((await live.lookup('203.0.113.50', NOW)).result, 'error');
     fail = false;
@@ -243,11 +260,28 @@ void describe('LiveGrantLookup', () => {
 
   void it('keeps at most maxEntries addresses', async () => {
     let fetches = 0;
-    const live = new LiveGrantLookup({ fetch: () => (fetches++, Promise.resolve(undefined)), tryAcquire: () => true, cacheTtlMs: 60_000, maxEntries: 3 });
+    const live = new LiveGrantLookup({ fetch: () => (fetches++, Promise.resolve(undefined)), tryAcquire: () => true, cacheTtlMs: 60_000, foundTtlMs: 1000, maxEntries: 3 });
     for (const ip of ['192.0.2.1', '192.0.2.2', '192.0.2.3', '192.0.2.4']) await live.lookup(ip, NOW);
     assert.equal(fetches, 4);
     assert.equal((await live.lookup('192.0.2.4', NOW)).result, 'cached_negative');
     assert.equal((await live.lookup('192.0.2.1', NOW)).result, 'not_found');
     assert.equal(fetches, 5);
+  });
+});
+
+void describe('smtp.liveLookup.positiveCacheTtl', () => {
+  const parse = (liveLookup: Record<string, unknown>) => parseSmtpConfig(new ConfigReader({ outbox: '/tmp/outbox', liveLookup }, 'smtp'));
+
+  void it('defaults to 1 s, apart from the miss TTL', () => {
+    const c = parse({});
+    assert.equal(c.liveLookup.positiveCacheTtlMs, 1000);
+    assert.equal(c.liveLookup.cacheTtlMs, 5000);
+  });
+
+  void it('refuses more than the 2 s revocation bound, naming the key', () => {
+    assert.throws(
+      () => parse({ positiveCacheTtl: '5s' }),
+      (err: unknown) => err instanceof ConfigError && err.key === 'smtp.liveLookup.positiveCacheTtl' && /at most 2000 ms/.test(err.message),
+    );
   });
 });

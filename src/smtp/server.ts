@@ -6,9 +6,7 @@ import net from 'node:net';
 import { Duplex } from 'node:stream';
 import { SMTPServer, type SMTPServerDataStream, type SMTPServerOptions, type SMTPServerSession } from 'smtp-server';
 import { SMTPConnection } from 'smtp-server/lib/smtp-connection.js';
-import type { UserEntry } from '../auth/passwd-file.ts';
-import type { StoredPassword } from '../auth/schemes.ts';
-import type { LoginThrottle } from '../auth/throttle.ts';
+import { PasswordLogin, type PasswordLoginDeps } from '../auth/login.ts';
 import type { GrantLookup, GrantMatch } from '../grants/types.ts';
 import { stageMaildirDelivery, type StagedDelivery } from '../mail/deliver.ts';
 import { maildirPathFor } from '../mail/paths.ts';
@@ -22,6 +20,7 @@ import { MaildirLocalUsers } from './local-users.ts';
 import {
   liveLookups,
   relayDecisions,
+  smtpAuth,
   smtpConnections,
   smtpMessageSize,
   smtpMessages,
@@ -32,12 +31,8 @@ import { OutboxOnward, SmarthostOnward, SmtpReplyError, type Onward } from './on
 import { receivedHeader } from './received.ts';
 import { LiveGrantLookup, RelayPolicy, type LocalUsers, type RelayDecision } from './relay-policy.ts';
 
-/** What SMTP AUTH checks passwords against (the users file the POP3 role uses). */
-export interface SmtpAuthDeps {
-  users: { lookup(user: string): UserEntry | undefined };
-  verifier: { verify(stored: StoredPassword, password: string): Promise<boolean> };
-  throttle: LoginThrottle;
-}
+/** What SMTP AUTH checks passwords against (the users file the POP3 role uses), and its throttle. */
+export type SmtpAuthDeps = Pick<PasswordLoginDeps, 'users' | 'verifier' | 'throttle'>;
 
 export interface SmtpDeps {
   grants: GrantLookup;
@@ -108,6 +103,7 @@ export async function startSmtpServer(config: SmtpConfig, deps: SmtpDeps): Promi
   const tlsReloader = config.tls ? new TlsReloader({ ...config.tls, log }) : undefined;
   const authEnabled = config.auth.enabled && deps.auth !== undefined && tlsReloader !== undefined;
   if (config.auth.enabled && !authEnabled) log.warn('smtp_auth_unavailable', { reason: 'no users file or TLS' });
+  const passwords = authEnabled && deps.auth ? new PasswordLogin({ ...deps.auth, failureDelayMs: config.login.failureDelayMs, log, now }) : undefined;
 
   // Sockets carry what we learned before smtp-server saw them; sessions carry our transaction.
   const socketInfo = new WeakMap<net.Socket | Duplex, SocketInfo>();
@@ -164,24 +160,24 @@ export async function startSmtpServer(config: SmtpConfig, deps: SmtpDeps): Promi
       callback();
     },
     onAuth(auth, session, callback) {
-      const a = deps.auth;
-      if (!authEnabled || a === undefined) return callback(new SmtpReplyError(502, '5.5.1 AUTH not available'));
+      if (passwords === undefined) return callback(new SmtpReplyError(502, '5.5.1 AUTH not available'));
       if (!session.secure) return callback(new SmtpReplyError(538, '5.7.11 Encryption required for requested authentication mechanism'));
       const user = auth.username ?? '';
-      const address = session.remoteAddress;
-      if (a.throttle.check(address, user) !== 'allowed') {
-        return callback(new SmtpReplyError(454, '4.7.0 Too many failed authentications, try again later'));
-      }
-      const entry = a.users.lookup(user);
-      const verified = entry ? a.verifier.verify(entry.password, auth.password ?? '') : Promise.resolve(false);
-      verified.then(
-        (ok) => {
-          if (!ok) {
-            a.throttle.failed(address, user);
-            log.info('smtp_auth_failed', { session: session.id });
-            return callback(new SmtpReplyError(535, '5.7.8 Authentication credentials invalid'));
+      // The same guards as a POP3 login: throttle, decoy hash for unknown users, failure delay,
+      // user-name check, nologin (src/auth/login.ts).
+      passwords.password(user, auth.password ?? '', { throttleAddress: session.remoteAddress, sessionId: session.id }).then(
+        (outcome) => {
+          smtpAuth.inc({ result: outcome.result === 'ok' ? 'success' : outcome.result === 'failed' ? 'failure' : outcome.result });
+          switch (outcome.result) {
+            case 'ok':
+              return callback(null, { user });
+            case 'failed':
+              return callback(new SmtpReplyError(535, '5.7.8 Authentication credentials invalid'));
+            case 'throttled':
+              return callback(new SmtpReplyError(454, '4.7.0 Too many failed authentications, try again later'));
+            case 'temporary':
+              return callback(new SmtpReplyError(454, '4.7.0 Temporary authentication failure'));
           }
-          callback(null, { user });
         },
         () => callback(new SmtpReplyError(454, '4.7.0 Temporary authentication failure')),
       );

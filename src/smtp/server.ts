@@ -29,7 +29,7 @@ import {
 } from './metrics.ts';
 import { OutboxOnward, SmarthostOnward, SmtpReplyError, type Onward } from './onward.ts';
 import { receivedHeader } from './received.ts';
-import { LiveGrantLookup, RelayPolicy, type LocalUsers, type RelayDecision } from './relay-policy.ts';
+import { hasNonAsciiLocalPart, LiveGrantLookup, RelayPolicy, type LocalUsers, type RelayDecision } from './relay-policy.ts';
 
 /** What SMTP AUTH checks passwords against (the users file the POP3 role uses), and its throttle. */
 export type SmtpAuthDeps = Pick<PasswordLoginDeps, 'users' | 'verifier' | 'throttle'>;
@@ -62,6 +62,8 @@ interface SessionState {
   local: Map<string, string>;
   relayed: string[];
   authorization: string | undefined;
+  /** The transaction's MAIL had SMTPUTF8: its replies may carry UTF-8. */
+  utf8: boolean;
 }
 
 interface SocketInfo {
@@ -70,6 +72,13 @@ interface SocketInfo {
 }
 
 const NO_RELAY = '(proxy did not name the client)';
+
+/**
+ * A non-ASCII mailbox name can only be sent with SMTPUTF8 (RFC 6531 3.2, Postfix's wording). A
+ * non-ASCII domain is fine: smtp-server hands over A-labels (`xn--`) in Unicode form, and replies
+ * show them as A-labels again.
+ */
+const SMTPUTF8_REQUIRED = () => new SmtpReplyError(553, '5.6.7 Must declare SMTPUTF8 to send unicode address');
 
 export async function startSmtpServer(config: SmtpConfig, deps: SmtpDeps): Promise<RunningSmtpServer> {
   const log = deps.log;
@@ -150,7 +159,7 @@ export async function startSmtpServer(config: SmtpConfig, deps: SmtpDeps): Promi
     onConnect(session, callback) {
       const info = socketInfo.get(findSocket(session.id));
       if (!info) return callback(new SmtpReplyError(421, '4.3.0 Connection state lost, closing'));
-      sessions.set(session.id, { clientIp: info.clientIp, release: info.release, local: new Map(), relayed: [], authorization: undefined });
+      sessions.set(session.id, { clientIp: info.clientIp, release: info.release, local: new Map(), relayed: [], authorization: undefined, utf8: false });
       session.disabledCommands = disabledFor(session.secure);
       smtpSessionsActive.inc();
       callback();
@@ -182,12 +191,14 @@ export async function startSmtpServer(config: SmtpConfig, deps: SmtpDeps): Promi
         () => callback(new SmtpReplyError(454, '4.7.0 Temporary authentication failure')),
       );
     },
-    onMailFrom(_address, session, callback) {
+    onMailFrom(address, session, callback) {
       try {
         const st = stateOf(session);
         st.local = new Map();
         st.relayed = [];
         st.authorization = undefined;
+        st.utf8 = address.args !== false && (address.args as Record<string, unknown>).SMTPUTF8 === true;
+        if (!st.utf8 && hasNonAsciiLocalPart(address.address)) return callback(SMTPUTF8_REQUIRED());
         callback();
       } catch (err) {
         callback(err as Error);
@@ -200,8 +211,9 @@ export async function startSmtpServer(config: SmtpConfig, deps: SmtpDeps): Promi
       } catch (err) {
         return callback(err as Error);
       }
+      if (!st.utf8 && hasNonAsciiLocalPart(address.address)) return callback(SMTPUTF8_REQUIRED());
       const user = typeof session.user === 'string' ? session.user : undefined;
-      const decided = policy.decide({ clientIp: st.clientIp ?? NO_RELAY, recipient: address.address, authUser: user });
+      const decided = policy.decide({ clientIp: st.clientIp ?? NO_RELAY, recipient: address.address, authUser: user, asciiReplies: !st.utf8 });
       const apply = (d: RelayDecision) => {
         relayDecisions.inc({ decision: d.decision, reason: d.reason });
         if (d.liveLookup) liveLookups.inc({ result: d.liveLookup });
@@ -422,7 +434,15 @@ export async function startSmtpServer(config: SmtpConfig, deps: SmtpDeps): Promi
       let transport: net.Socket | Duplex = raw;
       if (rest.length > 0) {
         raw.unshift(rest);
-        transport = Duplex.from({ readable: raw, writable: raw });
+        const wrapped = Duplex.from({ readable: raw, writable: raw });
+        // smtp-server's _upgrade calls setTimeout on what it is given, a method a plain Duplex
+        // lacks (the TypeError would end the process): the timeout is the socket's.
+        transport = Object.assign(wrapped, {
+          setTimeout: (ms: number, callback?: () => void) => {
+            raw.setTimeout(ms, callback);
+            return wrapped;
+          },
+        });
       }
       server._upgrade(transport as net.Socket, (err, tlsSocket) => {
         if (err || !tlsSocket) {

@@ -73,6 +73,9 @@ interface SocketInfo {
 
 const NO_RELAY = '(proxy did not name the client)';
 
+/** kubedrac_smtp_auth_total's result label, named as kubedrac_pop3_logins_total's. */
+const AUTH_RESULT = { ok: 'success', failed: 'failure', throttled: 'throttled', temporary: 'temporary' } as const;
+
 /**
  * A non-ASCII mailbox name can only be sent with SMTPUTF8 (RFC 6531 3.2, Postfix's wording). A
  * non-ASCII domain is fine: smtp-server hands over A-labels (`xn--`) in Unicode form, and replies
@@ -176,7 +179,7 @@ export async function startSmtpServer(config: SmtpConfig, deps: SmtpDeps): Promi
       // user-name check, nologin (src/auth/login.ts).
       passwords.password(user, auth.password ?? '', { throttleAddress: session.remoteAddress, sessionId: session.id }).then(
         (outcome) => {
-          smtpAuth.inc({ result: outcome.result === 'ok' ? 'success' : outcome.result === 'failed' ? 'failure' : outcome.result });
+          smtpAuth.inc({ result: AUTH_RESULT[outcome.result] });
           switch (outcome.result) {
             case 'ok':
               return callback(null, { user });

@@ -192,6 +192,7 @@ void describe('SMTP AUTH guards, through smtplib', () => {
 
 void describe('SMTP AUTH timing: an unknown user is answered like a wrong password', () => {
   const TRIES = 200;
+  const GROUP = 3;
   /** Below this p-value the two distributions differ; a 1 ms shift must fall below it (checked). */
   const ALPHA = 0.001;
   let t: TestSmtp;
@@ -203,32 +204,50 @@ void describe('SMTP AUTH timing: an unknown user is answered like a wrong passwo
     await t.close();
   });
 
-  /** `TRIES` of each, interleaved in random order on one connection (drift hits both alike), after a warm-up. */
+  /**
+   * `TRIES` samples of each, in random order on one connection (drift hits both alike), after a
+   * warm-up. A sample is the fastest of `GROUP` attempts in a row: on a loaded machine most noise
+   * is time we were preempted, which only ever adds, and a leak shifts the fastest as much as any.
+   */
   async function measure(a: string, b: string): Promise<{ a: number[]; b: number[] }> {
-    const order: string[] = [];
-    for (let i = 0; i < TRIES; i++) order.push(a, b);
-    for (let i = order.length - 1; i > 0; i--) {
+    const groups: string[] = [];
+    for (let i = 0; i < TRIES; i++) groups.push(a, b);
+    for (let i = groups.length - 1; i > 0; i--) {
       const j = Math.floor(Math.random() * (i + 1));
-      [order[i], order[j]] = [order[j] as string, order[i] as string];
+      [groups[i], groups[j]] = [groups[j] as string, groups[i] as string];
     }
+    const order = groups.flatMap((user) => Array<string>(GROUP).fill(user));
     const warmUp = Array.from({ length: 20 }, (_, i) => (i % 2 === 0 ? a : b));
     const answers = await smtplibAuth(t.port, '127.0.0.60', [...warmUp, ...order].map(wrong));
     const timed = answers.slice(warmUp.length);
     for (const x of timed) assert.equal(x.code, 535);
-    const ms = (user: string) => timed.filter((_, i) => order[i] === user).map((x) => x.seconds * 1000);
-    return { a: ms(a), b: ms(b) };
+    const fastest = groups.map((_, g) => Math.min(...timed.slice(g * GROUP, (g + 1) * GROUP).map((x) => x.seconds * 1000)));
+    return { a: fastest.filter((_, g) => groups[g] === a), b: fastest.filter((_, g) => groups[g] === b) };
   }
 
   const summary = (xs: number[]) => `p50 ${quantile(xs, 0.5).toFixed(3)} ms, p90 ${quantile(xs, 0.9).toFixed(3)} ms`;
 
   void it('the distributions are indistinguishable (two-sample Kolmogorov-Smirnov), and a 1 ms leak would not be', async (ctx) => {
-    const { a: unknown, b: known } = await measure('nobody', 'ideal');
-    const same = kolmogorovSmirnov(unknown, known);
-    const shifted = kolmogorovSmirnov(
-      unknown.map((x) => x + 1),
-      known,
-    );
-    ctx.diagnostic(`unknown user: ${summary(unknown)}; wrong password: ${summary(known)}; KS D=${same.d.toFixed(3)} p=${same.p.toPrecision(3)}; with 1 ms added: D=${shifted.d.toFixed(3)} p=${shifted.p.toPrecision(3)}`);
+    const unknown: number[] = [];
+    const known: number[] = [];
+    let same;
+    let shifted;
+    // When the machine is too busy to resolve 1 ms, more samples are taken (up to three rounds).
+    for (let round = 1; round <= 3; round++) {
+      const m = await measure('nobody', 'ideal');
+      unknown.push(...m.a);
+      known.push(...m.b);
+      same = kolmogorovSmirnov(unknown, known);
+      shifted = kolmogorovSmirnov(
+        unknown.map((x) => x + 1),
+        known,
+      );
+      ctx.diagnostic(
+        `round ${round}, ${unknown.length} samples each: unknown user ${summary(unknown)}; wrong password ${summary(known)}; KS D=${same.d.toFixed(3)} p=${same.p.toPrecision(3)}; with 1 ms added: D=${shifted.d.toFixed(3)} p=${shifted.p.toPrecision(3)}`,
+      );
+      if (shifted.p < ALPHA) break;
+    }
+    assert.ok(same && shifted);
     // The measurement resolves 1 ms: the same samples, one side 1 ms later, are told apart.
     assert.ok(shifted.p < ALPHA, `a 1 ms leak would go unnoticed (p=${shifted.p}): the timings are too noisy to judge`);
     assert.ok(same.p >= ALPHA, `an unknown user is answered differently from a wrong password: D=${same.d} p=${same.p}`);
@@ -238,7 +257,7 @@ void describe('SMTP AUTH timing: an unknown user is answered like a wrong passwo
     // `cheap` has a {PLAIN} password, checked without SHA512-CRYPT's cost: a real difference.
     const { a: unknown, b: cheap } = await measure('nobody', 'cheap');
     const r = kolmogorovSmirnov(unknown, cheap);
-    ctx.diagnostic(`unknown user: ${summary(unknown)}; {PLAIN} user: ${summary(cheap)}; KS D=${r.d.toFixed(3)} p=${r.p.toPrecision(3)}`);
+    ctx.diagnostic(`unknown user ${summary(unknown)}; {PLAIN} user ${summary(cheap)}; KS D=${r.d.toFixed(3)} p=${r.p.toPrecision(3)}`);
     assert.ok(r.p < ALPHA, `D=${r.d} p=${r.p}`);
   });
 });

@@ -1,8 +1,9 @@
 // The password check every login path shares (POP3 USER/PASS, AUTH and APOP; SMTP AUTH PLAIN and
 // LOGIN), with its guards in one place: the brute-force throttle is asked first; a user name that
-// is not valid, or not in the users file, is checked against a decoy hash so that the answer
-// takes as long as a wrong password for a real user; a `nologin` user fails like a wrong
-// password; and every failure is answered `failureDelayMs` after the attempt started.
+// is not valid, or not in the users file, is checked against a decoy hash (one that costs what
+// most users' do) so that the answer takes as long as a wrong password for a real user; a
+// `nologin` user fails like a wrong password; and every failure is answered `failureDelayMs`
+// after the attempt started.
 import crypto from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { isValidUserName } from '../mail/paths.ts';
@@ -23,7 +24,8 @@ export interface FailureThrottle {
 }
 
 export interface PasswordLoginDeps {
-  users: Pick<UserDatabase, 'lookup'>;
+  /** With `decoyPassword`, unknown users are checked against what most users' checks cost. */
+  users: Pick<UserDatabase, 'lookup'> & Partial<Pick<UserDatabase, 'decoyPassword'>>;
   verifier: Pick<PasswordVerifier, 'verify'>;
   throttle: FailureThrottle;
   /** Every failed or throttled attempt is answered this long after it started (login.failureDelay). */
@@ -46,7 +48,7 @@ type FailureReason = 'invalid_user_name' | 'unknown_user' | 'wrong_password' | '
 export class PasswordLogin {
   private readonly deps: PasswordLoginDeps;
   private readonly now: () => number;
-  /** Checked for unknown users, so they cost the same time as known ones. */
+  /** Checked for unknown users when the users give none (an empty file): SHA512-CRYPT, 5000 rounds. */
   private readonly decoy: StoredPassword;
 
   constructor(deps: PasswordLoginDeps) {
@@ -57,12 +59,20 @@ export class PasswordLogin {
 
   /** A password (POP3 USER/PASS and AUTH PLAIN, SMTP AUTH) against the stored hash. */
   password(user: string, password: string, attempt: LoginAttempt): Promise<PasswordOutcome> {
-    return this.attempt(user, attempt, (entry) => this.deps.verifier.verify(entry?.password ?? this.decoy, password));
+    return this.attempt(user, attempt, (entry) => this.deps.verifier.verify(entry?.password ?? this.decoyPassword(), password));
   }
 
   /** APOP: MD5(banner + secret), possible only for users whose secret is stored in the clear. */
   apop(user: string, banner: string, digest: string, attempt: LoginAttempt): Promise<PasswordOutcome> {
     return this.attempt(user, attempt, (entry) => Promise.resolve(entry !== undefined && verifyApop(entry.password, banner, digest)));
+  }
+
+  /**
+   * For an unknown user: a hash that costs what most users' cost, so the answer takes as long as
+   * a wrong password's (a real user's hash: a match is still a failure, the user being unknown).
+   */
+  private decoyPassword(): StoredPassword {
+    return this.deps.users.decoyPassword?.() ?? this.decoy;
   }
 
   private async attempt(user: string, attempt: LoginAttempt, check: (entry: UserEntry | undefined) => Promise<boolean>): Promise<PasswordOutcome> {

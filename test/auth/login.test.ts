@@ -72,6 +72,26 @@ describe('PasswordLogin', () => {
     );
   });
 
+  it('checks the decoy the users give, one that costs what most of theirs do', async () => {
+    const typical = parseStoredPassword('{PLAIN}typical');
+    const checked: StoredPassword[] = [];
+    const login = new PasswordLogin({
+      users: { lookup: () => undefined, decoyPassword: () => typical },
+      verifier: {
+        verify: (stored, password) => {
+          checked.push(stored);
+          return Promise.resolve(stored.value === password);
+        },
+      },
+      throttle: new LoginThrottle({ maxFailuresPerAddress: 3, maxFailuresPerUser: 3, windowMs: 60_000 }),
+      failureDelayMs: 0,
+      log: memoryLogger(),
+    });
+    // Even the decoy's own secret fails: the user is unknown.
+    assert.equal((await login.password('nobody', 'typical', ATTEMPT)).result, 'failed');
+    assert.deepEqual(checked, [typical]);
+  });
+
   it('fails a nologin user with the right password, as a wrong password, and counts it', async () => {
     const s = setup();
     assert.equal((await s.login.password('locked', 'secret', ATTEMPT)).result, 'failed');

@@ -92,9 +92,13 @@ export function hasNonAsciiLocalPart(address: string): boolean {
 
 export function asciiAddress(address: string): string {
   const { localPart, domain } = splitAddress(address);
-  const ascii = (text: string) => text.replace(/[\u0080-\u{10ffff}]/gu, '?');
-  if (domain === '') return ascii(localPart);
-  return `${ascii(localPart)}@${ascii(domainToASCII(domain) || domain)}`;
+  if (domain === '') return asciiText(localPart);
+  return `${asciiText(localPart)}@${asciiText(domainToASCII(domain) || domain)}`;
+}
+
+/** Reply text for a client without SMTPUTF8: every non-ASCII character becomes `?`. */
+export function asciiText(text: string): string {
+  return text.replace(/[\u0080-\u{10ffff}]/gu, '?');
 }
 
 /** Recipient text for a reply line: no brackets or control characters from the client. */

@@ -29,7 +29,7 @@ import {
 } from './metrics.ts';
 import { OutboxOnward, SmarthostOnward, SmtpReplyError, type Onward } from './onward.ts';
 import { receivedHeader } from './received.ts';
-import { hasNonAsciiLocalPart, LiveGrantLookup, RelayPolicy, type LocalUsers, type RelayDecision } from './relay-policy.ts';
+import { asciiText, hasNonAsciiLocalPart, LiveGrantLookup, RelayPolicy, type LocalUsers, type RelayDecision } from './relay-policy.ts';
 
 /** What SMTP AUTH checks passwords against (the users file the POP3 role uses), and its throttle. */
 export type SmtpAuthDeps = Pick<PasswordLoginDeps, 'users' | 'verifier' | 'throttle'>;
@@ -353,7 +353,8 @@ export async function startSmtpServer(config: SmtpConfig, deps: SmtpDeps): Promi
         const reply = err instanceof SmtpReplyError ? err : new SmtpReplyError(451, '4.3.0 Relay failed, try again later');
         smtpMessages.inc({ result: reply.responseCode >= 500 ? 'rejected' : 'tempfail' });
         log.warn('relay_failed', { session: session.id, code: reply.responseCode, reply: reply.message });
-        throw reply;
+        // The upstream's text may quote a UTF-8 address; a client without SMTPUTF8 gets ASCII.
+        throw st.utf8 ? reply : new SmtpReplyError(reply.responseCode, asciiText(reply.message));
       } finally {
         smtpUpstreamSeconds.observe((performance.now() - started) / 1000);
       }

@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { asciiAddress, hasNonAsciiLocalPart } from '../../src/smtp/relay-policy.ts';
+import { asciiAddress, asciiText, hasNonAsciiLocalPart } from '../../src/smtp/relay-policy.ts';
 import { run, startTestSmtp, type TestSmtp } from './support.ts';
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'smtp-utf8-'));
@@ -108,6 +108,7 @@ void describe('the ASCII form of an address (pure)', () => {
     assert.equal(asciiAddress('postmaster'), 'postmaster');
     assert.equal(asciiAddress('a@[192.0.2.1]'), 'a@[192.0.2.1]');
     assert.equal(asciiAddress('a@b@exämple.org'), 'a@b@xn--exmple-cua.org');
+    assert.equal(asciiText('5.1.1 Upstream refused: <jürgen@bücher.test> 用户'), '5.1.1 Upstream refused: <j?rgen@b?cher.test> ??');
   });
 
   void it('tells which addresses need SMTPUTF8: a non-ASCII mailbox name, not a non-ASCII domain', () => {

@@ -6,7 +6,7 @@ import fs from 'node:fs';
 import type { Logger } from '../observability/log.ts';
 import { isValidUserName } from '../mail/paths.ts';
 import type { Scheme, StoredPassword } from './schemes.ts';
-import { PasswordSchemeError, isPlainSecret, parseStoredPassword } from './schemes.ts';
+import { PasswordSchemeError, costClass, isPlainSecret, parseStoredPassword } from './schemes.ts';
 
 export interface UserEntry {
   user: string;
@@ -69,6 +69,8 @@ export class UserDatabase {
   private users: Map<string, UserEntry>;
   private plainSecretsOf: Map<string, UserEntry> | undefined;
   private plainSecrets = false;
+  private decoyOf: Map<string, UserEntry> | undefined;
+  private decoy: StoredPassword | undefined;
   private fingerprint: string;
   private readonly opts: Required<UserDatabaseOptions>;
   private readonly watch: FileWatch;
@@ -122,6 +124,28 @@ export class UserDatabase {
       }
     }
     return this.plainSecrets;
+  }
+
+  /**
+   * A stored password that costs to check what most users' do (the most common costClass), for
+   * logins of unknown users: their answer then takes as long as a wrong password's. Worked out
+   * once per version of the file.
+   */
+  decoyPassword(): StoredPassword | undefined {
+    if (this.decoyOf !== this.users) {
+      this.decoyOf = this.users;
+      const classes = new Map<string, { count: number; password: StoredPassword }>();
+      for (const entry of this.users.values()) {
+        const key = costClass(entry.password);
+        const seen = classes.get(key);
+        if (seen) seen.count++;
+        else classes.set(key, { count: 1, password: entry.password });
+      }
+      let best: { count: number; password: StoredPassword } | undefined;
+      for (const c of classes.values()) if (best === undefined || c.count > best.count) best = c;
+      this.decoy = best?.password;
+    }
+    return this.decoy;
   }
 
   /** Re-read the file; returns whether a new version was taken. A broken file keeps the old users. */

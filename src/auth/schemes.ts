@@ -46,6 +46,17 @@ export function cryptKind(value: string): 'sha' | 'bcrypt' | 'argon2' | undefine
   return undefined;
 }
 
+/**
+ * What a check against `p` costs, as a name: hashes with the same name take the same time to check
+ * (the crypt(3) setting without its salt, e.g. `$6$rounds=10000$` or `$2y$12$`; else the scheme).
+ */
+export function costClass(p: StoredPassword): string {
+  if (!p.value.startsWith('$')) return p.scheme;
+  const parts = p.value.split('$');
+  // bcrypt keeps salt and hash in one field; the others have a salt field and a hash field.
+  return parts.slice(0, cryptKind(p.value) === 'bcrypt' ? -1 : -2).join('$') + '$';
+}
+
 function checkValue(p: StoredPassword): string | undefined {
   switch (p.scheme) {
     case 'SHA512-CRYPT':

@@ -5,8 +5,11 @@ import { ConfigError, ConfigReader } from './reader.ts';
 
 export const CONFIG_ENV = 'KUBE_DRAC_CONFIG';
 
-/** Top-level sections. Roles parse theirs with `doc.section(name)`; anything else is a typo. */
-const ROLE_SECTIONS = ['pop3', 'smtp', 'operator', 'bridge'] as const;
+/**
+ * Top-level sections the roles parse themselves with `doc.section(name)` (`login` is read by both
+ * roles with a password login, pop3 and smtp); anything else is a typo.
+ */
+const ROLE_SECTIONS = ['pop3', 'smtp', 'operator', 'bridge', 'login'] as const;
 export type RoleSection = (typeof ROLE_SECTIONS)[number];
 
 export interface KubernetesConfig {

@@ -68,7 +68,7 @@ function writeConfigs(stateDir: string, kubeconfig: string): Record<string, stri
       pop3: {
         listen: { host: '127.0.0.1', port: 1110 },
         tls,
-        tlsPort: 1995,
+        implicitTlsPort: 1995,
         // Loopback only: the demo user types a password in the clear to telnet.
         allowPlaintextAuth: true,
         mailRoot,

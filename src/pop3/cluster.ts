@@ -73,7 +73,7 @@ export async function startPop3Cluster(config: Pop3Config, deps: Pop3ClusterDeps
   const bound = {
     ...config,
     listen: { ...config.listen, port: await portFor(config.listen.port) },
-    tlsPort: config.tlsPort === undefined ? undefined : await portFor(config.tlsPort),
+    implicitTlsPort: config.implicitTlsPort === undefined ? undefined : await portFor(config.implicitTlsPort),
   };
   const setup: WorkerSetup = { config: pop3ConfigToWire(bound), logLevel: deps.logLevel };
   // The sources run as .ts (tests, npm start) and as compiled .js (the image): name the sibling.

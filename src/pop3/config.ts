@@ -3,14 +3,15 @@
 import os from 'node:os';
 import type { Scheme } from '../auth/schemes.ts';
 import { SCHEMES } from '../auth/schemes.ts';
-import type { ConfigReader } from '../config/reader.ts';
-import { ConfigError } from '../config/reader.ts';
+import { parseLoginConfig, type LoginConfig } from '../auth/config.ts';
+import { ConfigError, ConfigReader } from '../config/reader.ts';
+import { keyInUse, type RenamedKey } from '../config/renamed.ts';
 import { NetworkList } from '../net/networks.ts';
 
 export interface Pop3Config {
   listen: { host: string; port: number };
-  /** POP3S (implicit TLS) port; undefined when TLS is not configured. */
-  tlsPort: number | undefined;
+  /** POP3S (implicit TLS) port; undefined when TLS is not configured. Formerly `tlsPort`. */
+  implicitTlsPort: number | undefined;
   tls: { certFile: string; keyFile: string } | undefined;
   /** Allow USER/PASS and AUTH before TLS (the local all-in-one sets it for loopback only). */
   allowPlaintextAuth: boolean;
@@ -43,13 +44,8 @@ export interface Pop3Config {
   };
   /** How long the +OK of a login waits for the grant write. */
   loginWaitForGrantMs: number;
-  throttle: {
-    /** Every failed login is answered this long after it started. */
-    failureDelayMs: number;
-    maxFailuresPerAddress: number;
-    maxFailuresPerUser: number;
-    windowMs: number;
-  };
+  /** The `login:` section (shared with SMTP AUTH), or the deprecated pop3.throttle keys. */
+  login: LoginConfig;
   lock: { heartbeatMs: number; staleMs: number };
   /** CAPA EXPIRE: `NEVER` or a number of days. */
   expire: string;
@@ -57,12 +53,18 @@ export interface Pop3Config {
   loginDelaySeconds: number;
   /** Name in the greeting and CAPA IMPLEMENTATION. */
   implementation: string;
+  /** Deprecated keys this section used, for the role to warn about. */
+  renamedKeys: RenamedKey[];
 }
 
 const HOST = { re: /^[A-Za-z0-9.:-]+$/, describe: 'a host name or IP address such as 0.0.0.0 or ::' };
 
-/** Read and check `pop3:`; throws ConfigError naming the key on any mistake. */
-export function parsePop3Config(section: ConfigReader): Pop3Config {
+/**
+ * Read and check `pop3:` (and `login:`, the guards shared with SMTP AUTH); throws ConfigError
+ * naming the key on any mistake.
+ */
+export function parsePop3Config(section: ConfigReader, loginSection: ConfigReader = new ConfigReader({}, 'login')): Pop3Config {
+  const renamedKeys: RenamedKey[] = [];
   const l = section.section('listen');
   const listen = { host: l.string('host', '0.0.0.0', HOST), port: l.port('port', 1110) };
   l.finish();
@@ -73,12 +75,14 @@ export function parsePop3Config(section: ConfigReader): Pop3Config {
     tls = { certFile: t.string('certFile'), keyFile: t.string('keyFile') };
     t.finish();
   }
-  let tlsPort: number | undefined;
-  if (section.has('tlsPort')) {
-    tlsPort = section.port('tlsPort');
-    if (tls === undefined) throw new ConfigError(section.keyPath('tlsPort'), 'needs a certificate: set pop3.tls.certFile and pop3.tls.keyFile');
+  // `implicitTlsPort`, as in the smtp section; `tlsPort` is its old name.
+  const port = keyInUse({ reader: section, key: 'implicitTlsPort' }, { reader: section, key: 'tlsPort' }, renamedKeys);
+  let implicitTlsPort: number | undefined;
+  if (port.reader.has(port.key)) {
+    implicitTlsPort = port.reader.port(port.key);
+    if (tls === undefined) throw new ConfigError(port.reader.keyPath(port.key), 'needs a certificate: set pop3.tls.certFile and pop3.tls.keyFile');
   } else if (tls !== undefined) {
-    tlsPort = 1995;
+    implicitTlsPort = 1995;
   }
   const allowPlaintextAuth = section.bool('allowPlaintextAuth', false);
   if (tls === undefined && !allowPlaintextAuth) {
@@ -126,14 +130,8 @@ export function parsePop3Config(section: ConfigReader): Pop3Config {
 
   const loginWaitForGrantMs = section.duration('loginWaitForGrant', '1s', { maxMs: 30_000 });
 
-  const th = section.section('throttle');
-  const throttle = {
-    failureDelayMs: th.duration('failureDelay', '2s', { maxMs: 60_000 }),
-    maxFailuresPerAddress: th.int('maxFailuresPerAddress', 10, { min: 1, max: 1_000_000 }),
-    maxFailuresPerUser: th.int('maxFailuresPerUser', 30, { min: 1, max: 1_000_000 }),
-    windowMs: th.duration('window', '15m', { minMs: 1000, maxMs: 86_400_000 }),
-  };
-  th.finish();
+  // pop3.throttle is the old name of the login section, from before SMTP AUTH shared it.
+  const login = parseLoginConfig(loginSection, { section: section.section('throttle'), renamed: renamedKeys });
 
   const lk = section.section('lock');
   const lock = { heartbeatMs: lk.duration('heartbeat', '30s', { minMs: 100, maxMs: 3_600_000 }), staleMs: lk.duration('stale', '2m', { minMs: 1000 }) };
@@ -157,7 +155,7 @@ export function parsePop3Config(section: ConfigReader): Pop3Config {
   section.finish();
   return {
     listen,
-    tlsPort,
+    implicitTlsPort,
     tls,
     allowPlaintextAuth,
     trustedProxies,
@@ -172,11 +170,12 @@ export function parsePop3Config(section: ConfigReader): Pop3Config {
     limits,
     timeouts,
     loginWaitForGrantMs,
-    throttle,
+    login,
     lock,
     expire,
     loginDelaySeconds,
     implementation,
+    renamedKeys,
   };
 }
 

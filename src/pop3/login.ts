@@ -1,26 +1,20 @@
-// What a POP3 login does: throttle check, password check (same reply and delay for an unknown
-// user and a wrong password), maildrop lock, and the grant for the client address.
-import crypto from 'node:crypto';
-import { setTimeout as sleep } from 'node:timers/promises';
-import type { UserDatabase, UserEntry } from '../auth/passwd-file.ts';
-import { parseStoredPassword, verifyApop } from '../auth/schemes.ts';
-import type { StoredPassword } from '../auth/schemes.ts';
-import { shaCryptHash } from '../auth/sha-crypt.ts';
+// What a POP3 login does: the password check with its guards (src/auth/login.ts, shared with
+// SMTP AUTH), then the maildrop lock and the grant for the client address.
+import type { UserDatabase } from '../auth/passwd-file.ts';
+import { PasswordLogin, type FailureThrottle, type PasswordOutcome } from '../auth/login.ts';
 import type { PasswordVerifier } from '../auth/verifier.ts';
 import type { GrantRenewer } from '../grants/types.ts';
-import { isValidUserName } from '../mail/paths.ts';
 import type { NetworkList } from '../net/networks.ts';
 import type { Logger } from '../observability/log.ts';
 import { MaildropInUseError } from './lock.ts';
 import { grantWait, grantWrites, loginsTotal } from './metrics.ts';
 import type { LoginOutcome, Maildrop } from './session.ts';
-import type { SharedThrottle } from './shared.ts';
 
 export interface LoginDeps {
   users: Pick<UserDatabase, 'lookup'>;
   verifier: Pick<PasswordVerifier, 'verify'>;
   /** A LoginThrottle, or with several workers the primary's. */
-  throttle: SharedThrottle;
+  throttle: FailureThrottle;
   openMaildrop(user: string): Promise<Maildrop>;
   renewer: GrantRenewer;
   denyGrantNetworks: NetworkList;
@@ -41,52 +35,36 @@ export interface LoginClient {
 
 export class Pop3Login {
   private readonly deps: LoginDeps;
-  /** Checked for unknown users, so they cost the same time as known ones. */
-  private readonly decoy: StoredPassword;
+  private readonly passwords: PasswordLogin;
 
   constructor(deps: LoginDeps) {
     this.deps = deps;
-    this.decoy = parseStoredPassword(`{SHA512-CRYPT}${shaCryptHash(crypto.randomBytes(18).toString('base64'))}`);
+    this.passwords = new PasswordLogin(deps);
   }
 
   /** USER/PASS and AUTH: check the password against the stored hash. */
   login(user: string, password: string, client: LoginClient): Promise<LoginOutcome> {
-    return this.attempt(user, client, (entry) => this.deps.verifier.verify(entry?.password ?? this.decoy, password));
+    return this.passwords.password(user, password, client).then((checked) => this.afterCheck(user, checked, client));
   }
 
   /** APOP: MD5(banner + secret), possible only for users whose secret is stored in the clear. */
   apop(user: string, banner: string, digest: string, client: LoginClient): Promise<LoginOutcome> {
-    return this.attempt(user, client, (entry) => Promise.resolve(entry !== undefined && verifyApop(entry.password, banner, digest)));
+    return this.passwords.apop(user, banner, digest, client).then((checked) => this.afterCheck(user, checked, client));
   }
 
-  private async attempt(user: string, client: LoginClient, check: (entry: UserEntry | undefined) => Promise<boolean>): Promise<LoginOutcome> {
-    const started = Date.now();
+  private async afterCheck(user: string, checked: PasswordOutcome, client: LoginClient): Promise<LoginOutcome> {
     const d = this.deps;
-    const failLater = async <T extends LoginOutcome>(outcome: T): Promise<T> => {
-      await sleep(Math.max(0, started + d.failureDelayMs - Date.now()));
-      return outcome;
-    };
-
-    const verdict = await d.throttle.check(client.throttleAddress, user, started);
-    if (verdict !== 'allowed') {
-      loginsTotal.inc({ result: 'throttled' });
-      d.log.warn('login_throttled', { session: client.sessionId, by: verdict });
-      return failLater({ result: 'throttled' });
-    }
-
-    const entry = isValidUserName(user) ? d.users.lookup(user) : undefined;
-    let ok: boolean;
-    try {
-      ok = await check(entry);
-    } catch (err) {
-      d.log.error('password_check_failed', { session: client.sessionId, error: err as Error });
-      return { result: 'temporary', reason: 'password check failed' };
-    }
-    if (!ok || entry === undefined || 'nologin' in entry.extra) {
-      d.throttle.failed(client.throttleAddress, user, started);
-      loginsTotal.inc({ result: 'failure' });
-      d.log.info('login_failed', { session: client.sessionId });
-      return failLater({ result: 'failed' });
+    switch (checked.result) {
+      case 'throttled':
+        loginsTotal.inc({ result: 'throttled' });
+        return { result: 'throttled' };
+      case 'failed':
+        loginsTotal.inc({ result: 'failure' });
+        return { result: 'failed' };
+      case 'temporary':
+        return { result: 'temporary', reason: 'password check failed' };
+      case 'ok':
+        break;
     }
 
     // The credentials were right: the grant is deserved whatever the maildrop says (locked by

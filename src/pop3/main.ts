@@ -9,6 +9,7 @@ import { MaildirTmpCleaner } from '../mail/tmp-cleaner.ts';
 import { startHealthServer } from '../observability/health.ts';
 import { createLogger, setLogLevel, type Logger } from '../observability/log.ts';
 import { collectProcessMetrics } from '../observability/metrics.ts';
+import { logRenamedKeys } from '../config/renamed.ts';
 import { runRoleProcess } from '../role-process.ts';
 import { parsePop3Config } from './config.ts';
 import { startPop3Cluster } from './cluster.ts';
@@ -29,7 +30,8 @@ export interface RunPop3Options {
 /** Start the POP3 role from a config document; `close()` ends sessions (deleting nothing) and stops. */
 export async function runPop3(doc: ConfigDocument, log: Logger = createLogger('pop3'), opts: RunPop3Options = {}): Promise<RunningPop3Role> {
   setLogLevel(doc.common.log.level);
-  const config = parsePop3Config(doc.section('pop3'));
+  const config = parsePop3Config(doc.section('pop3'), doc.section('login'));
+  logRenamedKeys(log, config.renamedKeys);
   collectProcessMetrics();
 
   let client: KubeClient | undefined;

@@ -373,12 +373,12 @@ export async function startPop3Server(config: Pop3Config, deps: Pop3ServerDeps):
   const login = new Pop3Login({
     users,
     verifier,
-    throttle: deps.throttle ?? new LoginThrottle({ ...config.throttle }),
+    throttle: deps.throttle ?? new LoginThrottle(config.login),
     // Likewise its lock and Maildir listing take no trips to the thread pool.
     openMaildrop: (user) => openMaildrop(user, { mailRoot: config.mailRoot, mailLocation: config.mailLocation, lock: { ...config.lock, io: fileIo } }),
     renewer: deps.renewer,
     denyGrantNetworks: config.denyGrantNetworks,
-    failureDelayMs: config.throttle.failureDelayMs,
+    failureDelayMs: config.login.failureDelayMs,
     loginWaitForGrantMs: config.loginWaitForGrantMs,
     log,
   });
@@ -467,7 +467,7 @@ export async function startPop3Server(config: Pop3Config, deps: Pop3ServerDeps):
   try {
     await mailRoot.check();
     servers.push(await listen(config.listen.port, false));
-    if (config.tlsPort !== undefined) servers.push(await listen(config.tlsPort, true));
+    if (config.implicitTlsPort !== undefined) servers.push(await listen(config.implicitTlsPort, true));
   } catch (err) {
     servers.forEach((s) => s.close());
     mailRoot.close();

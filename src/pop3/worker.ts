@@ -37,7 +37,7 @@ process.on('disconnect', () => void stop());
 
 try {
   const config = pop3ConfigFromWire(setup.config);
-  const shared = sharedStateOverIpc({ send, on: (event, listener) => process.on(event, listener) }, config.throttle);
+  const shared = sharedStateOverIpc({ send, on: (event, listener) => process.on(event, listener) }, config.login);
   server = await startPop3Server(config, { ...shared, log, reusePort: true });
 } catch (err) {
   send({ kd: 'start-failed', error: (err as Error).message });

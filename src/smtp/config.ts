@@ -1,7 +1,8 @@
 // The `smtp:` section of the config file, checked whole before anything listens.
 import fs from 'node:fs';
 import os from 'node:os';
-import { ConfigError, type ConfigReader } from '../config/reader.ts';
+import { parseLoginConfig, type LoginConfig } from '../auth/config.ts';
+import { ConfigError, ConfigReader } from '../config/reader.ts';
 import { NetworkList } from '../net/networks.ts';
 
 export interface SmarthostConfig {
@@ -52,6 +53,8 @@ export interface SmtpConfig {
   reverseDns: boolean;
   /** SMTP AUTH (PLAIN, LOGIN) against usersFile, only after TLS. Off by default. */
   auth: { enabled: boolean };
+  /** The `login:` section: SMTP AUTH's failure delay and throttle, the same as POP3's. */
+  login: LoginConfig;
   /**
    * cacheTtlMs: how long a miss is remembered (delays only a grant the watch has not shown yet);
    * positiveCacheTtlMs: how long a find is, at most 2 s (a revocation waits for it).
@@ -107,8 +110,11 @@ function parseSmarthost(s: ConfigReader): SmarthostConfig {
   return { host, port, secure, requireTLS, verifyCertificate, auth, connectionTimeoutMs };
 }
 
-/** Read and check `smtp:`; throws ConfigError naming the key on any mistake. */
-export function parseSmtpConfig(section: ConfigReader): SmtpConfig {
+/**
+ * Read and check `smtp:` (and `login:`, the guards SMTP AUTH shares with POP3); throws
+ * ConfigError naming the key on any mistake.
+ */
+export function parseSmtpConfig(section: ConfigReader, loginSection: ConfigReader = new ConfigReader({}, 'login')): SmtpConfig {
   const hostname = section.string('hostname', os.hostname(), HOSTNAME);
 
   const l = section.section('listen');
@@ -177,6 +183,7 @@ export function parseSmtpConfig(section: ConfigReader): SmtpConfig {
   if (auth.enabled && usersFile === undefined) {
     throw new ConfigError(a.keyPath('enabled'), 'SMTP AUTH checks passwords in usersFile: set smtp.usersFile');
   }
+  const login = parseLoginConfig(loginSection);
 
   const ll = section.section('liveLookup');
   const liveLookup = {
@@ -214,6 +221,7 @@ export function parseSmtpConfig(section: ConfigReader): SmtpConfig {
     greetingDelayMs,
     reverseDns,
     auth,
+    login,
     liveLookup,
   };
 }

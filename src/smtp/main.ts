@@ -52,7 +52,7 @@ export interface RunningSmtpRole {
 
 export async function runSmtp(doc: ConfigDocument, log: Logger = createLogger('smtp')): Promise<RunningSmtpRole> {
   setLogLevel(doc.common.log.level);
-  const config = parseSmtpConfig(doc.section('smtp'));
+  const config = parseSmtpConfig(doc.section('smtp'), doc.section('login'));
   collectProcessMetrics();
   const { namespace } = doc.common.kubernetes;
   const client = KubeClient.fromPath(doc.common.kubernetes.kubeconfig);
@@ -70,7 +70,7 @@ export async function runSmtp(doc: ConfigDocument, log: Logger = createLogger('s
       auth = {
         users,
         verifier,
-        throttle: new LoginThrottle({ maxFailuresPerAddress: 10, maxFailuresPerUser: 20, windowMs: 10 * 60_000 }),
+        throttle: new LoginThrottle(config.login),
       };
     }
   }

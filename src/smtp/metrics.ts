@@ -14,6 +14,13 @@ export const smtpSessionsActive = new Gauge({
   registers: [registry],
 });
 
+export const smtpAuth = new Counter({
+  name: 'kubedrac_smtp_auth_total',
+  help: 'SMTP AUTH attempts by result: success, failure (bad credentials), throttled (refused unchecked), temporary.',
+  labelNames: ['result'] as const,
+  registers: [registry],
+});
+
 export const relayDecisions = new Counter({
   name: 'kubedrac_smtp_relay_decisions_total',
   help: 'RCPT decisions of the relay gate.',

@@ -1,6 +1,6 @@
 // The relay decision at RCPT time, as pure code: what sendmail's `Kdrac` map and `access.db`
 // RELAY lines decided, without sockets or API calls (the live lookup is an injected function).
-import { domainToUnicode } from 'node:url';
+import { domainToASCII, domainToUnicode } from 'node:url';
 import { canonicalIp } from '../grants/address.ts';
 import type { GrantLookup, GrantMatch } from '../grants/types.ts';
 
@@ -30,6 +30,11 @@ export interface RelayRequest {
   recipient: string;
   /** The SMTP AUTH user, set only when AUTH is enabled and was done over TLS. */
   authUser?: string;
+  /**
+   * The client did not say SMTPUTF8, so replies must be ASCII (RFC 6531 3.2): they show the
+   * recipient's domain in A-labels, as such a client sent it (smtp-server hands over Unicode).
+   */
+  asciiReplies?: boolean;
 }
 
 /** Finds the mailbox owner of a local recipient; undefined when there is none. */
@@ -74,6 +79,28 @@ export function splitAddress(address: string): { localPart: string; domain: stri
   return { localPart: address.slice(0, at), domain: address.slice(at + 1) };
 }
 
+/**
+ * `local@domain` with the domain in A-labels (`xn--...`), for a reply to a client without
+ * SMTPUTF8; any other non-ASCII character (which such a client may not send) becomes `?`.
+ */
+const NON_ASCII = /[\u0080-\u{10ffff}]/u;
+
+/** Whether the mailbox name (before the last @) needs SMTPUTF8 (RFC 6531 3.2). */
+export function hasNonAsciiLocalPart(address: string): boolean {
+  return NON_ASCII.test(splitAddress(address).localPart);
+}
+
+export function asciiAddress(address: string): string {
+  const { localPart, domain } = splitAddress(address);
+  if (domain === '') return asciiText(localPart);
+  return `${asciiText(localPart)}@${asciiText(domainToASCII(domain) || domain)}`;
+}
+
+/** Reply text for a client without SMTPUTF8: every non-ASCII character becomes `?`. */
+export function asciiText(text: string): string {
+  return text.replace(/[\u0080-\u{10ffff}]/gu, '?');
+}
+
 /** Recipient text for a reply line: no brackets or control characters from the client. */
 function shown(recipient: string): string {
   let out = '';
@@ -113,6 +140,7 @@ export class RelayPolicy {
    */
   decide(req: RelayRequest): RelayDecision | Promise<RelayDecision> {
     const { localPart, domain } = splitAddress(req.recipient);
+    const replyRecipient = req.asciiReplies === true && NON_ASCII.test(req.recipient) ? asciiAddress(req.recipient) : req.recipient;
     if (domain === '' || this.localDomains.has(normalizeDomain(domain))) {
       const user = this.opts.localUsers.userFor(localPart, domain);
       if (user === undefined) {
@@ -120,7 +148,7 @@ export class RelayPolicy {
           decision: 'denied',
           reason: 'local',
           code: 550,
-          message: `5.1.1 ${shown(req.recipient)}: Recipient address rejected: User unknown in local recipient table`,
+          message: `5.1.1 ${shown(replyRecipient)}: Recipient address rejected: User unknown in local recipient table`,
         };
       }
       return { decision: 'allowed', reason: 'local', localUser: user };
@@ -134,7 +162,7 @@ export class RelayPolicy {
         ip = canonicalIp(ip);
       } catch {
         // An unparseable peer (should not happen with a TCP socket) never relays.
-        return this.denied(req.recipient);
+        return this.denied(replyRecipient);
       }
     }
     if (this.opts.trustedNetworks.contains(ip)) {
@@ -146,7 +174,7 @@ export class RelayPolicy {
     const nowMs = this.now();
     const grants = this.opts.grants;
     if (!grants.synced) {
-      return this.tempfail(req.recipient, 'relay authorization not loaded yet');
+      return this.tempfail(replyRecipient, 'relay authorization not loaded yet');
     }
     const match = grants.lookup(ip, nowMs);
     // The cache never returns an expired grant; checked again so that a stale cache cannot open
@@ -160,10 +188,10 @@ export class RelayPolicy {
       };
     }
     const live = this.opts.liveLookup;
-    if (live === undefined) return this.denied(req.recipient);
+    if (live === undefined) return this.denied(replyRecipient);
     return live.lookup(ip, nowMs).then(
-      ({ result, match: found }) => this.afterLiveLookup(req.recipient, result, found, nowMs),
-      () => this.afterLiveLookup(req.recipient, 'error', undefined, nowMs),
+      ({ result, match: found }) => this.afterLiveLookup(replyRecipient, result, found, nowMs),
+      () => this.afterLiveLookup(replyRecipient, 'error', undefined, nowMs),
     );
   }
 

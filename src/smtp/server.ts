@@ -6,9 +6,7 @@ import net from 'node:net';
 import { Duplex } from 'node:stream';
 import { SMTPServer, type SMTPServerDataStream, type SMTPServerOptions, type SMTPServerSession } from 'smtp-server';
 import { SMTPConnection } from 'smtp-server/lib/smtp-connection.js';
-import type { UserEntry } from '../auth/passwd-file.ts';
-import type { StoredPassword } from '../auth/schemes.ts';
-import type { LoginThrottle } from '../auth/throttle.ts';
+import { PasswordLogin, type PasswordLoginDeps } from '../auth/login.ts';
 import type { GrantLookup, GrantMatch } from '../grants/types.ts';
 import { stageMaildirDelivery, type StagedDelivery } from '../mail/deliver.ts';
 import { maildirPathFor } from '../mail/paths.ts';
@@ -22,6 +20,7 @@ import { MaildirLocalUsers } from './local-users.ts';
 import {
   liveLookups,
   relayDecisions,
+  smtpAuth,
   smtpConnections,
   smtpMessageSize,
   smtpMessages,
@@ -30,14 +29,10 @@ import {
 } from './metrics.ts';
 import { OutboxOnward, SmarthostOnward, SmtpReplyError, type Onward } from './onward.ts';
 import { receivedHeader } from './received.ts';
-import { LiveGrantLookup, RelayPolicy, type LocalUsers, type RelayDecision } from './relay-policy.ts';
+import { asciiText, hasNonAsciiLocalPart, LiveGrantLookup, RelayPolicy, type LocalUsers, type RelayDecision } from './relay-policy.ts';
 
-/** What SMTP AUTH checks passwords against (the users file the POP3 role uses). */
-export interface SmtpAuthDeps {
-  users: { lookup(user: string): UserEntry | undefined };
-  verifier: { verify(stored: StoredPassword, password: string): Promise<boolean> };
-  throttle: LoginThrottle;
-}
+/** What SMTP AUTH checks passwords against (the users file the POP3 role uses), and its throttle. */
+export type SmtpAuthDeps = Pick<PasswordLoginDeps, 'users' | 'verifier' | 'throttle'>;
 
 export interface SmtpDeps {
   grants: GrantLookup;
@@ -67,6 +62,8 @@ interface SessionState {
   local: Map<string, string>;
   relayed: string[];
   authorization: string | undefined;
+  /** The transaction's MAIL had SMTPUTF8: its replies may carry UTF-8. */
+  utf8: boolean;
 }
 
 interface SocketInfo {
@@ -75,6 +72,16 @@ interface SocketInfo {
 }
 
 const NO_RELAY = '(proxy did not name the client)';
+
+/** kubedrac_smtp_auth_total's result label, named as kubedrac_pop3_logins_total's. */
+const AUTH_RESULT = { ok: 'success', failed: 'failure', throttled: 'throttled', temporary: 'temporary' } as const;
+
+/**
+ * A non-ASCII mailbox name can only be sent with SMTPUTF8 (RFC 6531 3.2, Postfix's wording). A
+ * non-ASCII domain is fine: smtp-server hands over A-labels (`xn--`) in Unicode form, and replies
+ * show them as A-labels again.
+ */
+const SMTPUTF8_REQUIRED = () => new SmtpReplyError(553, '5.6.7 Must declare SMTPUTF8 to send unicode address');
 
 export async function startSmtpServer(config: SmtpConfig, deps: SmtpDeps): Promise<RunningSmtpServer> {
   const log = deps.log;
@@ -109,6 +116,7 @@ export async function startSmtpServer(config: SmtpConfig, deps: SmtpDeps): Promi
   const tlsReloader = config.tls ? new TlsReloader({ ...config.tls, log }) : undefined;
   const authEnabled = config.auth.enabled && deps.auth !== undefined && tlsReloader !== undefined;
   if (config.auth.enabled && !authEnabled) log.warn('smtp_auth_unavailable', { reason: 'no users file or TLS' });
+  const passwords = authEnabled && deps.auth ? new PasswordLogin({ ...deps.auth, failureDelayMs: config.login.failureDelayMs, log, now }) : undefined;
 
   // Sockets carry what we learned before smtp-server saw them; sessions carry our transaction.
   const socketInfo = new WeakMap<net.Socket | Duplex, SocketInfo>();
@@ -155,7 +163,7 @@ export async function startSmtpServer(config: SmtpConfig, deps: SmtpDeps): Promi
     onConnect(session, callback) {
       const info = socketInfo.get(findSocket(session.id));
       if (!info) return callback(new SmtpReplyError(421, '4.3.0 Connection state lost, closing'));
-      sessions.set(session.id, { clientIp: info.clientIp, release: info.release, local: new Map(), relayed: [], authorization: undefined });
+      sessions.set(session.id, { clientIp: info.clientIp, release: info.release, local: new Map(), relayed: [], authorization: undefined, utf8: false });
       session.disabledCommands = disabledFor(session.secure);
       smtpSessionsActive.inc();
       callback();
@@ -165,34 +173,36 @@ export async function startSmtpServer(config: SmtpConfig, deps: SmtpDeps): Promi
       callback();
     },
     onAuth(auth, session, callback) {
-      const a = deps.auth;
-      if (!authEnabled || a === undefined) return callback(new SmtpReplyError(502, '5.5.1 AUTH not available'));
+      if (passwords === undefined) return callback(new SmtpReplyError(502, '5.5.1 AUTH not available'));
       if (!session.secure) return callback(new SmtpReplyError(538, '5.7.11 Encryption required for requested authentication mechanism'));
       const user = auth.username ?? '';
-      const address = session.remoteAddress;
-      if (a.throttle.check(address, user) !== 'allowed') {
-        return callback(new SmtpReplyError(454, '4.7.0 Too many failed authentications, try again later'));
-      }
-      const entry = a.users.lookup(user);
-      const verified = entry ? a.verifier.verify(entry.password, auth.password ?? '') : Promise.resolve(false);
-      verified.then(
-        (ok) => {
-          if (!ok) {
-            a.throttle.failed(address, user);
-            log.info('smtp_auth_failed', { session: session.id });
-            return callback(new SmtpReplyError(535, '5.7.8 Authentication credentials invalid'));
+      // The same guards as a POP3 login: throttle, decoy hash for unknown users, failure delay,
+      // user-name check, nologin (src/auth/login.ts).
+      passwords.password(user, auth.password ?? '', { throttleAddress: session.remoteAddress, sessionId: session.id }).then(
+        (outcome) => {
+          smtpAuth.inc({ result: AUTH_RESULT[outcome.result] });
+          switch (outcome.result) {
+            case 'ok':
+              return callback(null, { user });
+            case 'failed':
+              return callback(new SmtpReplyError(535, '5.7.8 Authentication credentials invalid'));
+            case 'throttled':
+              return callback(new SmtpReplyError(454, '4.7.0 Too many failed authentications, try again later'));
+            case 'temporary':
+              return callback(new SmtpReplyError(454, '4.7.0 Temporary authentication failure'));
           }
-          callback(null, { user });
         },
         () => callback(new SmtpReplyError(454, '4.7.0 Temporary authentication failure')),
       );
     },
-    onMailFrom(_address, session, callback) {
+    onMailFrom(address, session, callback) {
       try {
         const st = stateOf(session);
         st.local = new Map();
         st.relayed = [];
         st.authorization = undefined;
+        st.utf8 = address.args !== false && (address.args as Record<string, unknown>).SMTPUTF8 === true;
+        if (!st.utf8 && hasNonAsciiLocalPart(address.address)) return callback(SMTPUTF8_REQUIRED());
         callback();
       } catch (err) {
         callback(err as Error);
@@ -205,8 +215,9 @@ export async function startSmtpServer(config: SmtpConfig, deps: SmtpDeps): Promi
       } catch (err) {
         return callback(err as Error);
       }
+      if (!st.utf8 && hasNonAsciiLocalPart(address.address)) return callback(SMTPUTF8_REQUIRED());
       const user = typeof session.user === 'string' ? session.user : undefined;
-      const decided = policy.decide({ clientIp: st.clientIp ?? NO_RELAY, recipient: address.address, authUser: user });
+      const decided = policy.decide({ clientIp: st.clientIp ?? NO_RELAY, recipient: address.address, authUser: user, asciiReplies: !st.utf8 });
       const apply = (d: RelayDecision) => {
         relayDecisions.inc({ decision: d.decision, reason: d.reason });
         if (d.liveLookup) liveLookups.inc({ result: d.liveLookup });
@@ -343,7 +354,8 @@ export async function startSmtpServer(config: SmtpConfig, deps: SmtpDeps): Promi
         const reply = err instanceof SmtpReplyError ? err : new SmtpReplyError(451, '4.3.0 Relay failed, try again later');
         smtpMessages.inc({ result: reply.responseCode >= 500 ? 'rejected' : 'tempfail' });
         log.warn('relay_failed', { session: session.id, code: reply.responseCode, reply: reply.message });
-        throw reply;
+        // The upstream's text may quote a UTF-8 address; a client without SMTPUTF8 gets ASCII.
+        throw st.utf8 ? reply : new SmtpReplyError(reply.responseCode, asciiText(reply.message));
       } finally {
         smtpUpstreamSeconds.observe((performance.now() - started) / 1000);
       }
@@ -427,7 +439,15 @@ export async function startSmtpServer(config: SmtpConfig, deps: SmtpDeps): Promi
       let transport: net.Socket | Duplex = raw;
       if (rest.length > 0) {
         raw.unshift(rest);
-        transport = Duplex.from({ readable: raw, writable: raw });
+        const wrapped = Duplex.from({ readable: raw, writable: raw });
+        // smtp-server's _upgrade calls setTimeout on what it is given, a method a plain Duplex
+        // lacks (the TypeError would end the process): the timeout is the socket's.
+        transport = Object.assign(wrapped, {
+          setTimeout: (ms: number, callback?: () => void) => {
+            raw.setTimeout(ms, callback);
+            return wrapped;
+          },
+        });
       }
       server._upgrade(transport as net.Socket, (err, tlsSocket) => {
         if (err || !tlsSocket) {

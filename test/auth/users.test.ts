@@ -5,7 +5,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, describe, it } from 'node:test';
 import { PasswdFileError, UserDatabase, parsePasswdFile } from '../../src/auth/passwd-file.ts';
-import { PasswordSchemeError, parseStoredPassword, verifyPassword } from '../../src/auth/schemes.ts';
+import { PasswordSchemeError, costClass, parseStoredPassword, verifyPassword } from '../../src/auth/schemes.ts';
 import { LoginThrottle } from '../../src/auth/throttle.ts';
 import { PasswordVerifier } from '../../src/auth/verifier.ts';
 import { createLogger } from '../../src/observability/log.ts';
@@ -37,6 +37,34 @@ describe('password schemes', () => {
     for (const bad of ['{MD5}abc', '{SHA512-CRYPT}$5$x$y', '{BLF-CRYPT}$2y$10$short', '{ARGON2ID}$argon2i$v=19$m=8,t=1,p=1$c2FsdHNhbHQ$aGFzaA', 'abcdefghijklm', '$1$salt$hash']) {
       assert.throws(() => parseStoredPassword(bad), PasswordSchemeError, bad);
     }
+  });
+});
+
+describe('the decoy password for unknown users', () => {
+  it('costClass names what a check costs: the crypt setting without salt, else the scheme', () => {
+    const cases: Array<[string, string]> = [
+      [doveadm('SHA512-CRYPT', 'x'), '$6$'],
+      [`{SHA512-CRYPT}${doveadm('SHA512-CRYPT', 'x').replace('{SHA512-CRYPT}$6$', '$6$rounds=10000$')}`, '$6$rounds=10000$'],
+      [doveadm('SHA512-CRYPT', 'x').replace(/^\{[^}]+\}/, ''), '$6$'],
+      [doveadm('BLF-CRYPT', 'x'), doveadm('BLF-CRYPT', 'y').replace(/^\{[^}]+\}/, '').slice(0, 7)],
+      [doveadm('ARGON2ID', 'x'), doveadm('ARGON2ID', 'y').replace(/^\{[^}]+\}/, '').replace(/\$[^$]*\$[^$]*$/, '$')],
+      ['{PLAIN}x', 'PLAIN'],
+    ];
+    for (const [field, expected] of cases) assert.equal(costClass(parseStoredPassword(field)), expected, field);
+  });
+
+  it('is a password of the cost most users have, and follows the file', () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kubedrac-decoy-'));
+    after(() => fs.rmSync(dir, { recursive: true, force: true }));
+    const file = path.join(dir, 'users');
+    const blf = () => doveadm('BLF-CRYPT', 'pw');
+    fs.writeFileSync(file, `a:{PLAIN}a\nb:${blf()}\nc:${blf()}\nd:${doveadm('SHA512-CRYPT', 'pw')}\n`);
+    const db = new UserDatabase({ file, log, pollIntervalMs: 0 });
+    after(() => db.close());
+    assert.equal(db.decoyPassword()?.scheme, 'BLF-CRYPT');
+    fs.writeFileSync(file, 'a:{PLAIN}a\nb:{PLAIN}b\n');
+    assert.equal(db.reload(), true);
+    assert.equal(db.decoyPassword()?.scheme, 'PLAIN');
   });
 });
 

@@ -52,9 +52,10 @@ describe("the chart's rendered config, read by the roles' parsers", () => {
     assert.deepEqual(Object.keys(docs).sort(), ['operator', 'pop3', 'smtp'], 'no bridge unless enabled');
 
     const pop3Doc = docs.pop3!;
-    const pop3 = parsePop3Config(pop3Doc.section('pop3'));
+    const pop3 = parsePop3Config(pop3Doc.section('pop3'), pop3Doc.section('login'));
     assert.deepEqual(pop3.listen, { host: '0.0.0.0', port: 1110 });
-    assert.equal(pop3.tlsPort, 1995);
+    assert.equal(pop3.implicitTlsPort, 1995);
+    assert.deepEqual(pop3.renamedKeys, [], 'the chart writes no deprecated key');
     assert.deepEqual(pop3.tls, { certFile: `${root}/tls/tls.crt`, keyFile: `${root}/tls/tls.key` });
     assert.equal(pop3.allowPlaintextAuth, false);
     assert.equal(pop3.usersFile, `${root}/users/passwd`);
@@ -90,7 +91,7 @@ describe("the chart's rendered config, read by the roles' parsers", () => {
       assert.equal(doc.common.log.level, 'debug');
     }
 
-    const pop3 = parsePop3Config(docs.pop3!.section('pop3'));
+    const pop3 = parsePop3Config(docs.pop3!.section('pop3'), docs.pop3!.section('login'));
     assert.equal(pop3.listen.host, '::');
     assert.equal(pop3.trustedProxies.size, 2);
     assert.equal(pop3.denyGrantNetworks.size, 1);
@@ -98,7 +99,8 @@ describe("the chart's rendered config, read by the roles' parsers", () => {
     assert.equal(pop3.usersFile, `${root}/users/users.passwd`);
     assert.equal(pop3.limits.maxSessions, 500);
     assert.equal(pop3.timeouts.idleMs, 15 * 60_000);
-    assert.equal(pop3.throttle.maxFailuresPerAddress, 5);
+    assert.deepEqual(pop3.login, { failureDelayMs: 1000, maxFailuresPerAddress: 5, maxFailuresPerUser: 20, windowMs: 600_000 });
+    assert.deepEqual(parseSmtpConfig(docs.smtp!.section('smtp'), docs.smtp!.section('login')).login, pop3.login, 'SMTP AUTH has the same guards');
     assert.equal(pop3.lock.staleMs, 60_000);
     assert.equal(pop3.expire, '30');
     assert.equal(pop3.loginDelaySeconds, 60);

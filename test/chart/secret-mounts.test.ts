@@ -99,7 +99,7 @@ describe('the rendered pop3 config with kubelet-style Secret mounts', () => {
     tlsPort = await freePort();
     pop3 = await startRendered('pop3', metrics, [
       ['port: 1110', `port: ${popPort}`],
-      ['tlsPort: 1995', `tlsPort: ${tlsPort}`],
+      ['implicitTlsPort: 1995', `implicitTlsPort: ${tlsPort}`],
     ]);
   });
   after(async () => {

@@ -18,7 +18,9 @@ describe('pop3 config', () => {
   it('has safe defaults once a certificate is given', () => {
     const c = parse(TLS);
     assert.deepEqual(c.listen, { host: '0.0.0.0', port: 1110 });
-    assert.equal(c.tlsPort, 1995);
+    assert.equal(c.implicitTlsPort, 1995);
+    assert.deepEqual(c.login, { failureDelayMs: 2000, maxFailuresPerAddress: 10, maxFailuresPerUser: 30, windowMs: 900_000 });
+    assert.deepEqual(c.renamedKeys, []);
     assert.equal(c.allowPlaintextAuth, false);
     assert.equal(c.loginWaitForGrantMs, 1000);
     assert.equal(c.timeouts.idleMs, 600_000);
@@ -32,7 +34,7 @@ describe('pop3 config', () => {
     const c = parse({
       ...TLS,
       listen: { host: '::', port: 110 },
-      tlsPort: 995,
+      implicitTlsPort: 995,
       trustedProxies: ['10.0.0.0/8'],
       denyGrantNetworks: ['192.0.2.0/24'],
       mailRoot: '/srv/mail',
@@ -42,22 +44,21 @@ describe('pop3 config', () => {
       limits: { maxSessions: 50, maxSessionsPerAddress: 5, maxLineLength: 1024 },
       timeouts: { authorization: '30s', idle: '15m' },
       loginWaitForGrant: '250ms',
-      throttle: { failureDelay: '1s', maxFailuresPerAddress: 3, maxFailuresPerUser: 9, window: '1h' },
       expire: 30,
       loginDelay: '5m',
     });
-    assert.equal(c.tlsPort, 995);
+    assert.equal(c.implicitTlsPort, 995);
     assert.ok(c.trustedProxies.contains('10.1.1.1') && c.denyGrantNetworks.contains('192.0.2.9'));
     assert.equal(c.limits.maxSessionsPerAddress, 5);
     assert.equal(c.timeouts.idleMs, 900_000);
     assert.equal(c.loginWaitForGrantMs, 250);
-    assert.equal(c.throttle.windowMs, 3_600_000);
-    assert.equal(c.expire, '30');
+        assert.equal(c.expire, '30');
     assert.equal(c.loginDelaySeconds, 300);
   });
 
   it('refuses each kind of mistake, naming the key', () => {
     fails({}, 'pop3.tls', /allowPlaintextAuth/); // nobody could log in
+    fails({ allowPlaintextAuth: true, implicitTlsPort: 995 }, 'pop3.implicitTlsPort', /certificate/);
     fails({ allowPlaintextAuth: true, tlsPort: 995 }, 'pop3.tlsPort', /certificate/);
     fails({ ...TLS, tls: { certFile: '/x' } }, 'pop3.tls.keyFile', /required/);
     fails({ ...TLS, listen: { port: 70000 } }, 'pop3.listen.port');
@@ -79,5 +80,33 @@ describe('pop3 config', () => {
     fails({ ...TLS, allowPlaintextAuth: 'yes' }, 'pop3.allowPlaintextAuth', /true or false/);
     fails({ ...TLS, maxSesions: 5 }, 'pop3.maxSesions', /unknown key/);
     fails({ ...TLS, limits: { maxSesions: 5 } }, 'pop3.limits.maxSesions', /unknown key/);
+  });
+
+  it('reads the login guards from the login section, shared with SMTP AUTH', () => {
+    const c = parsePop3Config(new ConfigReader(TLS, 'pop3'), new ConfigReader({ failureDelay: '1s', maxFailuresPerAddress: 3, maxFailuresPerUser: 9, window: '1h' }, 'login'));
+    assert.deepEqual(c.login, { failureDelayMs: 1000, maxFailuresPerAddress: 3, maxFailuresPerUser: 9, windowMs: 3_600_000 });
+    assert.deepEqual(c.renamedKeys, []);
+    assert.throws(() => parsePop3Config(new ConfigReader(TLS, 'pop3'), new ConfigReader({ failureDelay: '2m' }, 'login')), (err: unknown) => err instanceof ConfigError && err.key === 'login.failureDelay');
+    assert.throws(() => parsePop3Config(new ConfigReader(TLS, 'pop3'), new ConfigReader({ windw: '1h' }, 'login')), (err: unknown) => err instanceof ConfigError && err.key === 'login.windw');
+  });
+
+  it('still reads the old names tlsPort and throttle.*, and lists them to be warned about', () => {
+    const c = parse({ ...TLS, tlsPort: 995, throttle: { failureDelay: '1s', maxFailuresPerAddress: 3 } });
+    assert.equal(c.implicitTlsPort, 995);
+    assert.deepEqual(c.login, { failureDelayMs: 1000, maxFailuresPerAddress: 3, maxFailuresPerUser: 30, windowMs: 900_000 });
+    assert.deepEqual(c.renamedKeys, [
+      { key: 'pop3.tlsPort', use: 'pop3.implicitTlsPort' },
+      { key: 'pop3.throttle.failureDelay', use: 'login.failureDelay' },
+      { key: 'pop3.throttle.maxFailuresPerAddress', use: 'login.maxFailuresPerAddress' },
+    ]);
+    // An old key beside the login section's other keys is fine; the same setting under both names is not.
+    const mixed = parsePop3Config(new ConfigReader({ ...TLS, throttle: { window: '1h' } }, 'pop3'), new ConfigReader({ failureDelay: '0s' }, 'login'));
+    assert.deepEqual([mixed.login.failureDelayMs, mixed.login.windowMs], [0, 3_600_000]);
+    fails({ ...TLS, tlsPort: 995, implicitTlsPort: 996 }, 'pop3.tlsPort', /old name of pop3\.implicitTlsPort/);
+    assert.throws(
+      () => parsePop3Config(new ConfigReader({ ...TLS, throttle: { window: '1h' } }, 'pop3'), new ConfigReader({ window: '2h' }, 'login')),
+      (err: unknown) => err instanceof ConfigError && err.key === 'pop3.throttle.window' && /set only login\.window/.test(err.message),
+    );
+    fails({ ...TLS, throttle: { failureDelai: '1s' } }, 'pop3.throttle.failureDelai', /unknown key/);
   });
 });

@@ -91,10 +91,14 @@ export interface TestSmtp {
   close(): Promise<void>;
 }
 
-/** An SMTP server on 127.0.0.1 port 0 with Maildirs for `ideal` and `bob`, relaying into an outbox. */
+/**
+ * An SMTP server on 127.0.0.1 port 0 with Maildirs for `ideal` and `bob`, relaying into an outbox;
+ * `login` is the config file's login section (SMTP AUTH's guards).
+ */
 export async function startTestSmtp(
   section: Record<string, unknown> = {},
   deps: Partial<SmtpDeps> = {},
+  login: Record<string, unknown> = {},
 ): Promise<TestSmtp> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'smtp-test-'));
   const mailRoot = path.join(dir, 'mail');
@@ -112,6 +116,7 @@ export async function startTestSmtp(
       },
       'smtp',
     ),
+    new ConfigReader(login, 'login'),
   );
   const grants = deps.grants instanceof ListGrantLookup ? deps.grants : new ListGrantLookup();
   const log: string[] = [];

@@ -15,6 +15,14 @@ log:
   level: {{ .Values.log.level }}
 {{- end -}}
 
+{{/* The login guards shared by pop3 and smtp, when set (else the roles' defaults, or pop3's old throttle keys). */}}
+{{- define "kube-drac.config.login" -}}
+{{- with .Values.login }}
+login:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
+
 {{- define "kube-drac.config.tlsFiles" -}}
 certFile: /etc/kube-drac/tls/tls.crt
 keyFile: /etc/kube-drac/tls/tls.key
@@ -24,7 +32,7 @@ keyFile: /etc/kube-drac/tls/tls.key
 {{- $fixed := dict
   "listen" (dict "host" .Values.listenHost "port" 1110)
   "tls" (include "kube-drac.config.tlsFiles" . | fromYaml)
-  "tlsPort" 1995
+  "implicitTlsPort" 1995
   "mailRoot" "/var/mail/kube-drac"
   "mailLocation" .Values.mail.location
   "usersFile" (printf "/etc/kube-drac/users/%s" .Values.users.key)
@@ -33,6 +41,7 @@ keyFile: /etc/kube-drac/tls/tls.key
 {{- $_ := set $fixed "trustedProxies" .Values.proxyProtocol.trustedCIDRs }}
 {{- end }}
 {{- include "kube-drac.config.common" . }}
+{{- include "kube-drac.config.login" . }}
 pop3:
   {{- merge $fixed (deepCopy .Values.pop3.config) | toYaml | nindent 2 }}
 {{- end -}}
@@ -71,6 +80,7 @@ pop3:
 {{- $_ := set $fixed "trustedProxies" .Values.proxyProtocol.trustedCIDRs }}
 {{- end }}
 {{- include "kube-drac.config.common" . }}
+{{- include "kube-drac.config.login" . }}
 smtp:
   {{- merge $fixed (deepCopy .Values.smtp.config) | toYaml | nindent 2 }}
 {{- end -}}

@@ -19,7 +19,7 @@ const BUILD_PACKAGES = [...RUNTIME_PACKAGES, 'dash', 'coreutils'];
 const NPM = { version: '11.19.1', integrity: 'sha512-ztsxKxt/kkIaAs+2i0GU6I+DRmUdrNasxTZKJe9TCdSjKxlhah/4r/hl5ygMD6XAg1qZ9c2TNomR4qgOydp10g==' };
 const PATH_ENV = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
 /** Bumped when the assembly below changes in a way its inputs do not show. */
-const RECIPE_VERSION = 1;
+const RECIPE_VERSION = 2;
 
 // The official node images' users: `node` is uid/gid 1000, the chart's runAsUser.
 const PASSWD = 'root:x:0:0:root:/root:/bin/sh\nnode:x:1000:1000:node:/home/node:/usr/sbin/nologin\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n';
@@ -111,6 +111,9 @@ async function assembleRootfs(kind: Kind, rootfs: string, scratch: string, progr
     ['--variant=extract', '--format=directory', '--skip=output/dev', `--include=${packagesOf(kind).join(',')}`, SUITE, rootfs, debianSources()],
     { onLine: (l) => /^E:/.test(l) && progress(`  ${l}`) },
   );
+  // Device nodes are the runtime's to provide (mmdebstrap makes some even with output/dev skipped).
+  fs.rmSync(path.join(rootfs, 'dev'), { recursive: true, force: true });
+  fs.mkdirSync(path.join(rootfs, 'dev'));
   fs.writeFileSync(path.join(rootfs, 'etc/passwd'), PASSWD);
   fs.writeFileSync(path.join(rootfs, 'etc/group'), GROUP);
   fs.mkdirSync(path.join(rootfs, 'root'), { recursive: true, mode: 0o700 });

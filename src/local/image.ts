@@ -48,25 +48,51 @@ export function imageTag(bases: BaseImages): string {
   return hash.digest('hex').slice(0, 12);
 }
 
-/** buildah prints every step and every package manager line: keep the steps and the cache hits. */
-function buildLine(progress: ProgressFn): ProgressFn {
+/**
+ * buildah prints every step and every package manager line: keep the steps and the cache hits, and
+ * note each image the build used or made (`--> [Using cache ]ID`), which is the layer cache to keep.
+ */
+function buildLine(progress: ProgressFn, used: Set<string>): ProgressFn {
   return (line) => {
-    if (/^\[\d+\/\d+\] STEP |^STEP |^--> Using cache|^COMMIT /.test(line)) progress(`  ${line}`);
+    if (/^\[\d+\/\d+\] STEP |^STEP |^--> Using cache/.test(line)) progress(`  ${line}`);
+    const id = /^--> (?:Using cache )?([0-9a-f]{11,64})$/.exec(line)?.[1];
+    if (id) used.add(id);
   };
 }
 
-/** Archives and final images of earlier trees (the layer cache stays: it makes the next build fast). */
-async function pruneOld(buildah: Buildah, dir: string, keep: BuiltImage): Promise<void> {
+/**
+ * Everything this build did not use: earlier archives, and the images and cached layers of earlier
+ * trees (vfs keeps a full copy of the root per layer: a few GB per edit if they stayed).
+ */
+async function pruneOld(buildah: Buildah, dir: string, keep: BuiltImage, bases: BaseImages, used: Set<string>): Promise<void> {
   for (const f of fs.readdirSync(dir)) {
     if (/^kube-drac-\w+\.tar$/.test(f) && path.join(dir, f) !== keep.archive) fs.rmSync(path.join(dir, f), { force: true });
   }
-  const listed = await buildah.run(['images', '--format', '{{.Name}}:{{.Tag}}', '--filter', `reference=${IMAGE_NAME}`]);
-  for (const ref of listed.split('\n').filter((r) => r !== '' && r !== keep.ref)) await buildah.run(['rmi', ref]).catch(() => undefined);
+  const keptNames = [keep.ref, bases.node, bases.runtime];
+  const kept = (id: string, names: string): boolean => [...used].some((u) => id.startsWith(u)) || keptNames.some((n) => names.includes(n));
+  // Children go before their parents, so a few passes remove a whole chain.
+  for (let pass = 0; pass < 20; pass++) {
+    const images = (await buildah.run(['images', '--all', '--noheading', '--no-trunc', '--format', '{{.ID}} {{.Name}}:{{.Tag}}']))
+      .split('\n')
+      .filter((l) => l !== '')
+      .map((l) => ({ id: l.split(' ')[0]?.replace(/^sha256:/, '') ?? '', names: l }))
+      .filter((i) => !kept(i.id, i.names));
+    if (images.length === 0) return;
+    let removed = 0;
+    for (const image of images) {
+      await buildah.run(['rmi', image.id]).then(
+        () => removed++,
+        () => undefined,
+      );
+    }
+    if (removed === 0) return;
+  }
 }
 
 async function build(buildah: Buildah, dir: string, image: BuiltImage, progress: ProgressFn): Promise<void> {
   const bases = await ensureBaseImages(buildah, dir, progress);
   const started = Date.now();
+  const used = new Set<string>();
   progress(`building ${image.ref} from the Dockerfile with buildah (NODE_IMAGE=${bases.node}, RUNTIME_IMAGE=${bases.runtime})`);
   await buildah.run(
     [
@@ -79,14 +105,14 @@ async function build(buildah: Buildah, dir: string, image: BuiltImage, progress:
       '--tag', image.ref,
       REPO,
     ],
-    buildLine(progress),
+    buildLine(progress, used),
   );
   const partial = `${image.archive}.partial`;
   fs.rmSync(partial, { force: true });
   await buildah.run(['push', '--quiet', image.ref, `docker-archive:${partial}:${image.ref}`]);
   fs.renameSync(partial, image.archive);
   progress(`  built in ${Math.round((Date.now() - started) / 1000)} s: ${image.archive} (${Math.round(fs.statSync(image.archive).size / 1e6)} MB)`);
-  await pruneOld(buildah, dir, image);
+  await pruneOld(buildah, dir, image, bases, used);
 }
 
 /** The image for the current tree: found in the cache, or built (one build at a time per machine). */

@@ -53,8 +53,9 @@ export function imageTag(bases: BaseImages): string {
  * note each image the build used or made (`--> [Using cache ]ID`), which is the layer cache to keep.
  */
 function buildLine(progress: ProgressFn, used: Set<string>): ProgressFn {
+  const started = Date.now();
   return (line) => {
-    if (/^\[\d+\/\d+\] STEP |^STEP |^--> Using cache/.test(line)) progress(`  ${line}`);
+    if (/^\[\d+\/\d+\] STEP |^STEP |^--> Using cache/.test(line)) progress(`  ${String(Math.round((Date.now() - started) / 1000)).padStart(4)} s ${line.slice(0, 160)}`);
     const id = /^--> (?:Using cache )?([0-9a-f]{11,64})$/.exec(line)?.[1];
     if (id) used.add(id);
   };
@@ -107,6 +108,7 @@ async function build(buildah: Buildah, dir: string, image: BuiltImage, progress:
     ],
     buildLine(progress, used),
   );
+  progress(`  ${Math.round((Date.now() - started) / 1000)} s: built; saving the archive`);
   const partial = `${image.archive}.partial`;
   fs.rmSync(partial, { force: true });
   await buildah.run(['push', '--quiet', image.ref, `docker-archive:${partial}:${image.ref}`]);

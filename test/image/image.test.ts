@@ -1,22 +1,22 @@
-// The container image without Docker: the Dockerfile's steps done by hand in a clean temp dir
-// (tsc into dist/, `npm ci --omit=dev`, the runtime layout with `kube-drac` on PATH), then every
-// role started from that copy against the test API server. Run: npm test -- test/image/image.test.ts
+// The container image as `npm run image` builds it (src/local/image.ts: buildah on the project's
+// Dockerfile, no Docker engine), unpacked and run by runc with the image's own user, environment,
+// entry point and Node: what it holds, who owns it, and every role started from it against the
+// test API server. Run: npm test -- test/image/image.test.ts (the first build takes minutes).
 import assert from 'node:assert/strict';
-import { execFile, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { promisify } from 'node:util';
+import { ensureImage, type BuiltImage } from '../../src/local/image.ts';
 import { kubeForTest, type TestKube } from '../support/kube.ts';
 import { socketmapLookup } from '../support/exchange.ts';
+import { UnpackedImage } from './container.ts';
 import { freePort, killRoles, startRoleProcess, type StartedRole } from './roles.ts';
 
-const run = promisify(execFile);
 const REPO = fileURLToPath(new URL('../../', import.meta.url));
-const NODE_DIR = path.dirname(process.execPath);
 const pkg = JSON.parse(fs.readFileSync(path.join(REPO, 'package.json'), 'utf8')) as {
   dependencies: Record<string, string>;
   devDependencies: Record<string, string>;
@@ -28,30 +28,34 @@ function missingRole(role: string): string | false {
   return new RegExp(`^\\s*'?${role}'?: async`, 'm').test(CLI_SOURCE) ? false : `\`${role}\` is not in src/cli.ts COMMANDS yet`;
 }
 
-// src/auth/verifier.ts starts `new Worker(new URL('./hash-worker.ts', import.meta.url))`: compiled to
-// dist/ that file does not exist, so hashed passwords cannot be checked from the image (reported).
 // `demo` / `demo` as SHA512-CRYPT: the login goes through the password worker thread.
 const DEMO_HASH = '{SHA512-CRYPT}$6$abcdefgh$YyrQeFbGiXKdFWP1HCOzoP98lGOJT3o5vkaIf4qMuSiGF1QU7Z/4JRNxv5cCm90HIZgemX3wm8UCkgoQqsyRQ.';
 
 let tmp = '';
+/** Mounted read-write into every container at the same path, owned by the image's user. */
+let share = '';
+let kubeconfig = '';
+let built: BuiltImage;
+let image: UnpackedImage;
 let app = '';
-let binDir = '';
 let kube: TestKube;
 
-/** The environment of the image: `kube-drac` and Node 24 on PATH, nothing from the repo. */
-function imageEnv(): NodeJS.ProcessEnv {
-  const env: NodeJS.ProcessEnv = { PATH: `${binDir}${path.delimiter}${NODE_DIR}${path.delimiter}/usr/bin:/bin`, HOME: tmp, NODE_ENV: 'production' };
-  return env;
+/** Hand `p` (and what is under it) to the image's user, as a pod's fsGroup volume would be. */
+function ownByImageUser(p: string): void {
+  const { uid, gid } = image.user();
+  fs.chownSync(p, uid, gid);
+  if (fs.statSync(p).isDirectory()) for (const f of fs.readdirSync(p, { recursive: true })) fs.chownSync(path.join(p, String(f)), uid, gid);
 }
 
-function kubeDrac(args: string[], timeoutMs = 30_000): Promise<{ code: number; stdout: string; stderr: string }> {
+function inImage(args: string[], entrypoint?: string[], timeoutMs = 30_000): Promise<{ code: number; stdout: string; stderr: string }> {
+  const cmd = image.command(args, { binds: [share], entrypoint });
   return new Promise((resolve, reject) => {
-    const child = spawn('kube-drac', args, { cwd: tmp, env: imageEnv(), stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(cmd.command, cmd.args, { cwd: tmp, stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
     child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
-    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+    const timer = setTimeout(() => child.kill('SIGTERM'), timeoutMs);
     child.on('error', reject);
     child.on('close', (code, signal) => {
       clearTimeout(timer);
@@ -60,14 +64,16 @@ function kubeDrac(args: string[], timeoutMs = 30_000): Promise<{ code: number; s
   });
 }
 
-function copy(rel: string, to: string): void {
-  fs.cpSync(path.join(REPO, rel), path.join(to, rel), { recursive: true });
+/** `kube-drac ARGS` as `docker run IMAGE ARGS` would run it: the image's entry point. */
+function kubeDrac(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  return inImage(args);
 }
 
 async function startRole(role: string, config: string, metricsPort: number): Promise<StartedRole> {
-  const file = path.join(tmp, `${role}.yaml`);
+  const file = path.join(share, `${role}.yaml`);
   fs.writeFileSync(file, config);
-  return startRoleProcess('kube-drac', [role, '--config', file], { cwd: tmp, env: imageEnv(), metricsPort });
+  const cmd = image.command([role, '--config', file], { binds: [share] });
+  return startRoleProcess(cmd.command, cmd.args, { cwd: tmp, env: process.env, metricsPort });
 }
 
 /** Read one reply line (or lines until `done` says so) from a socket. */
@@ -102,44 +108,34 @@ function dialog(port: number): { send(line: string): void; read(): Promise<strin
 }
 
 function kubeSection(): string {
-  return `kubernetes:\n  namespace: ${kube.namespace}\n  kubeconfig: ${kube.kubeconfigPath}\n`;
+  return `kubernetes:\n  namespace: ${kube.namespace}\n  kubeconfig: ${kubeconfig}\n`;
 }
 
-describe('the image, built by hand from the Dockerfile steps', () => {
-  before(async () => {
-    tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'kube-drac-image-'));
-    const build = path.join(tmp, 'build');
-    app = path.join(tmp, 'app');
-    binDir = path.join(tmp, 'bin');
-    fs.mkdirSync(build);
-    fs.mkdirSync(app);
-    fs.mkdirSync(binDir);
-    // Stage `build`: the sources and tsc (the repo's node_modules stand in for its `npm ci`, same lockfile).
-    for (const f of ['package.json', 'package-lock.json', 'tsconfig.json', 'tsconfig.build.json', 'src']) copy(f, build);
-    fs.symlinkSync(path.join(REPO, 'node_modules'), path.join(build, 'node_modules'), 'dir');
-    await run(process.execPath, [path.join(REPO, 'node_modules/typescript/bin/tsc'), '-p', 'tsconfig.build.json'], { cwd: build });
-    // Stage `deps`: production dependencies only.
-    for (const f of ['package.json', 'package-lock.json']) copy(f, app);
-    await run('npm', ['ci', '--omit=dev', '--no-audit', '--no-fund', '--prefer-offline', '--loglevel=error'], {
-      cwd: app,
-      env: { ...process.env, PATH: `${NODE_DIR}${path.delimiter}${process.env.PATH ?? ''}` },
-      maxBuffer: 16 << 20,
-    });
-    // The runtime stage.
-    fs.cpSync(path.join(build, 'dist'), path.join(app, 'dist'), { recursive: true });
-    copy('crds', app);
-    fs.chmodSync(path.join(app, 'dist/cli.js'), 0o755);
-    fs.symlinkSync(path.join(app, 'dist/cli.js'), path.join(binDir, 'kube-drac'));
-    kube = await kubeForTest('image');
-  });
+describe('the image from the Dockerfile, built with buildah and run by runc', () => {
+  before(
+    async () => {
+      built = await ensureImage((line) => console.log(`# ${line}`));
+      tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'kube-drac-image-'));
+      image = await UnpackedImage.unpack(built.archive, tmp);
+      app = path.join(image.rootfs, 'app');
+      share = path.join(tmp, 'share');
+      fs.mkdirSync(share);
+      kubeconfig = path.join(share, 'kubeconfig');
+      fs.copyFileSync(process.env.KUBE_DRAC_TEST_KUBECONFIG ?? '', kubeconfig);
+      ownByImageUser(share);
+      kube = await kubeForTest('image');
+    },
+    { timeout: 30 * 60_000 },
+  );
 
   after(async () => {
     killRoles();
+    await image?.removeContainers();
     await kube?.cleanup();
     if (tmp) fs.rmSync(tmp, { recursive: true, force: true });
   });
 
-  test('the Dockerfile: node:24 stages, npm ci --omit=dev, non-root USER, kube-drac entrypoint, .dockerignore allows what it copies', () => {
+  test('the Dockerfile: node:24 stages, npm ci --omit=dev, non-root USER, node as the entry point, .dockerignore allows what it copies', () => {
     const dockerfile = fs.readFileSync(path.join(REPO, 'Dockerfile'), 'utf8');
     assert.match(dockerfile, /^ARG NODE_IMAGE=node:24[-\w.]*$/m);
     assert.match(dockerfile, /^ARG RUNTIME_IMAGE=node:24[-\w.]*slim$/m);
@@ -147,10 +143,10 @@ describe('the image, built by hand from the Dockerfile steps', () => {
     assert.match(dockerfile, /^RUN npm run build$/m);
     const user = /^USER (\S+)$/m.exec(dockerfile)?.[1];
     assert.ok(user !== undefined && !/^(0|root)(:|$)/.test(user), `USER must be non-root, got ${user}`);
-    assert.match(dockerfile, /^ENTRYPOINT \["kube-drac"\]$/m);
-    // The last stage copies from the deps and build stages, never the dev node_modules.
-    const final = dockerfile.slice(dockerfile.lastIndexOf('\nFROM '));
-    assert.doesNotMatch(final, /COPY --from=build \S*node_modules/);
+    assert.match(dockerfile, /^ENTRYPOINT \["node", "\/app\/dist\/cli\.js"\]$/m);
+    // node_modules reach the image from the deps stage (--omit=dev), never the build stage's dev tree.
+    assert.doesNotMatch(dockerfile, /COPY --from=build \S*node_modules/);
+    assert.match(dockerfile, /^COPY --from=deps \/app\/node_modules\/ /m);
     const allowed = fs
       .readFileSync(path.join(REPO, '.dockerignore'), 'utf8')
       .split('\n')
@@ -164,7 +160,7 @@ describe('the image, built by hand from the Dockerfile steps', () => {
     }
   });
 
-  test('the copy holds every runtime dependency, no dev-only package and no TypeScript source', () => {
+  test('the image holds every runtime dependency, no dev-only package and no TypeScript source', () => {
     const modules = path.join(app, 'node_modules');
     for (const dep of Object.keys(pkg.dependencies)) assert.ok(fs.existsSync(path.join(modules, dep, 'package.json')), `${dep} missing`);
     // The lockfile marks packages that only dev dependencies need (typescript, eslint, node, ...).
@@ -175,6 +171,36 @@ describe('the image, built by hand from the Dockerfile steps', () => {
     assert.deepEqual(leaked, [], 'dev-only packages in the image');
     const ts = fs.readdirSync(path.join(app, 'dist'), { recursive: true }).map(String).filter((f) => f.endsWith('.ts') && !f.endsWith('.d.ts'));
     assert.deepEqual(ts, []);
+  });
+
+  test('it runs as uid/gid 1000, owns none of its files, and has no shell, no npm, no setuid file', async () => {
+    assert.equal(image.config.User, '1000:1000');
+    assert.deepEqual(image.config.Entrypoint, ['node', '/app/dist/cli.js']);
+    const who = await inImage(['-e', 'process.stdout.write(JSON.stringify([process.getuid(), process.getgid(), process.version, process.cwd()]))'], ['node']);
+    assert.equal(who.code, 0, who.stderr);
+    const [uid, gid, version, cwd] = JSON.parse(who.stdout) as [number, number, string, string];
+    assert.deepEqual([uid, gid, cwd], [1000, 1000, '/app']);
+    assert.match(version, /^v24\./);
+    // Only its home and /tmp belong to or are writable by the user; the app and Node belong to root.
+    const writable: string[] = [];
+    const walk = (dir: string): void => {
+      for (const e of fs.readdirSync(dir, { withFileTypes: true })) {
+        const abs = path.join(dir, e.name);
+        const rel = '/' + path.relative(image.rootfs, abs);
+        if (rel === '/dev' || rel === '/proc' || rel === '/sys') continue;
+        const st = fs.lstatSync(abs);
+        if (!e.isSymbolicLink() && (st.uid === uid || (st.mode & 0o002) !== 0)) writable.push(rel);
+        assert.equal(st.mode & 0o6000, 0, `${rel} is setuid/setgid`);
+        if (e.isDirectory()) walk(abs);
+      }
+    };
+    walk(image.rootfs);
+    assert.deepEqual(writable.sort(), ['/home/node', '/tmp']);
+    for (const f of ['app/dist/cli.js', 'app/node_modules', 'usr/local/bin/node']) assert.equal(fs.statSync(path.join(image.rootfs, f)).uid, 0, f);
+    for (const absent of ['bin/sh', 'bin/dash', 'bin/bash', 'usr/bin/env', 'usr/local/bin/npm', 'usr/local/bin/npx', 'usr/local/lib/node_modules']) {
+      assert.ok(!fs.existsSync(path.join(image.rootfs, absent)), `/${absent} is in the runtime image`);
+    }
+    assert.deepEqual(fs.readdirSync(path.join(image.rootfs, 'usr/local/bin')), ['node']);
   });
 
   test('`kube-drac help` answers with the usage; an unknown command exits 2', async () => {
@@ -190,24 +216,24 @@ describe('the image, built by hand from the Dockerfile steps', () => {
   // The compiled code must find its worker file: dist/ holds hash-worker.js, not hash-worker.ts.
   test('the compiled password worker pool verifies a SHA512-CRYPT hash', async () => {
     const script = [
-      `import { PasswordVerifier } from ${JSON.stringify(path.join(app, 'dist/auth/verifier.js'))};`,
-      `import { parseStoredPassword } from ${JSON.stringify(path.join(app, 'dist/auth/schemes.js'))};`,
+      `import { PasswordVerifier } from '/app/dist/auth/verifier.js';`,
+      `import { parseStoredPassword } from '/app/dist/auth/schemes.js';`,
       'const v = new PasswordVerifier({ threads: 1 });',
       `const ok = await v.verify(parseStoredPassword(${JSON.stringify(DEMO_HASH)}), 'demo');`,
       'process.stdout.write(String(ok)); process.exit(0);',
     ].join('\n');
     // A file, not `-e`: worker threads inherit execArgv, and `--input-type` would break theirs.
-    const file = path.join(tmp, 'verify-worker.mjs');
+    const file = path.join(share, 'verify-worker.mjs');
     fs.writeFileSync(file, script);
-    const r = await run(process.execPath, [file], { cwd: app, env: imageEnv(), timeout: 20_000 }).catch((err: unknown) => err as { stdout?: string; stderr?: string });
-    assert.equal(r.stdout, 'true', `stderr: ${r.stderr ?? ''}`);
+    const r = await inImage([file], ['node']);
+    assert.equal(r.stdout, 'true', `stderr: ${r.stderr}`);
   });
 
   // Enough of each section that the mistyped key is the only mistake.
   const VALID_SECTION: Record<string, string> = { pop3: '  allowPlaintextAuth: true\n', smtp: '  outbox: /tmp/outbox\n', bridge: '  policy: {enabled: true}\n' };
   for (const role of ['pop3', 'smtp', 'operator', 'bridge']) {
     test(`\`kube-drac ${role}\` with a mistyped key exits 1 naming it`, { skip: missingRole(role) }, async () => {
-      const file = path.join(tmp, `typo-${role}.yaml`);
+      const file = path.join(share, `typo-${role}.yaml`);
       fs.writeFileSync(file, `${role}:\n${VALID_SECTION[role] ?? ''}  noSuchKey: 1\n`);
       const r = await kubeDrac([role, '--config', file]);
       assert.equal(r.code, 1, `exit code; stderr: ${r.stderr}`);
@@ -215,7 +241,7 @@ describe('the image, built by hand from the Dockerfile steps', () => {
     });
   }
 
-  test('the operator starts from the copy, becomes ready on the API server, and stops on SIGTERM', { skip: missingRole('operator') }, async () => {
+  test('the operator starts from the image, becomes ready on the API server, and stops on SIGTERM', { skip: missingRole('operator') }, async () => {
     const metrics = await freePort();
     const op = await startRole(
       'operator',
@@ -227,7 +253,7 @@ describe('the image, built by hand from the Dockerfile steps', () => {
     assert.equal(await op.stop(), 0, op.output());
   });
 
-  test('the bridge starts from the copy, answers socketmap lookups once its cache is synced, and stops on SIGTERM', { skip: missingRole('bridge') }, async () => {
+  test('the bridge starts from the image, answers socketmap lookups once its cache is synced, and stops on SIGTERM', { skip: missingRole('bridge') }, async () => {
     const [metrics, mapPort] = [await freePort(), await freePort()];
     const bridge = await startRole(
       'bridge',
@@ -239,14 +265,14 @@ describe('the image, built by hand from the Dockerfile steps', () => {
     assert.equal(await bridge.stop(), 0, bridge.output());
   });
 
-  test('smtp starts from the copy, greets with 220 once its grant cache is synced, and stops on SIGTERM', { skip: missingRole('smtp') }, async () => {
+  test('smtp starts from the image, greets with 220 once its grant cache is synced, and stops on SIGTERM', { skip: missingRole('smtp') }, async () => {
     const [metrics, smtpPort] = [await freePort(), await freePort()];
-    const outbox = path.join(tmp, 'outbox');
+    const outbox = path.join(share, 'outbox');
     const smtp = await startRole(
       'smtp',
       `${kubeSection()}metrics: {host: 127.0.0.1, port: ${metrics}}\n` +
         `smtp:\n  hostname: mail.example.test\n  listen: {host: 127.0.0.1, port: ${smtpPort}}\n  localDomains: [example.test]\n` +
-        `  mailRoot: ${path.join(tmp, 'mail')}\n  outbox: ${outbox}\n`,
+        `  mailRoot: ${path.join(share, 'mail')}\n  outbox: ${outbox}\n`,
       metrics,
     );
     const c = dialog(smtpPort);
@@ -260,16 +286,17 @@ describe('the image, built by hand from the Dockerfile steps', () => {
     assert.equal(await smtp.stop(), 0, smtp.output());
   });
 
-  test('pop3 starts from the copy; a SHA512-CRYPT login (password worker thread) creates the RelayGrant', { skip: missingRole('pop3') }, async () => {
+  test('pop3 starts from the image; a SHA512-CRYPT login (password worker thread) creates the RelayGrant', { skip: missingRole('pop3') }, async () => {
     const [metrics, popPort] = [await freePort(), await freePort()];
-    const mailRoot = path.join(tmp, 'mail');
+    const mailRoot = path.join(share, 'mail');
     for (const d of ['cur', 'new', 'tmp']) fs.mkdirSync(path.join(mailRoot, 'demo', d), { recursive: true });
-    fs.writeFileSync(path.join(tmp, 'passwd'), `demo:${DEMO_HASH}\n`);
+    fs.writeFileSync(path.join(share, 'passwd'), `demo:${DEMO_HASH}\n`);
+    ownByImageUser(mailRoot);
     const pop3 = await startRole(
       'pop3',
       `${kubeSection()}metrics: {host: 127.0.0.1, port: ${metrics}}\n` +
         `pop3:\n  listen: {host: 127.0.0.1, port: ${popPort}}\n  allowPlaintextAuth: true\n  passwordThreads: 1\n` +
-        `  mailRoot: ${mailRoot}\n  usersFile: ${path.join(tmp, 'passwd')}\n  throttle: {failureDelay: 0s}\n`,
+        `  mailRoot: ${mailRoot}\n  usersFile: ${path.join(share, 'passwd')}\n  throttle: {failureDelay: 0s}\n`,
       metrics,
     );
     const c = dialog(popPort);

@@ -153,9 +153,8 @@ function runGoBuild(module: string, pkg: string, output: string, onPackage: () =
   });
 }
 
-/** One builder at a time per machine (tests and `npm start` may start together). */
-async function withBuildLock<T>(fn: () => Promise<T>): Promise<T> {
-  const lock = path.join(cacheRoot(), 'bin', '.lock');
+/** One builder at a time per machine and lock (tests and `npm start` may start together). */
+export async function withBuildLock<T>(fn: () => Promise<T>, lock = path.join(cacheRoot(), 'bin', '.lock')): Promise<T> {
   fs.mkdirSync(path.dirname(lock), { recursive: true });
   for (;;) {
     try {

@@ -147,7 +147,7 @@ describe('the image, built by hand from the Dockerfile steps', () => {
     assert.match(dockerfile, /^RUN npm run build$/m);
     const user = /^USER (\S+)$/m.exec(dockerfile)?.[1];
     assert.ok(user !== undefined && !/^(0|root)(:|$)/.test(user), `USER must be non-root, got ${user}`);
-    assert.match(dockerfile, /^ENTRYPOINT \["kube-drac"\]$/m);
+    assert.match(dockerfile, /^ENTRYPOINT \["node", "\/app\/dist\/cli\.js"\]$/m);
     // The last stage copies from the deps and build stages, never the dev node_modules.
     const final = dockerfile.slice(dockerfile.lastIndexOf('\nFROM '));
     assert.doesNotMatch(final, /COPY --from=build \S*node_modules/);

@@ -2,6 +2,7 @@
 // one-node cluster running the project's image) in the foreground, CRDs installed.
 import { installCrds } from '../kube/crds.ts';
 import { ControlPlane } from './control-plane.ts';
+import { ensureImage } from './image.ts';
 import { NodeCluster } from './node/cluster.ts';
 
 const USAGE = 'usage: kube-drac local-cluster [--node] [--dir DIR]';
@@ -10,13 +11,6 @@ interface Running {
   kubeconfigPath: string;
   client(): ReturnType<ControlPlane['client']>;
   stop(): Promise<void>;
-}
-
-// TODO(merge image): import { ensureImage } from './image.ts' once branch `image` lands.
-async function projectImage(progress: (line: string) => void): Promise<{ ref: string; archive: string }> {
-  const specifier = './image.ts';
-  const mod = (await import(specifier)) as { ensureImage: (p: (line: string) => void) => Promise<{ ref: string; archive: string }> };
-  return mod.ensureImage(progress);
 }
 
 export async function runLocalCluster(args: string[]): Promise<void> {
@@ -29,7 +23,7 @@ export async function runLocalCluster(args: string[]): Promise<void> {
     else throw new Error(`local-cluster: unknown argument ${JSON.stringify(args[i])} (${USAGE})`);
   }
   const progress = (line: string) => process.stderr.write(line + '\n');
-  const image = node ? await projectImage(progress) : undefined;
+  const image = node ? await ensureImage(progress) : undefined;
   const cluster: Running = node ? new NodeCluster({ dir, progress, images: image ? [image.archive] : [] }) : new ControlPlane({ dir, progress });
   let stopping = false;
   const stop = (signal: string) => {

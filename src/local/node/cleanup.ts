@@ -11,6 +11,8 @@ export interface CleanupTargets {
   netns: string[];
   /** Files and folders outside `dir` the node created (/etc/netns/NAME). */
   extraPaths: string[];
+  /** Folders the node may have created, removed only when empty (/etc/netns). */
+  emptyDirs: string[];
   /** Kernel settings kubelet may change, with the values to put back: `key=value` lines. */
   sysctlFile: string;
   /** The node's folder, removed when the node created it. */
@@ -49,6 +51,7 @@ for target in "$@"; do
   case "$target" in
     netns:*) ip netns delete "\${target#netns:}" 2>/dev/null ;;
     path:*) rm -rf "\${target#path:}" ;;
+    emptydir:*) rmdir "\${target#emptydir:}" 2>/dev/null ;;
   esac
 done
 [ -n "$rm_dir" ] && rm -rf "$rm_dir"
@@ -56,7 +59,7 @@ exit 0
 `;
 
 function scriptArgs(file: string, t: CleanupTargets): string[] {
-  return [file, t.cgroup, t.sysctlFile, t.removeDir, ...t.netns.map((n) => `netns:${n}`), ...t.extraPaths.map((p) => `path:${p}`)];
+  return [file, t.cgroup, t.sysctlFile, t.removeDir, ...t.netns.map((n) => `netns:${n}`), ...t.extraPaths.map((p) => `path:${p}`), ...t.emptyDirs.map((d) => `emptydir:${d}`)];
 }
 
 /** Write the script where both stop() and the watchdog find it (outside the node's folder, which it may remove). */

@@ -128,6 +128,7 @@ export class NodeCluster {
       cgroup: cgroupName(this.layout),
       netns: [this.nodeNetns, this.netns],
       extraPaths: [path.join('/etc/netns', this.netns)],
+      emptyDirs: ['/etc/netns'],
       sysctlFile: path.join(this.layout.dir, 'sysctls'),
       removeDir: this.ownsDir ? this.layout.dir : '',
     };

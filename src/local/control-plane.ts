@@ -160,6 +160,8 @@ export class ControlPlane {
             `--service-cluster-ip-range=${node.serviceClusterIpRange}`,
             '--authorization-mode=Node,RBAC',
             '--enable-admission-plugins=NodeRestriction',
+            // The node's name resolves nowhere: reach kubelets (logs, exec) by their address.
+            '--kubelet-preferred-address-types=InternalIP',
           ]
         : [
             '--bind-address=127.0.0.1',

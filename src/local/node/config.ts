@@ -43,10 +43,9 @@ export function nodePaths(layout: NodeLayout) {
     containerdRoot: d('containerd', 'root'),
     containerdState: d('containerd', 'state'),
     containerdSocket: d('containerd', 'containerd.sock'),
+    containerdOpt: d('containerd', 'opt'),
     cniConfDir: d('cni', 'net.d'),
     cniIpamDir: d('cni', 'ipam'),
-    /** Bind-mounted on /run/netns in the node's mount namespace: the pods' network namespaces. */
-    podNetnsDir: d('netns'),
     kubeletDir: d('kubelet'),
     kubeletConfig: d('kubelet-config.yaml'),
     podLogsDir: d('pod-logs'),
@@ -72,6 +71,10 @@ state = ${JSON.stringify(p.containerdState)}
 
 [ttrpc]
   address = ${JSON.stringify(p.containerdSocket + '.ttrpc')}
+
+# Its default (/opt/containerd) would be a folder outside the node's own.
+[plugins."io.containerd.internal.v1.opt"]
+  path = ${JSON.stringify(p.containerdOpt)}
 
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = ${JSON.stringify(sandboxImage)}

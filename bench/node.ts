@@ -81,9 +81,11 @@ async function operatorFailover(c: ChartOnNode): Promise<BenchResult[]> {
     const leases = JSON.parse(await c.kubectl('get', 'lease', '-o', 'json')) as { items: { metadata: { name: string }; spec: { holderIdentity?: string } }[] };
     return leases.items.find((l) => l.metadata.name.includes('operator'))?.spec.holderIdentity ?? '';
   };
+  // The identity is the pod's name with a suffix of its own (src/operator/config.ts).
+  const podOf = (identity: string) => identity.split('_')[0] ?? '';
   const leader = await lease();
   const started = Date.now();
-  await c.kubectl('delete', 'pod', leader, '--wait=false');
+  await c.kubectl('delete', 'pod', podOf(leader), '--wait=false');
   // A grant that expires 2 s after the leader is gone: only the new leader can delete it.
   const address = '192.168.50.9';
   const grant = {
@@ -97,7 +99,7 @@ async function operatorFailover(c: ChartOnNode): Promise<BenchResult[]> {
   let deletedAt = 0;
   while (Date.now() - started < 180_000 && (!newLeaderAt || !deletedAt)) {
     const holder = await lease().catch(() => '');
-    if (!newLeaderAt && holder && holder !== leader) newLeaderAt = Date.now();
+    if (!newLeaderAt && holder && podOf(holder) !== podOf(leader)) newLeaderAt = Date.now();
     if (!deletedAt) {
       const r = await runCommand(c.node.kubectl, ['get', 'rg', grant.metadata.name, '-n', 'mail'], { env: { ...process.env, KUBECONFIG: c.node.kubeconfigPath } });
       if (r.code !== 0 && /NotFound/.test(r.stderr)) deletedAt = Date.now();

@@ -2,13 +2,76 @@
 // `helm install --wait` and `helm test` pass; then classic DRAC's walkthrough from a client
 // outside every pod, through the Services, as a user would run it.
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import { after, before, describe, test } from 'node:test';
 import { NODE_NETWORK } from '../../src/local/node/config.ts';
 import { nodeUnsupportedReason } from '../../src/local/node/cluster.ts';
-import { NAMESPACE, RELEASE, REMOTE_DOMAIN, LOCAL_DOMAIN, STRANGER_ADDRESS, USER, CHART, startChartOnNode, type ChartOnNode } from './support.ts';
+import { NAMESPACE, RELEASE, REMOTE_DOMAIN, LOCAL_DOMAIN, STRANGER_ADDRESS, USER, CHART, run, startChartOnNode, type ChartOnNode } from './support.ts';
 
 const skip = nodeUnsupportedReason();
+const CLI = new URL('../../src/cli.ts', import.meta.url).pathname;
+
+/** What a node leaves on the machine while it runs: none of it may outlive the node. */
+function traces(id: string, dir: string, netns: string[]): string[] {
+  const found: string[] = [];
+  const names = fs.existsSync('/run/netns') ? fs.readdirSync('/run/netns') : [];
+  for (const n of netns) if (names.includes(n)) found.push(`network namespace ${n}`);
+  for (const h of fs.readdirSync('/sys/fs/cgroup')) {
+    if (fs.existsSync(`/sys/fs/cgroup/${h}/kube-drac-${id}`)) found.push(`cgroup ${h}/kube-drac-${id}`);
+  }
+  for (const pid of fs.readdirSync('/proc').filter((p) => /^\d+$/.test(p))) {
+    try {
+      const cmdline = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').replace(/\0/g, ' ');
+      if (cmdline.includes(dir)) found.push(`process ${pid}: ${cmdline.slice(0, 120)}`);
+    } catch {
+      // gone meanwhile
+    }
+  }
+  if (fs.existsSync(dir)) found.push(`folder ${dir}`);
+  for (const n of netns) if (fs.existsSync(`/etc/netns/${n}`)) found.push(`/etc/netns/${n}`);
+  return found;
+}
+
+describe('kube-drac local-cluster --node', { skip: skip ? `this machine cannot run a node: ${skip}` : false }, () => {
+  test('prints KUBECONFIG, NETNS and IMAGE once Ready; ClusterIPs and Service names work from NETNS; a SIGKILL of it leaves nothing behind', { timeout: 20 * 60_000 }, async () => {
+    const child = spawn(process.execPath, [CLI, 'local-cluster', '--node'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
+    const printed = await new Promise<Record<string, string>>((resolve, reject) => {
+      child.stdout.on('data', (c: Buffer) => {
+        stdout += c.toString();
+        const lines: Record<string, string> = Object.fromEntries([...stdout.matchAll(/^(\w+)=(.*)$/gm)].map((m) => [m[1] ?? '', m[2] ?? '']));
+        if (lines.KUBECONFIG && lines.NETNS && lines.IMAGE) resolve(lines);
+      });
+      child.on('exit', (code) => reject(new Error(`local-cluster --node exited (${code}) before it was ready:\n${stderr.slice(-3000)}`)));
+    });
+    const kubeconfig = printed.KUBECONFIG as string;
+    const netns = printed.NETNS as string;
+    const id = /^kube-drac-([0-9a-f]+)-client$/.exec(netns)?.[1] ?? '';
+    const dir = kubeconfig.replace(/\/control-plane\/kubeconfig$/, '');
+    try {
+      assert.match(printed.IMAGE as string, /^localhost\/kube-drac:\w+$/);
+      const version = await run('ip', ['netns', 'exec', netns, 'curl', '-sS', '-k', '--max-time', '10', 'https://kubernetes.default.svc.cluster.local/version']);
+      assert.equal(version.code, 0, `the kubernetes Service by name from ${netns}: ${version.stderr}`);
+      assert.equal((JSON.parse(version.stdout) as { gitVersion: string }).gitVersion, 'v1.37.2');
+      const byIp = await run('ip', ['netns', 'exec', netns, 'curl', '-sS', '-k', '--max-time', '10', 'https://10.96.0.1/readyz']);
+      assert.equal(byIp.stdout, 'ok', `the kubernetes ClusterIP from ${netns}: ${byIp.stderr}`);
+      assert.ok(traces(id, dir, [netns, `kube-drac-${id}`]).length > 0, 'the running node shows none of the traces this test looks for');
+    } finally {
+      child.kill('SIGKILL');
+    }
+    // The watchdog polls every second, then kills the cgroup and removes the namespaces.
+    const deadline = Date.now() + 30_000;
+    let left = traces(id, dir, [netns, `kube-drac-${id}`]);
+    while (left.length > 0 && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 500));
+      left = traces(id, dir, [netns, `kube-drac-${id}`]);
+    }
+    assert.deepEqual(left, []);
+  });
+});
 
 interface GrantList {
   items: { metadata: { name: string }; spec: { address: string; user: string } }[];
@@ -108,14 +171,7 @@ describe('the chart on a real node', { skip: skip ? `this machine cannot run a n
 
   test('stopping the node leaves no process, cgroup, namespace or folder behind', async () => {
     const { node } = c;
-    const dir = node.layout.dir;
     await c.stop();
-    const netns = fs.existsSync('/run/netns') ? fs.readdirSync('/run/netns') : [];
-    assert.ok(!netns.includes(node.netns) && !netns.includes(node.nodeNetns), `namespaces left: ${netns.join(', ')}`);
-    for (const h of fs.readdirSync('/sys/fs/cgroup')) {
-      assert.ok(!fs.existsSync(`/sys/fs/cgroup/${h}/kube-drac-${node.layout.id}`), `cgroup left in ${h}`);
-    }
-    assert.ok(!fs.existsSync(dir), `${dir} left`);
-    assert.ok(!fs.existsSync(`/etc/netns/${node.netns}`));
+    assert.deepEqual(traces(node.layout.id, node.layout.dir, [node.netns, node.nodeNetns]), []);
   });
 });

@@ -1,5 +1,6 @@
-// Finds or builds the real control-plane binaries (kube-apiserver, etcd, kubectl, helm).
-// Built once per machine from the Go modules pinned under tools/, through the Go module proxy,
+// Finds or builds the real control-plane binaries (kube-apiserver, etcd, kubectl, helm) and, for
+// `local-cluster --node`, the node's (kubelet, kube-proxy, kube-scheduler, kube-controller-manager,
+// CoreDNS). Built once per machine from the Go modules pinned under tools/, through the Go module proxy,
 // into a cache outside the repo. KUBEBUILDER_ASSETS (envtest's convention) overrides the build.
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
@@ -17,18 +18,62 @@ export interface Binaries {
   helm: string;
 }
 
-type ToolName = keyof Binaries;
+export interface NodeBinaries {
+  kubelet: string;
+  kubeProxy: string;
+  kubeScheduler: string;
+  kubeControllerManager: string;
+  coredns: string;
+}
+
+type ToolName = keyof Binaries | keyof NodeBinaries;
 
 /** Which Go module under tools/ builds which binary. */
 const BUILDS: Record<ToolName, { module: string; pkg: string; file: string }> = {
   kubeApiserver: { module: 'kube', pkg: 'k8s.io/kubernetes/cmd/kube-apiserver', file: 'kube-apiserver' },
   kubectl: { module: 'kube', pkg: 'k8s.io/kubernetes/cmd/kubectl', file: 'kubectl' },
+  kubelet: { module: 'kube', pkg: 'k8s.io/kubernetes/cmd/kubelet', file: 'kubelet' },
+  kubeProxy: { module: 'kube', pkg: 'k8s.io/kubernetes/cmd/kube-proxy', file: 'kube-proxy' },
+  kubeScheduler: { module: 'kube', pkg: 'k8s.io/kubernetes/cmd/kube-scheduler', file: 'kube-scheduler' },
+  kubeControllerManager: { module: 'kube', pkg: 'k8s.io/kubernetes/cmd/kube-controller-manager', file: 'kube-controller-manager' },
   etcd: { module: 'etcd', pkg: 'go.etcd.io/etcd/server/v3', file: 'etcd' },
   helm: { module: 'helm', pkg: 'helm.sh/helm/v4/cmd/helm', file: 'helm' },
+  coredns: { module: 'coredns', pkg: 'kube-drac/tools/coredns', file: 'coredns' },
 };
 
 /** Cold build time of each module on two cores (measured: 554 s, 96 s, ~150 s), for the progress line. */
 const EXPECTED_MINUTES: Record<string, number> = { kube: 9, etcd: 2, helm: 3 };
+
+/** The version a tools module pins for a dependency, read from its go.mod (the one place it is written). */
+export function pinnedVersion(module: string, dependency: string): string {
+  const goMod = fs.readFileSync(path.join(TOOLS_DIR, module, 'go.mod'), 'utf8');
+  const escaped = dependency.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+  const match = new RegExp(`^\\s*(?:require\\s+)?${escaped}\\s+(v\\S+)`, 'm').exec(goMod);
+  if (!match?.[1]) throw new Error(`tools/${module}/go.mod does not require ${dependency}`);
+  return match[1];
+}
+
+/**
+ * The -ldflags -X stamps each module's release build sets, so that `kubectl version` and
+ * `helm version` report the pinned release rather than v0.0.0-master. Kubernetes stamps both
+ * its own and client-go's version package (hack/lib/version.sh).
+ */
+function versionStamps(module: string): string[] {
+  if (module === 'kube') {
+    const version = pinnedVersion('kube', 'k8s.io/kubernetes');
+    const [major, minor] = version.replace(/^v/, '').split('.');
+    const values = { gitVersion: version, gitMajor: major, gitMinor: minor, gitTreeState: 'clean', buildDate: '1970-01-01T00:00:00Z' };
+    return ['k8s.io/component-base/version', 'k8s.io/client-go/pkg/version'].flatMap((pkg) =>
+      Object.entries(values).map(([key, value]) => `-X ${pkg}.${key}=${value}`),
+    );
+  }
+  if (module === 'helm') return [`-X helm.sh/helm/v4/internal/version.version=${pinnedVersion('helm', 'helm.sh/helm/v4')}`];
+  return [];
+}
+
+function ldflags(module: string): string {
+  return versionStamps(module).join(' ');
+}
 
 export function cacheRoot(): string {
   if (process.env.KUBE_DRAC_CACHE) return process.env.KUBE_DRAC_CACHE;
@@ -36,10 +81,16 @@ export function cacheRoot(): string {
   return path.join(xdg, 'kube-drac');
 }
 
-/** The cache folder for one tools module: keyed by its go.mod and go.sum, so a version bump rebuilds. */
+/**
+ * The cache folder for one tools module: keyed by its files (go.mod, go.sum, any main.go) and
+ * its link flags, so a version bump or a new stamp rebuilds.
+ */
 function moduleCacheDir(module: string): string {
   const hash = createHash('sha256');
-  for (const f of ['go.mod', 'go.sum']) hash.update(fs.readFileSync(path.join(TOOLS_DIR, module, f)));
+  const moduleDir = path.join(TOOLS_DIR, module);
+  for (const f of ['go.mod', 'go.sum']) hash.update(fs.readFileSync(path.join(moduleDir, f)));
+  for (const f of fs.readdirSync(moduleDir).filter((f) => f.endsWith('.go')).sort()) hash.update(f).update(fs.readFileSync(path.join(moduleDir, f)));
+  if (ldflags(module)) hash.update(ldflags(module));
   return path.join(cacheRoot(), 'bin', `${module}-${hash.digest('hex').slice(0, 12)}`);
 }
 
@@ -82,7 +133,7 @@ async function goBuild(module: string, targets: { pkg: string; file: string }[],
 
 function runGoBuild(module: string, pkg: string, output: string, onPackage: () => void): Promise<void> {
   return new Promise<void>((resolve, reject) => {
-    const child = spawn('go', ['build', '-v', '-o', output, pkg], {
+    const child = spawn('go', ['build', '-v', `-ldflags=${ldflags(module)}`, '-o', output, pkg], {
       cwd: path.join(TOOLS_DIR, module),
       env: { ...process.env, CGO_ENABLED: process.env.CGO_ENABLED ?? '0', GOFLAGS: process.env.GOFLAGS ?? '-buildvcs=false' },
       stdio: ['ignore', 'pipe', 'pipe'],
@@ -141,8 +192,8 @@ function fromAssets(tool: ToolName): string | undefined {
  * Resolve the binaries a caller needs, building the missing ones. With KUBEBUILDER_ASSETS set,
  * kube-apiserver and etcd must be there (a wrong folder is an error, not a silent build).
  */
-export async function ensureBinaries(tools: ToolName[], progress: ProgressFn = (l) => process.stderr.write(l + '\n')): Promise<Partial<Binaries>> {
-  const found: Partial<Binaries> = {};
+export async function ensureBinaries(tools: ToolName[], progress: ProgressFn = (l) => process.stderr.write(l + '\n')): Promise<Partial<Binaries & NodeBinaries>> {
+  const found: Partial<Binaries & NodeBinaries> = {};
   const missing = new Map<string, ToolName[]>();
   for (const tool of tools) {
     const asset = fromAssets(tool);
@@ -185,4 +236,8 @@ export async function ensureLocalClusterBinaries(progress?: ProgressFn): Promise
 /** Everything the tests use: the control plane's binaries and helm for the chart tests. */
 export async function ensureControlPlaneBinaries(progress?: ProgressFn): Promise<Binaries> {
   return (await ensureBinaries(['kubeApiserver', 'etcd', 'kubectl', 'helm'], progress)) as Binaries;
+}
+
+export async function ensureNodeBinaries(progress?: ProgressFn): Promise<NodeBinaries> {
+  return (await ensureBinaries(['kubelet', 'kubeProxy', 'kubeScheduler', 'kubeControllerManager', 'coredns'], progress)) as NodeBinaries;
 }

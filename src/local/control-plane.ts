@@ -21,6 +21,26 @@ export interface ControlPlaneOptions {
   progress?: ProgressFn;
   /** Where the children's output goes; discarded by default except for the last lines on failure. */
   logFile?: string;
+  /**
+   * For a control plane that serves pods (`local-cluster --node`): where kube-apiserver listens
+   * and how this process reaches it, a command prefix that runs etcd and kube-apiserver inside
+   * the node's namespaces, and further token users (the node's components).
+   */
+  node?: NodeServing;
+}
+
+export interface NodeServing {
+  /** Prefixed to every child's command line (the namespaces and cgroup they run in). */
+  spawnPrefix: string[];
+  /** The address pods reach the API server on; the `kubernetes` Service's endpoint. */
+  advertiseAddress: string;
+  /** kube-apiserver's port on advertiseAddress. */
+  port: number;
+  /** A loopback port of this machine that forwards to advertiseAddress:port. */
+  reachedAt: number;
+  serviceClusterIpRange: string;
+  /** Static token users: the node's components, each with its own identity. */
+  tokens: { token: string; user: string; groups: string[] }[];
 }
 
 /** A TCP port free on 127.0.0.1 at the time of asking. */
@@ -72,6 +92,19 @@ export class ControlPlane {
     return `https://127.0.0.1:${this.apiPort}`;
   }
 
+  /** The CA of kube-apiserver's self-signed serving certificate (written when it first starts). */
+  get caFile(): string {
+    return path.join(this.dir, 'pki', 'apiserver.crt');
+  }
+
+  get etcdDataDir(): string {
+    return path.join(this.dir, 'etcd');
+  }
+
+  get serviceAccountKeyFile(): string {
+    return path.join(this.dir, 'pki', 'sa.key');
+  }
+
   get kubectl(): string {
     if (!this.binaries) throw new Error('control plane not started');
     return this.binaries.kubectl;
@@ -80,17 +113,19 @@ export class ControlPlane {
   /** Start etcd and kube-apiserver, wait for /readyz, write the admin kubeconfig. */
   async start(): Promise<void> {
     this.binaries ??= this.opts.binaries ?? (await ensureLocalClusterBinaries(this.opts.progress));
+    const node = this.opts.node;
     if (this.apiPort === 0) {
-      this.etcdPort = await freePort();
-      this.etcdPeerPort = await freePort();
-      this.apiPort = await freePort();
+      // A node's etcd has a network namespace to itself: its usual ports are free there.
+      this.etcdPort = node ? 2379 : await freePort();
+      this.etcdPeerPort = node ? 2380 : await freePort();
+      this.apiPort = node ? node.reachedAt : await freePort();
       this.writeCredentials();
     }
     this.startWatchdog();
-    const etcdDir = path.join(this.dir, 'etcd');
+    const etcdDir = this.etcdDataDir;
     const etcdUrl = `http://127.0.0.1:${this.etcdPort}`;
     const peerUrl = `http://127.0.0.1:${this.etcdPeerPort}`;
-    const running = (name: string) => this.procs.some((p) => p.name === name && p.child.exitCode === null);
+    const running = (name: string) => this.isRunning(name);
     if (!running('etcd')) this.spawn('etcd', this.binaries.etcd, [
       '--name=default',
       `--data-dir=${etcdDir}`,
@@ -107,19 +142,32 @@ export class ControlPlane {
     if (!running('kube-apiserver')) this.spawn('kube-apiserver', this.binaries.kubeApiserver, [
       `--etcd-servers=${etcdUrl}`,
       `--cert-dir=${credentials}`,
-      '--bind-address=127.0.0.1',
-      '--advertise-address=127.0.0.1',
-      `--secure-port=${this.apiPort}`,
-      '--authorization-mode=RBAC',
+      `--secure-port=${node ? node.port : this.apiPort}`,
       `--token-auth-file=${path.join(credentials, 'tokens.csv')}`,
       `--service-account-key-file=${path.join(credentials, 'sa.pub')}`,
       `--service-account-signing-key-file=${path.join(credentials, 'sa.key')}`,
       '--service-account-issuer=https://kubernetes.default.svc.cluster.local',
-      '--service-cluster-ip-range=10.0.0.0/24',
       '--allow-privileged=true',
-      // No controller-manager runs: pods would never get their token secrets anyway.
-      '--disable-admission-plugins=ServiceAccount',
-      '--endpoint-reconciler-type=none',
+      ...(node
+        ? [
+            // Pods reach it on the node's address, through the `kubernetes` Service it keeps
+            // pointed there; kubelets are authorized as nodes, everyone else by RBAC.
+            `--advertise-address=${node.advertiseAddress}`,
+            `--service-cluster-ip-range=${node.serviceClusterIpRange}`,
+            '--authorization-mode=Node,RBAC',
+            '--enable-admission-plugins=NodeRestriction',
+            // The node's name resolves nowhere: reach kubelets (logs, exec) by their address.
+            '--kubelet-preferred-address-types=InternalIP',
+          ]
+        : [
+            '--bind-address=127.0.0.1',
+            '--advertise-address=127.0.0.1',
+            '--service-cluster-ip-range=10.0.0.0/24',
+            '--authorization-mode=RBAC',
+            // No controller-manager runs: pods would never get their token secrets anyway.
+            '--disable-admission-plugins=ServiceAccount',
+            '--endpoint-reconciler-type=none',
+          ]),
       '--v=0',
     ]);
     await this.waitReady();
@@ -132,7 +180,9 @@ export class ControlPlane {
     const { publicKey, privateKey } = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 });
     fs.writeFileSync(path.join(pki, 'sa.pub'), publicKey.export({ type: 'spki', format: 'pem' }));
     fs.writeFileSync(path.join(pki, 'sa.key'), privateKey.export({ type: 'pkcs8', format: 'pem' }), { mode: 0o600 });
-    fs.writeFileSync(path.join(pki, 'tokens.csv'), `${this.token},admin,admin,"system:masters"\n`, { mode: 0o600 });
+    const users = [{ token: this.token, user: 'admin', groups: ['system:masters'] }, ...(this.opts.node?.tokens ?? [])];
+    const lines = users.map((u) => `${u.token},${u.user},${u.user},"${u.groups.join(',')}"\n`);
+    fs.writeFileSync(path.join(pki, 'tokens.csv'), lines.join(''), { mode: 0o600 });
   }
 
   private writeKubeconfig(): void {
@@ -141,7 +191,17 @@ export class ControlPlane {
     const kubeconfig = {
       apiVersion: 'v1',
       kind: 'Config',
-      clusters: [{ name: 'kube-drac-local', cluster: { server: this.server, 'certificate-authority-data': ca.toString('base64') } }],
+      clusters: [
+        {
+          name: 'kube-drac-local',
+          cluster: {
+            server: this.server,
+            'certificate-authority-data': ca.toString('base64'),
+            // Serving on every address of its namespace, its certificate names the Service, not loopback.
+            ...(this.opts.node ? { 'tls-server-name': 'kubernetes' } : {}),
+          },
+        },
+      ],
       users: [{ name: 'admin', user: { token: this.token } }],
       contexts: [{ name: 'kube-drac-local', context: { cluster: 'kube-drac-local', user: 'admin', namespace: 'default' } }],
       'current-context': 'kube-drac-local',
@@ -149,9 +209,34 @@ export class ControlPlane {
     fs.writeFileSync(this.kubeconfigPath, JSON.stringify(kubeconfig, null, 2), { mode: 0o600 });
   }
 
-  private spawn(name: string, bin: string, args: string[]): void {
+  /**
+   * Start a child the way etcd and kube-apiserver are started (own process group, output kept
+   * for errors, ended by stop() and the watchdog, its exit a start failure): a node's daemons.
+   */
+  spawnChild(name: string, bin: string, args: string[], prefix: string[] = this.opts.node?.spawnPrefix ?? []): void {
+    this.spawn(name, bin, args, prefix);
+  }
+
+  isRunning(name: string): boolean {
+    return this.procs.some((p) => p.name === name && p.child.exitCode === null);
+  }
+
+  /** The last lines a child wrote (for an error that names what failed). */
+  tailOf(name: string): string {
+    return this.procs.filter((p) => p.name === name).flatMap((p) => p.tail).join('\n');
+  }
+
+  /** Fail with the child's last lines if any child has exited. */
+  checkChildren(): void {
+    for (const p of this.procs) {
+      if (p.child.exitCode !== null) throw new Error(`${p.name} exited with code ${p.child.exitCode}:\n${p.tail.join('\n')}`);
+    }
+  }
+
+  private spawn(name: string, bin: string, args: string[], prefix: string[] = this.opts.node?.spawnPrefix ?? []): void {
     // Own process group, so stop() (and the watchdog) can end each child with everything it started.
-    const child = spawn(bin, args, { cwd: this.dir, detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
+    const [command, ...rest] = [...prefix, bin, ...args] as [string, ...string[]];
+    const child = spawn(command, rest, { cwd: this.dir, detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
     const tail: string[] = [];
     const log = this.opts.logFile ? fs.createWriteStream(this.opts.logFile, { flags: 'a' }) : undefined;
     const keep = (chunk: Buffer) => {

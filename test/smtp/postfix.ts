@@ -17,6 +17,10 @@ export interface PostfixOptions {
   files?: Record<string, string>;
   /** Run postmap on these files (relative to the config directory). */
   postmap?: string[];
+  /** Run inside this network namespace (`ip netns exec`), listening on `address` there. */
+  netns?: string;
+  /** The address smtpd listens on (127.0.0.1 unless given). */
+  address?: string;
 }
 
 export interface PostfixInstance {
@@ -33,8 +37,8 @@ export interface PostfixInstance {
   cleanup(): void;
 }
 
-const MASTER_CF = (port: number) => `
-127.0.0.1:${port} inet n - n - - smtpd
+const MASTER_CF = (address: string, port: number) => `
+${address}:${port} inet n - n - - smtpd
 pickup    unix  n       -       n       60      1       pickup
 cleanup   unix  n       -       n       -       0       cleanup
 qmgr      unix  n       -       n       300     1       qmgr
@@ -76,7 +80,10 @@ function postfixIds(): { uid: number; gid: number } {
 }
 
 export async function startPostfix(opts: PostfixOptions): Promise<PostfixInstance> {
-  const port = await freePort();
+  // A namespace of its own has every port free.
+  const port = opts.netns ? 2525 : await freePort();
+  const address = opts.address ?? '127.0.0.1';
+  const inNetns = (cmd: string, args: string[]): [string, string[]] => (opts.netns ? ['ip', ['netns', 'exec', opts.netns, cmd, ...args]] : [cmd, args]);
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'postfix-'));
   // Postfix's daemons run as `postfix` and must reach their queue under this folder.
   fs.chmodSync(dir, 0o755);
@@ -103,7 +110,7 @@ export async function startPostfix(opts: PostfixOptions): Promise<PostfixInstanc
     'mydomain = smarthost.test',
     'myorigin = smarthost.test',
     'mydestination =',
-    'inet_interfaces = 127.0.0.1',
+    `inet_interfaces = ${address}`,
     'inet_protocols = ipv4',
     'mynetworks = 127.0.0.0/8',
     `virtual_mailbox_domains = ${opts.domains.join(' ')}`,
@@ -128,17 +135,18 @@ export async function startPostfix(opts: PostfixOptions): Promise<PostfixInstanc
   const settings = new Map<string, string>();
   for (const line of main) settings.set(line.split('=')[0]?.trim() as string, line);
   fs.writeFileSync(path.join(conf, 'main.cf'), `${[...settings.values()].join('\n')}\n`);
-  fs.writeFileSync(path.join(conf, 'master.cf'), MASTER_CF(port));
+  fs.writeFileSync(path.join(conf, 'master.cf'), MASTER_CF(address, port));
   for (const [name, text] of Object.entries(opts.files ?? {})) fs.writeFileSync(path.join(conf, name), text);
   for (const name of opts.postmap ?? []) execFileSync('postmap', ['-c', conf, path.join(conf, name)]);
 
-  const postfix = (cmd: string) => execFileSync('postfix', ['-c', conf, cmd], { stdio: 'pipe' });
+  const postfix = (cmd: string) => execFileSync(...inNetns('postfix', ['-c', conf, cmd]), { stdio: 'pipe' });
+  const probe = () => execFileSync(...inNetns('bash', ['-c', `exec 3<>/dev/tcp/${address}/${port}`]), { stdio: 'ignore' });
   let running = false;
   const waitListening = () => {
     // master binds the smtpd port itself; poll briefly until it accepts.
     for (let i = 0; i < 100; i++) {
       try {
-        execFileSync('bash', ['-c', `exec 3<>/dev/tcp/127.0.0.1/${port}`], { stdio: 'ignore' });
+        probe();
         return;
       } catch {
         execFileSync('sleep', ['0.05']);
@@ -162,7 +170,7 @@ export async function startPostfix(opts: PostfixOptions): Promise<PostfixInstanc
       // master exits asynchronously; wait until the port is closed.
       for (let i = 0; i < 100; i++) {
         try {
-          execFileSync('bash', ['-c', `exec 3<>/dev/tcp/127.0.0.1/${port}`], { stdio: 'ignore' });
+          probe();
           execFileSync('sleep', ['0.05']);
         } catch {
           return;

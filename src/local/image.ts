@@ -61,24 +61,55 @@ function buildLine(progress: ProgressFn, used: Set<string>): ProgressFn {
   };
 }
 
+/** Trees whose image and layer cache stay (several worktrees on one machine each have theirs). */
+const KEEP_BUILDS = 3;
+
+/** What one build used and made, recorded so a later prune keeps it while that tree is recent. */
+interface BuildRecord {
+  ref: string;
+  archive: string;
+  /** Image IDs (or their prefixes) the build used from the layer cache or committed. */
+  images: string[];
+}
+
+function recordsDir(dir: string): string {
+  return path.join(dir, 'builds');
+}
+
+function recordFile(dir: string, image: BuiltImage): string {
+  return path.join(recordsDir(dir), `${path.basename(image.archive, '.tar')}.json`);
+}
+
 /**
- * Everything this build did not use: earlier archives, and the images and cached layers of earlier
- * trees (vfs keeps a full copy of the root per layer: a few GB per edit if they stayed).
+ * Everything the last KEEP_BUILDS builds (by use, newest first) do not need: their archives and
+ * their images and cached layers stay, the rest goes (vfs keeps a full copy of the root per
+ * layer: a few GB per edit otherwise). Runs under the build lock, so no build is half-way.
  */
-async function pruneOld(buildah: Buildah, dir: string, keep: BuiltImage, bases: BaseImages, used: Set<string>): Promise<void> {
-  for (const f of fs.readdirSync(dir)) {
-    if (/^kube-drac-\w+\.tar$/.test(f) && path.join(dir, f) !== keep.archive) fs.rmSync(path.join(dir, f), { force: true });
+async function pruneOld(buildah: Buildah, dir: string, bases: BaseImages): Promise<void> {
+  const records = fs
+    .readdirSync(recordsDir(dir))
+    .map((f) => path.join(recordsDir(dir), f))
+    .sort((x, y) => fs.statSync(y).mtimeMs - fs.statSync(x).mtimeMs);
+  const kept = records.slice(0, KEEP_BUILDS).map((f) => JSON.parse(fs.readFileSync(f, 'utf8')) as BuildRecord);
+  for (const f of records.slice(KEEP_BUILDS)) fs.rmSync(f, { force: true });
+  // An archive with no record (made by an older version of this file, for another worktree) stays a day.
+  const archives = new Set(kept.map((r) => r.archive));
+  const recorded = new Set(records.map((f) => path.join(dir, `${path.basename(f, '.json')}.tar`)));
+  for (const f of fs.readdirSync(dir).filter((name) => /^kube-drac-\w+\.tar$/.test(name))) {
+    const archive = path.join(dir, f);
+    const stale = recorded.has(archive) ? !archives.has(archive) : Date.now() - fs.statSync(archive).mtimeMs > 86_400_000;
+    if (stale) fs.rmSync(archive, { force: true });
   }
-  const keptNames = [keep.ref, bases.node, bases.runtime];
-  const kept = (id: string, names: string): boolean => [...used].some((u) => id.startsWith(u)) || keptNames.some((n) => names.includes(n));
-  // Children go before their parents, so a few passes remove a whole chain.
+  const names = [bases.node, bases.runtime, ...kept.map((r) => r.ref)];
+  const ids = kept.flatMap((r) => r.images);
+  const needed = (id: string, name: string): boolean => ids.some((u) => id.startsWith(u)) || names.includes(name);
+  // Children go before their parents (an image with children or containers refuses to go).
   for (let pass = 0; pass < 20; pass++) {
     const images = (await buildah.run(['images', '--all', '--noheading', '--no-trunc', '--format', '{{.ID}} {{.Name}}:{{.Tag}}']))
       .split('\n')
-      .filter((l) => l !== '')
-      .map((l) => ({ id: l.split(' ')[0]?.replace(/^sha256:/, '') ?? '', names: l }))
-      .filter((i) => !kept(i.id, i.names));
-    if (images.length === 0) return;
+      .map((l) => l.trim().split(/\s+/))
+      .map(([id = '', name = '']) => ({ id: id.replace(/^sha256:/, ''), name }))
+      .filter((i) => i.id !== '' && !needed(i.id, i.name));
     let removed = 0;
     for (const image of images) {
       await buildah.run(['rmi', image.id]).then(
@@ -91,6 +122,8 @@ async function pruneOld(buildah: Buildah, dir: string, keep: BuiltImage, bases: 
 }
 
 async function build(buildah: Buildah, dir: string, image: BuiltImage, progress: ProgressFn): Promise<void> {
+  // Every build runs under the lock: a working container found now is one a killed build left.
+  await buildah.run(['rm', '--all']);
   const bases = await ensureBaseImages(buildah, dir, progress);
   const started = Date.now();
   const used = new Set<string>();
@@ -114,7 +147,20 @@ async function build(buildah: Buildah, dir: string, image: BuiltImage, progress:
   await buildah.run(['push', '--quiet', image.ref, `docker-archive:${partial}:${image.ref}`]);
   fs.renameSync(partial, image.archive);
   progress(`  built in ${Math.round((Date.now() - started) / 1000)} s: ${image.archive} (${Math.round(fs.statSync(image.archive).size / 1e6)} MB)`);
-  await pruneOld(buildah, dir, image, bases, used);
+  fs.mkdirSync(recordsDir(dir), { recursive: true });
+  const record: BuildRecord = { ...image, images: [...used] };
+  fs.writeFileSync(recordFile(dir, image), JSON.stringify(record, null, 2) + '\n');
+  await pruneOld(buildah, dir, bases);
+}
+
+/** A tree used again is recent again: its build is among the last ones a prune keeps. */
+function markUsed(dir: string, image: BuiltImage): void {
+  const now = new Date();
+  try {
+    fs.utimesSync(recordFile(dir, image), now, now);
+  } catch {
+    // built by a version that kept no record: nothing to refresh
+  }
 }
 
 /** The image for the current tree: found in the cache, or built (one build at a time per machine). */
@@ -122,7 +168,10 @@ export async function ensureImage(progress: ProgressFn = (l) => process.stderr.w
   const dir = imageCacheDir();
   const tag = imageTag(baseRefs());
   const image: BuiltImage = { ref: `${IMAGE_NAME}:${tag}`, archive: path.join(dir, `kube-drac-${tag}.tar`) };
-  if (fs.existsSync(image.archive)) return image;
+  if (fs.existsSync(image.archive)) {
+    markUsed(dir, image);
+    return image;
+  }
   fs.mkdirSync(dir, { recursive: true });
   await withBuildLock(async () => {
     if (!fs.existsSync(image.archive)) await build(new Buildah(dir), dir, image, progress);

@@ -121,7 +121,7 @@ describe("the chart's rendered config, read by the roles' parsers", () => {
     assert.equal(smtp.maxBufferedBytes, 536_870_912);
     assert.equal(smtp.greetingDelayMs, 1000);
     assert.equal(smtp.reverseDns, true);
-    assert.deepEqual(smtp.liveLookup, { enabled: true, ratePerSecond: 50, cacheTtlMs: 2000 });
+    assert.deepEqual(smtp.liveLookup, { enabled: true, ratePerSecond: 50, cacheTtlMs: 2000, positiveCacheTtlMs: 1000 });
 
     const bridge = parseBridgeConfig(docs.bridge!.section('bridge'));
     assert.deepEqual(bridge.socketmap && [bridge.socketmap.host, bridge.socketmap.port, bridge.socketmap.mapName], ['::', 9400, 'drac']);

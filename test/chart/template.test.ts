@@ -36,7 +36,7 @@ interface Rule {
 /** The rules each role must have, exactly: nothing more (ARCHITECTURE.md, issue 6). */
 function expectedRules(leaseName: string): Record<(typeof ROLES)[number], Rule[]> {
   return {
-    pop3: [{ apiGroups: ['kubedrac.io'], resources: ['relaygrants'], verbs: ['get', 'create', 'patch'] }],
+    pop3: [{ apiGroups: ['kubedrac.io'], resources: ['relaygrants'], verbs: ['get', 'list', 'watch', 'create', 'patch'] }],
     smtp: [{ apiGroups: ['kubedrac.io'], resources: ['relaygrants'], verbs: ['get', 'list', 'watch'] }],
     operator: [
       { apiGroups: ['kubedrac.io'], resources: ['relaygrants'], verbs: ['get', 'list', 'watch', 'delete'] },
@@ -492,10 +492,10 @@ describe('the bridge role in the chart', () => {
     assert.deepEqual(np.ingress[1]?.ports.map((p) => p.port), [9191], 'metrics as for every role');
   });
 
-  test('RBAC follows the protocols: readers list/watch, writers create/patch, only whoson deletes', async () => {
+  test('RBAC follows the protocols: every bridge list/watches (readers and writers hold a cache), writers create/patch, only whoson deletes', async () => {
     const cases: Array<[string[], string[]]> = [
       [['bridge.socketmap.enabled=true', 'bridge.policy.enabled=true'], ['get', 'list', 'watch']],
-      [['bridge.drac.enabled=true'], ['get', 'create', 'patch']],
+      [['bridge.drac.enabled=true'], ['get', 'list', 'watch', 'create', 'patch']],
       [['bridge.socketmap.enabled=true', 'bridge.authPolicy.enabled=true', 'bridge.authPolicy.existingSecret=k'], ['get', 'list', 'watch', 'create', 'patch']],
       [['bridge.whoson.enabled=true'], ['get', 'list', 'watch', 'create', 'patch', 'delete']],
     ];

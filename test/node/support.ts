@@ -33,6 +33,8 @@ export function run(cmd: string, args: string[], opts: { input?: string; env?: N
       const code = err ? (typeof err.code === 'number' ? err.code : 1) : 0;
       resolve({ code, stdout, stderr });
     });
+    // A command that exits without reading its input must not crash us with EPIPE.
+    child.stdin?.on('error', () => undefined);
     child.stdin?.end(opts.input ?? '');
   });
 }
@@ -87,7 +89,7 @@ export async function startChartOnNode(extraValues: string[] = []): Promise<Char
     const client = (command: string, args: string[], opts: { input?: string; timeoutMs?: number } = {}) => run('ip', ['netns', 'exec', node.netns, command, ...args], opts);
 
     await run('ip', ['-n', node.netns, 'addr', 'add', `${STRANGER_ADDRESS}/32`, 'dev', 'lo']);
-    smarthost = await startPostfix({ domains: [REMOTE_DOMAIN], netns: node.netns, address: NODE_NETWORK.clientAddress, mainCf: [`mynetworks = ${NODE_NETWORK.clusterCidr}`] });
+    smarthost = await startPostfix({ domains: [REMOTE_DOMAIN], prefix: node.clientDaemonPrefix, address: NODE_NETWORK.clientAddress, mainCf: [`mynetworks = ${NODE_NETWORK.clusterCidr}`] });
 
     await kubectl('create', 'namespace', NAMESPACE).catch(() => undefined);
     const tls = tlsSecretFiles(work);

@@ -3,7 +3,6 @@
 // real Secrets (TLS, users) and a PersistentVolume for the maildrops.
 import { execFile, execFileSync } from 'node:child_process';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { NODE_NETWORK } from '../../src/local/node/config.ts';
@@ -71,11 +70,12 @@ export async function startChartOnNode(extraValues: string[] = []): Promise<Char
   const busybox = ensureBusyboxArchive();
   const node = new NodeCluster({ images: [image.archive, busybox.archive], progress: log });
   let smarthost: PostfixInstance | undefined;
-  const work = fs.mkdtempSync(path.join(os.tmpdir(), 'kube-drac-node-test-'));
+  // Inside the node's folder: the node's watchdog removes it even if this process dies.
+  const work = path.join(node.layout.dir, 'test');
+  fs.mkdirSync(work, { recursive: true });
   const stop = async () => {
     smarthost?.cleanup();
     await node.stop();
-    fs.rmSync(work, { recursive: true, force: true });
   };
   try {
     await node.start();

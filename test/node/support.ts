@@ -3,7 +3,6 @@
 // real Secrets (TLS, users) and a PersistentVolume for the maildrops.
 import { execFile, execFileSync } from 'node:child_process';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { NODE_NETWORK } from '../../src/local/node/config.ts';
@@ -33,6 +32,8 @@ export function run(cmd: string, args: string[], opts: { input?: string; env?: N
       const code = err ? (typeof err.code === 'number' ? err.code : 1) : 0;
       resolve({ code, stdout, stderr });
     });
+    // A command that exits without reading its input must not crash us with EPIPE.
+    child.stdin?.on('error', () => undefined);
     child.stdin?.end(opts.input ?? '');
   });
 }
@@ -69,11 +70,12 @@ export async function startChartOnNode(extraValues: string[] = []): Promise<Char
   const busybox = ensureBusyboxArchive();
   const node = new NodeCluster({ images: [image.archive, busybox.archive], progress: log });
   let smarthost: PostfixInstance | undefined;
-  const work = fs.mkdtempSync(path.join(os.tmpdir(), 'kube-drac-node-test-'));
+  // Inside the node's folder: the node's watchdog removes it even if this process dies.
+  const work = path.join(node.layout.dir, 'test');
+  fs.mkdirSync(work, { recursive: true });
   const stop = async () => {
     smarthost?.cleanup();
     await node.stop();
-    fs.rmSync(work, { recursive: true, force: true });
   };
   try {
     await node.start();
@@ -87,7 +89,7 @@ export async function startChartOnNode(extraValues: string[] = []): Promise<Char
     const client = (command: string, args: string[], opts: { input?: string; timeoutMs?: number } = {}) => run('ip', ['netns', 'exec', node.netns, command, ...args], opts);
 
     await run('ip', ['-n', node.netns, 'addr', 'add', `${STRANGER_ADDRESS}/32`, 'dev', 'lo']);
-    smarthost = await startPostfix({ domains: [REMOTE_DOMAIN], netns: node.netns, address: NODE_NETWORK.clientAddress, mainCf: [`mynetworks = ${NODE_NETWORK.clusterCidr}`] });
+    smarthost = await startPostfix({ domains: [REMOTE_DOMAIN], prefix: node.clientDaemonPrefix, address: NODE_NETWORK.clientAddress, mainCf: [`mynetworks = ${NODE_NETWORK.clusterCidr}`] });
 
     await kubectl('create', 'namespace', NAMESPACE).catch(() => undefined);
     const tls = tlsSecretFiles(work);

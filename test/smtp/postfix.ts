@@ -17,8 +17,11 @@ export interface PostfixOptions {
   files?: Record<string, string>;
   /** Run postmap on these files (relative to the config directory). */
   postmap?: string[];
-  /** Run inside this network namespace (`ip netns exec`), listening on `address` there. */
-  netns?: string;
+  /**
+   * Run every postfix command through this prefix and in a network namespace of its own
+   * (e.g. `ip netns exec NAME`), listening on `address` there.
+   */
+  prefix?: string[];
   /** The address smtpd listens on (127.0.0.1 unless given). */
   address?: string;
 }
@@ -81,9 +84,12 @@ function postfixIds(): { uid: number; gid: number } {
 
 export async function startPostfix(opts: PostfixOptions): Promise<PostfixInstance> {
   // A namespace of its own has every port free.
-  const port = opts.netns ? 2525 : await freePort();
+  const port = opts.prefix ? 2525 : await freePort();
   const address = opts.address ?? '127.0.0.1';
-  const inNetns = (cmd: string, args: string[]): [string, string[]] => (opts.netns ? ['ip', ['netns', 'exec', opts.netns, cmd, ...args]] : [cmd, args]);
+  const inNetns = (cmd: string, args: string[]): [string, string[]] => {
+    const [first, ...rest] = [...(opts.prefix ?? []), cmd, ...args] as [string, ...string[]];
+    return [first, rest];
+  };
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'postfix-'));
   // Postfix's daemons run as `postfix` and must reach their queue under this folder.
   fs.chmodSync(dir, 0o755);

@@ -221,6 +221,12 @@ securityContext:
   {{- toYaml .ctx.Values.securityContext | nindent 2 }}
 resources:
   {{- toYaml .values.resources | nindent 2 }}
+{{- if and (has .role (list "pop3" "smtp" "bridge")) .ctx.Values.drainSeconds }}
+# Keep serving while the endpoint is withdrawn: new connections stop arriving before the listeners close.
+lifecycle:
+  preStop:
+    sleep: {seconds: {{ int .ctx.Values.drainSeconds }}}
+{{- end }}
 livenessProbe:
   httpGet: {path: /healthz, port: metrics}
   {{- toYaml .ctx.Values.probes.liveness | nindent 2 }}

@@ -401,9 +401,12 @@ export class NodeCluster {
     throw new Error(`node ${NODE_NETWORK.nodeName} not Ready after ${timeoutMs} ms (${last}):\n${this.controlPlane.tailOf('kubelet')}`);
   }
 
-  /** Argv that runs a command in the client namespace (outside the cluster, beside the node). */
-  inClientNetns(command: string, args: string[]): string[] {
-    return ['ip', 'netns', 'exec', this.netns, command, ...args];
+  /**
+   * A command prefix for daemons in the client namespace (outside the cluster, beside the node),
+   * e.g. a smarthost: they join the node's cgroup, so they end with the node even if this process dies.
+   */
+  get clientDaemonPrefix(): string[] {
+    return [...this.inNodeCgroup, 'ip', 'netns', 'exec', this.netns];
   }
 
   /** End everything: processes, cgroups, namespaces, mounts (with their namespace), and the folder if ours. */

@@ -2,7 +2,7 @@
 // without stopping (SIGKILL, crash). Everything the node started lives under one cgroup, so
 // killing that cgroup's processes ends the daemons, the containerd shims and every container;
 // the node's mounts, pod namespaces and iptables rules live in namespaces that vanish with them.
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 
 export interface CleanupTargets {
@@ -78,14 +78,31 @@ export function runCleanup(file: string, targets: CleanupTargets): Promise<void>
 
 /**
  * A watchdog outside the node's cgroup: when `parentPid` is gone it runs the cleanup. Returns
- * its pid, for stop() to end it once it has cleaned up itself.
+ * the process, for stop() to end it once it has cleaned up itself.
  */
-export function startCleanupWatchdog(file: string, targets: CleanupTargets, parentPid = process.pid): number | undefined {
+export function startCleanupWatchdog(file: string, targets: CleanupTargets, parentPid = process.pid): ChildProcess {
   const child = spawn(
     'sh',
     ['-c', 'parent="$1"; shift; while kill -0 "$parent" 2>/dev/null; do sleep 1; done; exec sh "$@"', 'watchdog', String(parentPid), ...scriptArgs(file, targets)],
     { detached: true, stdio: 'ignore' },
   );
   child.unref();
-  return child.pid;
+  return child;
+}
+
+/**
+ * End the watchdog and wait until it is reaped: a killed child stays in /proc as a zombie until
+ * Node collects its exit status, and "nothing left behind" means nothing in /proc either.
+ */
+export async function stopCleanupWatchdog(watchdog: ChildProcess): Promise<void> {
+  if (watchdog.pid === undefined || watchdog.exitCode !== null || watchdog.signalCode !== null) return;
+  const exited = new Promise<void>((resolve) => watchdog.once('exit', () => resolve()));
+  try {
+    process.kill(-watchdog.pid, 'SIGKILL');
+  } catch {
+    return; // already gone
+  }
+  let timer: NodeJS.Timeout | undefined;
+  await Promise.race([exited, new Promise<void>((resolve) => (timer = setTimeout(resolve, 5000)))]);
+  clearTimeout(timer);
 }

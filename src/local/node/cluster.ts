@@ -17,7 +17,7 @@ import { promisify } from 'node:util';
 import { KubeClient } from '../../kube/client.ts';
 import { ensureControlPlaneBinaries, ensureNodeBinaries, type Binaries, type NodeBinaries, type ProgressFn } from '../binaries.ts';
 import { ControlPlane, freePort } from '../control-plane.ts';
-import { runCleanup, startCleanupWatchdog, writeCleanupScript, type CleanupTargets } from './cleanup.ts';
+import { runCleanup, startCleanupWatchdog, stopCleanupWatchdog, writeCleanupScript, type CleanupTargets } from './cleanup.ts';
 import {
   cgroupName,
   clientNetns,
@@ -69,7 +69,7 @@ export class NodeCluster {
   private readonly ownsDir: boolean;
   private plane: ControlPlane | undefined;
   private holder: ChildProcess | undefined;
-  private watchdogPid: number | undefined;
+  private watchdog: ChildProcess | undefined;
   private binaries: (Binaries & NodeBinaries) | undefined;
   private readonly tokens = {
     kubelet: crypto.randomBytes(24).toString('hex'),
@@ -150,7 +150,7 @@ export class NodeCluster {
     // The watchdog first: from here on, anything created is undone if this process dies.
     writeCleanupScript(this.paths.cleanupScript);
     this.saveSysctls();
-    this.watchdogPid = startCleanupWatchdog(this.paths.cleanupScript, this.cleanupTargets);
+    this.watchdog = startCleanupWatchdog(this.paths.cleanupScript, this.cleanupTargets);
     try {
       this.writeFiles();
       this.makeCgroups();
@@ -413,13 +413,7 @@ export class NodeCluster {
   async stop(): Promise<void> {
     await runCleanup(this.paths.cleanupScript, this.cleanupTargets);
     await this.plane?.stop();
-    if (this.watchdogPid !== undefined) {
-      try {
-        process.kill(-this.watchdogPid, 'SIGKILL');
-      } catch {
-        // already gone
-      }
-      this.watchdogPid = undefined;
-    }
+    if (this.watchdog) await stopCleanupWatchdog(this.watchdog);
+    this.watchdog = undefined;
   }
 }

@@ -79,7 +79,12 @@ export class PasswordLogin {
     const started = this.now();
     const d = this.deps;
     const later = async (outcome: PasswordOutcome): Promise<PasswordOutcome> => {
-      await sleep(Math.max(0, started + d.failureDelayMs - this.now()));
+      // Date.now() counts whole milliseconds and timers run on the event loop's cached clock, so
+      // one sleep can end a fraction of a millisecond early: sleep until the clock is past the due
+      // time, so that a failure is never answered before its delay (a few rounds at most: an
+      // injected clock that stands still must not hold the answer for ever).
+      const due = started + d.failureDelayMs;
+      for (let round = 0, left = due - this.now(); d.failureDelayMs > 0 && left >= 0 && round < 3; round++, left = due - this.now()) await sleep(left + 1);
       return outcome;
     };
 

@@ -3,6 +3,7 @@
 import crypto from 'node:crypto';
 import net from 'node:net';
 import tls from 'node:tls';
+import type { FailureThrottle } from '../auth/login.ts';
 import { UserDatabase } from '../auth/passwd-file.ts';
 import { LoginThrottle } from '../auth/throttle.ts';
 import { PasswordVerifier } from '../auth/verifier.ts';
@@ -20,13 +21,13 @@ import { MailRootProbe } from './readiness.ts';
 import { connectionsRefused, connectionsTotal, deletedMessages, retrievedBytes, sessionsActive, tlsHandshakes } from './metrics.ts';
 import type { SessionIo } from './session.ts';
 import { Pop3Session } from './session.ts';
-import type { SharedLimiter, SharedThrottle } from './shared.ts';
+import type { SharedLimiter } from './shared.ts';
 
 export interface Pop3ServerDeps {
   renewer: GrantRenewer;
   log: Logger;
   /** With several workers, the primary's throttle and session limits (see shared.ts); else our own. */
-  throttle?: SharedThrottle;
+  throttle?: FailureThrottle;
   limiter?: SharedLimiter;
   /**
    * Bind listeners of our own with SO_REUSEPORT (a cluster worker: the kernel spreads the

@@ -6,15 +6,11 @@
 // every password, so each worker keeps a copy that every failure, wherever it happened, is
 // applied to (relayed by the primary): a check costs no trip, and the copies differ only for the
 // moment a relay takes. The maildrop lock needs none of this: it is a file.
-import { LoginThrottle, type ThrottleOptions, type ThrottleVerdict } from '../auth/throttle.ts';
+import { LoginThrottle, type ThrottleOptions } from '../auth/throttle.ts';
+import type { FailureThrottle } from '../auth/login.ts';
 import { GrantWriteError, type GrantRenewer, type RenewOutcome } from '../grants/types.ts';
 import { releaseOnce, type AcquireResult } from '../net/limits.ts';
 import type { LoginFailure, PrimaryMessage, WorkerMessage, WorkerRequest } from './ipc.ts';
-
-export interface SharedThrottle {
-  check(address: string, user: string, nowMs: number): ThrottleVerdict | Promise<ThrottleVerdict>;
-  failed(address: string, user: string, nowMs: number): void;
-}
 
 export interface SharedLimiter {
   acquire(ip: string): AcquireResult | Promise<AcquireResult>;
@@ -22,7 +18,7 @@ export interface SharedLimiter {
 
 export interface SharedState {
   renewer: GrantRenewer;
-  throttle: SharedThrottle;
+  throttle: FailureThrottle;
   limiter: SharedLimiter;
 }
 

@@ -8,6 +8,7 @@ import { grantKeyFor, type AddressError, type GrantKey } from './address.ts';
 import type { GrantCache } from './cache.ts';
 import { grantWrites } from './metrics.ts';
 import { grantsPath } from './paths.ts';
+import { userHash } from './user-label.ts';
 import {
   ANNOTATION_RENEWED_AT,
   API_VERSION,
@@ -15,6 +16,7 @@ import {
   KIND,
   LABEL_MANAGED_BY,
   LABEL_SOURCE,
+  LABEL_USER_HASH,
   type GrantRenewer,
   type GrantSource,
   type RelayGrant,
@@ -87,7 +89,7 @@ export class GrantStore implements GrantRenewer {
    */
   private readonly ownWrites = new Map<string, number>();
   private readonly forgetOwnWrite = (name: string) => this.ownWrites.delete(name);
-  private readonly inflight = new Map<string, Promise<RenewOutcome>>();
+  private readonly inflight = new Map<string, { user: string; write: Promise<RenewOutcome> }>();
   /** Writes that failed, being retried in the background; the newest login wins. */
   private readonly retrying = new Map<string, Pending>();
   private pruneTimer: NodeJS.Timeout;
@@ -115,10 +117,10 @@ export class GrantStore implements GrantRenewer {
     }
     // Logins from one address at the same moment share one write.
     const running = this.inflight.get(key.name);
-    if (running) return running;
+    if (running) return running.write;
     const pending: Pending = { key, user, source, expiresAtMs: now + this.opts.ttlMs };
     const write = this.writeWithRetries(pending, this.opts.attempts, 1000).finally(() => this.inflight.delete(key.name));
-    this.inflight.set(key.name, write);
+    this.inflight.set(key.name, { user, write });
     try {
       return await write;
     } catch (err) {
@@ -144,6 +146,23 @@ export class GrantStore implements GrantRenewer {
       if (err instanceof KubeApiError && err.status === 404) return false;
       throw new GrantWriteError(key.address, `revoking ${key.name}: ${(err as Error).message}`, { cause: err });
     }
+  }
+
+  /**
+   * Before `user`'s grants are revoked (their credential changed): drop this store's background
+   * retries of the user's writes and wait for its writes in flight, so that none of them lands
+   * after the revocation and brings a grant back.
+   */
+  async settleUser(user: string): Promise<void> {
+    for (const [name, p] of this.retrying) if (p.user === user) this.retrying.delete(name);
+    const writes = [...this.inflight.values()].filter((w) => w.user === user).map((w) => w.write.catch(() => undefined));
+    await Promise.all(writes);
+  }
+
+  /** A grant was deleted by someone who knew why (a revocation): the next login writes it again. */
+  forget(name: string): void {
+    this.ownWrites.delete(name);
+    this.retrying.delete(name);
   }
 
   close(): void {
@@ -176,8 +195,14 @@ export class GrantStore implements GrantRenewer {
     const { client, namespace } = this.opts;
     const path = grantsPath(namespace, p.key.name);
     const body = this.objectFor(p);
+    // A writer that does not know the user (DRAC's ADD names none) leaves the one who last
+    // authenticated there, and the label that says so, as they are.
+    const patch =
+      p.user === ''
+        ? { metadata: { labels: { [LABEL_SOURCE]: p.source }, annotations: body.metadata.annotations }, spec: { source: p.source, expiresAt: body.spec.expiresAt } }
+        : { metadata: { labels: body.metadata.labels, annotations: body.metadata.annotations }, spec: body.spec };
     try {
-      await client.mergePatch(path, { metadata: { labels: body.metadata.labels, annotations: body.metadata.annotations }, spec: body.spec });
+      await client.mergePatch(path, patch);
       return 'patched';
     } catch (err) {
       if (!(err instanceof KubeApiError && err.status === 404)) throw err;
@@ -188,7 +213,7 @@ export class GrantStore implements GrantRenewer {
     } catch (err) {
       if (!(err instanceof KubeApiError && err.status === 409)) throw err;
     }
-    await client.mergePatch(path, { metadata: { labels: body.metadata.labels, annotations: body.metadata.annotations }, spec: body.spec });
+    await client.mergePatch(path, patch);
     return 'patched';
   }
 
@@ -198,7 +223,7 @@ export class GrantStore implements GrantRenewer {
       kind: KIND,
       metadata: {
         name: p.key.name,
-        labels: { [LABEL_MANAGED_BY]: 'kube-drac', [LABEL_SOURCE]: p.source },
+        labels: { [LABEL_MANAGED_BY]: 'kube-drac', [LABEL_SOURCE]: p.source, ...(p.user === '' ? {} : { [LABEL_USER_HASH]: userHash(p.user) }) },
         annotations: { [ANNOTATION_RENEWED_AT]: new Date(this.opts.now()).toISOString() },
       },
       spec: {

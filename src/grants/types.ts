@@ -8,6 +8,11 @@ export const API_VERSION = `${GROUP}/${VERSION}`;
 
 export const LABEL_MANAGED_BY = 'app.kubernetes.io/managed-by';
 export const LABEL_SOURCE = 'kubedrac.io/source';
+/**
+ * Who the grant is for, as a hash (userHash in ./user-label.ts): user names are not valid label
+ * values. Set by every write that knows the user; revocation selects a user's grants by it.
+ */
+export const LABEL_USER_HASH = 'kubedrac.io/user-hash';
 /** Stamped by the writer on every write, with millisecond precision, to measure propagation. */
 export const ANNOTATION_RENEWED_AT = 'kubedrac.io/renewed-at';
 

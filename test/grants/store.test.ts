@@ -11,6 +11,7 @@ import { grantsPath } from '../../src/grants/paths.ts';
 import { GrantCache } from '../../src/grants/cache.ts';
 import { GrantStore, isFreshEnough, seenExpiry } from '../../src/grants/store.ts';
 import { GrantWriteError, type RelayGrant } from '../../src/grants/types.ts';
+import { userHash } from '../../src/grants/user-label.ts';
 import { registry } from '../../src/observability/metrics.ts';
 import { kubeForTest, type TestKube } from '../support/kube.ts';
 
@@ -97,6 +98,25 @@ describe('GrantStore on the real API server', () => {
     assert.equal(renewed?.spec.expiresAt, '2030-01-01T00:36:00Z');
     assert.equal(renewed?.spec.user, 'other');
     assert.equal(renewed?.metadata.uid, before?.metadata.uid, 'one object per address: renewals patch it');
+  });
+
+  it('labels the grant with its user\'s hash; a writer that knows no user (DRAC) keeps the user and label', async () => {
+    const start = now;
+    assert.equal(await store.renew('192.0.2.40', 'ideal', 'pop3'), 'created');
+    const labelled = await get('v4-192.0.2.40');
+    assert.equal(labelled?.metadata.labels?.['kubedrac.io/user-hash'], userHash('ideal'));
+    now += 10 * MIN;
+    assert.equal(await store.renew('192.0.2.40', '', 'drac'), 'patched');
+    const renewed = await get('v4-192.0.2.40');
+    assert.equal(renewed?.spec.user, 'ideal', 'who last authenticated there stays');
+    assert.equal(renewed?.spec.source, 'drac');
+    assert.equal(renewed?.metadata.labels?.['kubedrac.io/user-hash'], userHash('ideal'));
+    assert.equal(renewed?.metadata.labels?.['kubedrac.io/source'], 'drac');
+    assert.equal(await store.renew('192.0.2.41', '', 'drac'), 'created');
+    const anonymous = await get('v4-192.0.2.41');
+    assert.equal(anonymous?.spec.user, '');
+    assert.equal(anonymous?.metadata.labels?.['kubedrac.io/user-hash'], undefined);
+    now = start;
   });
 
   it('aggregates IPv6 clients to their /64', async () => {

@@ -62,6 +62,8 @@ export interface UserDatabaseOptions {
   /** Re-read at least this often (watch events can be missed). 0 disables polling. */
   pollIntervalMs?: number;
   debounceMs?: number;
+  /** Called after a new version of the file was taken, with the users before and after. */
+  onUsersChanged?: (before: ReadonlyMap<string, UserEntry>, after: ReadonlyMap<string, UserEntry>) => void;
 }
 
 /** The users, kept current with the file. Construction throws when the first load fails. */
@@ -72,7 +74,7 @@ export class UserDatabase {
   private decoyOf: Map<string, UserEntry> | undefined;
   private decoy: StoredPassword | undefined;
   private fingerprint: string;
-  private readonly opts: Required<UserDatabaseOptions>;
+  private readonly opts: Required<Omit<UserDatabaseOptions, 'onUsersChanged'>> & Pick<UserDatabaseOptions, 'onUsersChanged'>;
   private readonly watch: FileWatch;
   private closed = false;
   /** Set when the newest file on disk was refused (for readiness and logs). */
@@ -163,10 +165,12 @@ export class UserDatabase {
       this.lastError = message;
       return false;
     }
+    const before = this.users;
     this.users = users;
     this.fingerprint = text;
     this.lastError = undefined;
     this.opts.log.info('users_reloaded', { file: this.opts.file, users: users.size });
+    this.opts.onUsersChanged?.(before, users);
     return true;
   }
 

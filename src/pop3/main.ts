@@ -11,6 +11,7 @@ import { createLogger, setLogLevel, type Logger } from '../observability/log.ts'
 import { collectProcessMetrics } from '../observability/metrics.ts';
 import { logRenamedKeys } from '../config/renamed.ts';
 import { runRoleProcess } from '../role-process.ts';
+import { revokeOnCredentialChange } from '../revoke/revoker.ts';
 import { parsePop3Config } from './config.ts';
 import { startPop3Cluster } from './cluster.ts';
 import { startPop3Server, type Pop3Server } from './server.ts';
@@ -66,6 +67,11 @@ export async function runPop3(doc: ConfigDocument, log: Logger = createLogger('p
     throw err;
   }
   const healthServer = health;
+  // Grants of users whose credential changed in the users file are revoked by this replica too.
+  const revocation =
+    client && store
+      ? revokeOnCredentialChange({ client, namespace: doc.common.kubernetes.namespace, store, usersFile: config.usersFile, defaultScheme: config.defaultPasswordScheme, log: log.child({ component: 'revoke' }) })
+      : undefined;
   // One sweep of the Maildirs' tmp/ per replica (not per worker), at start and periodically.
   const tmpCleaner = new MaildirTmpCleaner({ mailRoot: config.mailRoot, mailLocation: config.mailLocation, log: log.child({ component: 'maildir-tmp' }) });
   tmpCleaner.start();
@@ -76,6 +82,7 @@ export async function runPop3(doc: ConfigDocument, log: Logger = createLogger('p
     close: () =>
       (closing ??= (async () => {
         await server.close();
+        await revocation?.close();
         await tmpCleaner.close();
         await healthServer.close();
         store?.close();

@@ -103,17 +103,20 @@ describe('helm install with the minimal values', () => {
 
   // [ServiceAccount role, verb, resource, allowed]
   const matrix = (lease: string): Array<[string, string, string, boolean]> => [
-    // pop3: creates and renews grants, and watches them (a write is skipped only on what it saw), nothing else.
+    // pop3: creates and renews grants, and watches them (a write is skipped only on what it saw);
+    // deletes them and posts Events when a user's credential changes; nothing else.
     ['pop3', 'get', GRANTS, true],
     ['pop3', 'create', GRANTS, true],
     ['pop3', 'patch', GRANTS, true],
     ['pop3', 'list', GRANTS, true],
     ['pop3', 'watch', GRANTS, true],
     ['pop3', 'update', GRANTS, false],
-    ['pop3', 'delete', GRANTS, false],
+    ['pop3', 'delete', GRANTS, true],
     ['pop3', 'deletecollection', GRANTS, false],
     ['pop3', 'get', `${LEASES}/${lease}`, false],
-    ['pop3', 'create', 'events', false],
+    ['pop3', 'create', 'events', true],
+    ['pop3', 'patch', 'events', false],
+    ['pop3', 'list', 'events', false],
     // smtp: reads grants, nothing else.
     ['smtp', 'get', GRANTS, true],
     ['smtp', 'list', GRANTS, true],

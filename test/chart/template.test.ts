@@ -36,7 +36,10 @@ interface Rule {
 /** The rules each role must have, exactly: nothing more (ARCHITECTURE.md, issue 6). */
 function expectedRules(leaseName: string): Record<(typeof ROLES)[number], Rule[]> {
   return {
-    pop3: [{ apiGroups: ['kubedrac.io'], resources: ['relaygrants'], verbs: ['get', 'list', 'watch', 'create', 'patch'] }],
+    pop3: [
+      { apiGroups: ['kubedrac.io'], resources: ['relaygrants'], verbs: ['get', 'list', 'watch', 'create', 'patch', 'delete'] },
+      { apiGroups: [''], resources: ['events'], verbs: ['create'] },
+    ],
     smtp: [{ apiGroups: ['kubedrac.io'], resources: ['relaygrants'], verbs: ['get', 'list', 'watch'] }],
     operator: [
       { apiGroups: ['kubedrac.io'], resources: ['relaygrants'], verbs: ['get', 'list', 'watch', 'delete'] },

@@ -1,8 +1,8 @@
 // The chart's Roles are not only narrow but enough: each role runs (from the sources) with the
 // token of its own ServiceAccount from `helm install` and does its whole job on the real API
 // server: the operator leads on its Lease and deletes an expired grant, a POP3 login writes the
-// grant, SMTP watches grants and relays for it, the bridge (whoson: reads, writes and revokes)
-// does all three. Run: npm test -- test/chart/rbac-run.test.ts
+// grant, SMTP watches grants and relays for it, pop3 revokes a grant when its user's password
+// changes (delete, and an Event), the bridge (whoson: reads, writes and revokes) does all three. Run: npm test -- test/chart/rbac-run.test.ts
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import net from 'node:net';
@@ -151,6 +151,30 @@ describe("each role does its job with only its chart ServiceAccount's permission
       assert.equal(await r.role.stop(), 0, r.role.output());
       assert.doesNotMatch(r.role.output(), /forbidden/i);
     }
+  });
+
+  test('pop3 revokes: a password changed in the users file deletes the grant and posts an Event', async () => {
+    const mailRoot = path.join(tmp, 'mail-revoke');
+    for (const d of ['cur', 'new', 'tmp']) fs.mkdirSync(path.join(mailRoot, 'erin', d), { recursive: true });
+    const users = path.join(tmp, 'passwd-revoke');
+    fs.writeFileSync(users, 'erin:{PLAIN}erin\n');
+    // demo's grant from the test before is on the same address: erin's login would only renew it.
+    await kube.kubectl('delete', 'relaygrant', 'v4-127.0.0.1', '--ignore-not-found');
+    const popPort = await freePort();
+    const pop3 = await startAs(
+      'pop3',
+      `  listen: {host: 127.0.0.1, port: PORT}\n  allowPlaintextAuth: true\n  passwordThreads: 0\n  mailRoot: ${mailRoot}\n  usersFile: ${users}\n`,
+      popPort,
+    );
+    const login = await converse(popPort, [null, 'USER erin', 'PASS erin', 'QUIT']);
+    assert.match(login[2] ?? '', /^\+OK/, pop3.role.output());
+    await waitFor('the grant', async () => (await kube.kubectl('get', 'relaygrants', '-o', 'name')).includes('v4-127.0.0.1'));
+    fs.writeFileSync(`${users}.new`, 'erin:{PLAIN}changed\n');
+    fs.renameSync(`${users}.new`, users);
+    await waitFor('the grant to be revoked', async () => !(await kube.kubectl('get', 'relaygrants', '-o', 'name')).includes('v4-127.0.0.1'));
+    await waitFor('the Event', async () => (await kube.kubectl('get', 'events', '-o', 'jsonpath={.items[*].reason}')).includes('PasswordChanged'));
+    assert.equal(await pop3.role.stop(), 0, pop3.role.output());
+    assert.doesNotMatch(pop3.role.output(), /forbidden|revocation_failed|event_failed/i);
   });
 
   test('bridge (whoson): LOGIN writes the grant, QUERY reads it from its cache, LOGOUT deletes it', async () => {

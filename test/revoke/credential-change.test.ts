@@ -1,11 +1,13 @@
 // Issue 14 §2 on the real API server: the pop3 role as it runs (runPop3: its own GrantStore,
 // GrantCache and revoker) with a real POP3 client (curl). Changing a password, removing a user or
 // setting nologin in the users file deletes that user's grants within 5 s, with an Event that says
-// why; other users' grants stay; a login with the new password grants again.
+// why, whoever wrote them (the bridge's Dovecot auth-policy and DRAC RPC write through the same
+// GrantStore); other users' grants stay; a login with the new password grants again.
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 import { grantsPath } from '../../src/grants/paths.ts';
+import { GrantStore } from '../../src/grants/store.ts';
 import type { RelayGrant } from '../../src/grants/types.ts';
 import { userHash } from '../../src/grants/user-label.ts';
 import { runPop3, type RunningPop3Role } from '../../src/pop3/main.ts';
@@ -46,6 +48,16 @@ async function goneWithin(names: string[], since: number): Promise<number> {
 
 before(async () => {
   k = await kubeForTest('revoke-credential');
+  // On a fresh API server the first RelayGrant write waits for the CRD's handler and CEL rules
+  // (over a second), longer than a login waits for its grant: pay that here (as revoked-login does).
+  const warm = 'v4-127.0.0.254';
+  await k.client.create(grantsPath(k.namespace), {
+    apiVersion: 'kubedrac.io/v1alpha1',
+    kind: 'RelayGrant',
+    metadata: { name: warm },
+    spec: { address: '127.0.0.254', user: 'warm-up', source: 'manual', expiresAt: new Date(Date.now() + 60_000).toISOString().replace(/\.\d+Z$/, 'Z') },
+  });
+  await k.client.delete(grantsPath(k.namespace, warm));
   world = makeWorld('revoke-credential');
   const doc = pop3Document(world);
   doc.common.kubernetes = { ...doc.common.kubernetes, kubeconfig: k.kubeconfigPath, namespace: k.namespace };
@@ -76,9 +88,16 @@ void describe('revocation when a credential changes in the users file (real API 
       metadata: { name: legacy },
       spec: { address: '127.0.0.64', user: 'carol', source: 'manual', expiresAt: new Date(Date.now() + 600_000).toISOString().replace(/\.\d+Z$/, 'Z') },
     });
+    // The bridge's writers go through the same GrantStore: a Dovecot auth-policy report for carol
+    // (source imap), and a DRAC ADD renewing the grant of carol's POP3 login (DRAC names no user).
+    const bridge = new GrantStore({ client: k.client, namespace: k.namespace, ttlMs: 1_800_000, renewIntervalMs: 300_000, ipv6PrefixLength: 64 });
+    assert.equal(await bridge.renew('127.0.0.67', 'carol', 'imap'), 'created');
+    await popLogin('carol', world.passwords.carol, '127.0.0.68');
+    assert.equal(await bridge.renew('127.0.0.68', '', 'drac'), 'patched');
+    bridge.close();
     const changedAt = Date.now();
     editUsers((lines) => lines.map((l) => (l.startsWith('carol:') ? 'carol:{PLAIN}carol-new' : l)));
-    const took = await goneWithin(['v4-127.0.0.61', 'v4-127.0.0.62', legacy], changedAt);
+    const took = await goneWithin(['v4-127.0.0.61', 'v4-127.0.0.62', legacy, 'v4-127.0.0.67', 'v4-127.0.0.68'], changedAt);
     assert.ok(took <= 5000, `revoked ${took} ms after the change`);
     assert.ok(await grant('v4-127.0.0.63'), "bob's grant stays");
     await eventually('the Events', async () => (await eventsOn('v4-127.0.0.62')).length > 0);
@@ -125,7 +144,7 @@ void describe('revocation when a credential changes in the users file (real API 
     await eventually('the Event', async () => (await eventsOn('v4-127.0.0.66'))[0]?.reason === 'UserDisabled');
     assert.ok(await grant('v4-127.0.0.62'), "carol's grant stays");
     const metrics = await (await fetch(`http://127.0.0.1:${pop3.healthPort}/metrics`)).text();
-    assert.match(metrics, /kubedrac_pop3_grants_revoked_total\{reason="password_changed"\} 3/);
+    assert.match(metrics, /kubedrac_pop3_grants_revoked_total\{reason="password_changed"\} 5/);
     assert.match(metrics, /kubedrac_pop3_grants_revoked_total\{reason="removed"\} 2/);
     assert.match(metrics, /kubedrac_pop3_grants_revoked_total\{reason="nologin"\} 1/);
   });

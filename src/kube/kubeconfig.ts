@@ -33,16 +33,24 @@ interface Entries {
 export class KubeCredentials {
   readonly cluster: Cluster;
   readonly user: User | undefined;
+  /** The context's namespace, if it names one (kubectl's default for `-n`). */
+  readonly namespace: string | undefined;
   private readonly entries: Entries;
   private kubeConfig: Promise<KubeConfig> | undefined;
 
-  constructor(entries: Entries) {
+  /** `contextName`: use that context instead of the current one (kubectl's `--context`). */
+  constructor(entries: Entries, contextName?: string) {
+    if (contextName !== undefined) {
+      if (!findNamed(entries.contexts, contextName)) throw new Error(`kubeconfig: no context named ${JSON.stringify(contextName)}`);
+      entries = { ...entries, currentContext: contextName };
+    }
     this.entries = entries;
     const context = findNamed(entries.contexts, entries.currentContext);
     const cluster = context ? findNamed(entries.clusters, context.cluster) : undefined;
     if (!cluster) {
       throw new Error(`kubeconfig: no cluster for the current context ${JSON.stringify(entries.currentContext ?? '')}: set current-context to a context whose cluster is defined`);
     }
+    this.namespace = context?.namespace || undefined;
     if (cluster.server.startsWith('http:') && !cluster.skipTLSVerify) {
       // client-node's rule: plain HTTP only when the kubeconfig says TLS is not verified anyway.
       throw new Error(`kubeconfig: cluster ${cluster.name} uses plain HTTP (${cluster.server}); that needs insecure-skip-tls-verify: true`);
@@ -161,16 +169,16 @@ export function inClusterEntries(env: NodeJS.ProcessEnv = process.env, root: str
  * ~/.kube/config, else the pod's service account. Nothing found is an error (client-node would
  * fall back to http://localhost:8080, which it then refuses to use).
  */
-export function loadKubeConfig(file?: string, env: NodeJS.ProcessEnv = process.env, serviceAccountRoot: string = SERVICE_ACCOUNT_ROOT): KubeCredentials {
-  if (file) return new KubeCredentials(readFile(file));
+export function loadKubeConfig(file?: string, env: NodeJS.ProcessEnv = process.env, serviceAccountRoot: string = SERVICE_ACCOUNT_ROOT, context?: string): KubeCredentials {
+  if (file) return new KubeCredentials(readFile(file), context);
   const files = (env.KUBECONFIG ?? '').split(path.delimiter).filter(Boolean);
   if (files.length > 0) {
     const entries = readFile(files[0] as string);
     for (const more of files.slice(1)) merge(entries, readFile(more));
-    return new KubeCredentials(entries);
+    return new KubeCredentials(entries, context);
   }
   const home = env.HOME ? path.join(env.HOME, '.kube', 'config') : undefined;
-  if (home && fs.existsSync(home)) return new KubeCredentials(readFile(home));
-  if (fs.existsSync(path.join(serviceAccountRoot, 'token'))) return new KubeCredentials(inClusterEntries(env, serviceAccountRoot));
+  if (home && fs.existsSync(home)) return new KubeCredentials(readFile(home), context);
+  if (fs.existsSync(path.join(serviceAccountRoot, 'token'))) return new KubeCredentials(inClusterEntries(env, serviceAccountRoot), context);
   throw new Error('no Kubernetes cluster configured: set kubernetes.kubeconfig, $KUBECONFIG, or run in a pod');
 }

@@ -3,7 +3,8 @@
 // is no longer valid (another password, the user gone or set `nologin`), the grant must go too.
 import type { UserEntry } from '../auth/passwd-file.ts';
 
-export type RevocationReason = 'password_changed' | 'removed' | 'nologin';
+/** Why a user's grants were revoked: a credential change, or an admin (`kubectl drac revoke --user`). */
+export type RevocationReason = 'password_changed' | 'removed' | 'nologin' | 'manual';
 
 export interface CredentialChange {
   user: string;
@@ -41,5 +42,7 @@ export function revocationEvent(change: CredentialChange): { reason: string; mes
       return { reason: 'UserRemoved', message: `grant revoked: user ${change.user} was removed from the users file` };
     case 'nologin':
       return { reason: 'UserDisabled', message: `grant revoked: user ${change.user} was set nologin in the users file` };
+    case 'manual':
+      return { reason: 'Revoked', message: `grant of user ${change.user} revoked with kubectl drac revoke --user` };
   }
 }

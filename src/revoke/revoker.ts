@@ -8,6 +8,7 @@ import os from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { UserDatabase, type UserEntry } from '../auth/passwd-file.ts';
 import type { Scheme } from '../auth/schemes.ts';
+import { listGrants } from '../grants/list.ts';
 import { grantsPath } from '../grants/paths.ts';
 import type { GrantStore } from '../grants/store.ts';
 import { API_VERSION, KIND, type RelayGrant } from '../grants/types.ts';
@@ -35,12 +36,6 @@ export interface CredentialRevokerOptions {
   instance?: string;
 }
 
-const PAGE = 500;
-
-interface GrantList {
-  metadata: { continue?: string };
-  items: RelayGrant[];
-}
 
 /** Revokes the grants of users whose credential changed; one pass per change, in order, retried until done. */
 export class CredentialRevoker {
@@ -110,7 +105,10 @@ export class CredentialRevoker {
   async revoke(change: CredentialChange): Promise<string[]> {
     const { user } = change;
     await this.opts.store?.settleUser(user);
-    const grants = [...(await this.list(userSelector(user))), ...(await this.list(UNLABELLED_SELECTOR))].filter((g) => g.spec.user === user);
+    const { client, namespace } = this.opts;
+    const labelled = await listGrants(client, namespace, userSelector(user));
+    const unlabelled = await listGrants(client, namespace, UNLABELLED_SELECTOR);
+    const grants = [...labelled, ...unlabelled].filter((g) => g.spec.user === user);
     const deleted: string[] = [];
     for (const grant of grants) {
       const gone = await this.deleteGrant(grant, user);
@@ -131,17 +129,6 @@ export class CredentialRevoker {
     }
     if (grants.length > 0 || deleted.length > 0) this.opts.log.info('user_revoked', { user, reason: change.reason, found: grants.length, deleted: deleted.length });
     return deleted;
-  }
-
-  private async list(labelSelector: string): Promise<RelayGrant[]> {
-    const items: RelayGrant[] = [];
-    let cont: string | undefined;
-    do {
-      const page = await this.opts.client.request<GrantList>('GET', grantsPath(this.opts.namespace), { query: { labelSelector, limit: PAGE, continue: cont } });
-      items.push(...page.items);
-      cont = page.metadata.continue || undefined;
-    } while (cont !== undefined);
-    return items;
   }
 
   /**

@@ -73,8 +73,24 @@ export function topUsers(sums: UsageSums, n: number): { user: string; messages: 
     .slice(0, n);
 }
 
-/** Whether any bucket of the object still counts at `nowMs`; one that has none may be deleted. */
+/**
+ * A running replica writes its object at least this often, even with nothing new to count, so that
+ * the others know how many replicas may relay.
+ */
+export const HEARTBEAT_MS = BUCKET_MS;
+
+/** Whether the object's replica is running: it wrote within three heartbeats. */
+export function replicaIsActive(usage: RelayUsage, nowMs: number): boolean {
+  const publishedAt = Date.parse(usage.spec.publishedAt);
+  return Number.isNaN(publishedAt) || publishedAt > nowMs - 3 * HEARTBEAT_MS;
+}
+
+/**
+ * Whether the object still matters at `nowMs`: a bucket still counts, or its replica is running.
+ * One that does not may be deleted.
+ */
 export function usageIsLive(usage: RelayUsage, nowMs: number): boolean {
+  if (replicaIsActive(usage, nowMs)) return true;
   const bucketMs = usage.spec.bucketSeconds * 1000;
   return (usage.spec.buckets ?? []).some((b) => {
     const startMs = Date.parse(b.start);

@@ -6,7 +6,7 @@ import { ConfigError, ConfigReader } from '../../src/config/reader.ts';
 import { parseLimitsConfig } from '../../src/limits/config.ts';
 import { checkRelayLimit, limitReply, type LimitsPolicy } from '../../src/limits/policy.ts';
 import type { RelayUsage, UsageBucket } from '../../src/limits/types.ts';
-import { BUCKET_MS, bucketCounts, bucketStartMs, sumUsage, topUsers, usageIsLive, WINDOW_MS } from '../../src/limits/usage.ts';
+import { BUCKET_MS, bucketCounts, bucketStartMs, HEARTBEAT_MS, replicaIsActive, sumUsage, topUsers, usageIsLive, WINDOW_MS } from '../../src/limits/usage.ts';
 
 const T0 = Date.parse('2026-12-02T10:00:00Z');
 const iso = (ms: number) => new Date(ms).toISOString();
@@ -46,11 +46,13 @@ describe('usage window', () => {
     assert.deepEqual(topUsers(sums, 1), [{ user: 'ideal', messages: 1, recipients: 9 }]);
   });
 
-  it('an object is live while a bucket still counts', () => {
+  it('an object is live while a bucket still counts or its replica writes (heartbeats)', () => {
     const u = usage('a', [{ start: iso(T0), users: { demo: { messages: 1, recipients: 1 } } }]);
     assert.equal(usageIsLive(u, T0 + WINDOW_MS), true);
     assert.equal(usageIsLive(u, T0 + WINDOW_MS + BUCKET_MS), false);
-    assert.equal(usageIsLive(usage('a', []), T0), false);
+    assert.equal(replicaIsActive(u, T0 + 3 * HEARTBEAT_MS - 1), true);
+    assert.equal(usageIsLive(usage('a', []), T0 + 3 * HEARTBEAT_MS - 1), true);
+    assert.equal(usageIsLive(usage('a', []), T0 + 3 * HEARTBEAT_MS), false);
   });
 });
 

@@ -4,6 +4,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { KubeApiError } from '../../src/kube/client.ts';
 import { usagePath, type RelayUsage } from '../../src/limits/types.ts';
+import { sweepRelayUsages } from '../../src/limits/usage-gc.ts';
 import { sumUsage } from '../../src/limits/usage.ts';
 import { kubeForTest, type TestKube } from '../support/kube.ts';
 
@@ -53,5 +54,20 @@ describe('RelayUsage CRD', () => {
         (err: unknown) => err instanceof KubeApiError && err.status === 422 && re.test(err.message),
       );
     }
+  });
+
+  it("the operator's sweep deletes only objects of replicas gone with every bucket aged out", async () => {
+    const old = now - 2 * 3_600_000;
+    const make = (name: string, publishedAt: number, start: number) => ({
+      ...usage([{ start: bucket(start), users: { demo: { messages: 1, recipients: 1 } } }]),
+      metadata: { name },
+      spec: { replica: name, bucketSeconds: 300, publishedAt: new Date(publishedAt).toISOString(), buckets: [{ start: bucket(start), users: { demo: { messages: 1, recipients: 1 } } }] },
+    });
+    await k.client.create(usagePath(k.namespace), make('gone', old, old));
+    await k.client.create(usagePath(k.namespace), make('gone-recent-counts', old, now - 600_000));
+    await k.client.create(usagePath(k.namespace), make('idle-but-running', now, old));
+    assert.deepEqual(await sweepRelayUsages(k.client, k.namespace, now), ['gone']);
+    const left = await k.client.request<{ items: RelayUsage[] }>('GET', usagePath(k.namespace));
+    assert.deepEqual(left.items.map((u) => u.metadata.name).sort(), ['gone-recent-counts', 'idle-but-running', 'smtp-0']);
   });
 });

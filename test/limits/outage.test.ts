@@ -50,7 +50,7 @@ async function relayUntilRefused(port: number): Promise<number> {
 
 async function publishFailures(): Promise<number> {
   const metric = (await registry.getMetricsAsJSON()).find((m) => m.name === 'kubedrac_smtp_usage_publish_failures_total');
-  return (metric?.values[0]?.value as number | undefined) ?? 0;
+  return (metric?.values[0]?.value) ?? 0;
 }
 
 before(async () => {

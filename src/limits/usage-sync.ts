@@ -2,7 +2,7 @@
 // flush interval at most, only when the counts changed; never a write per message) and keeps the
 // ledger's view of the other replicas' objects by list + watch. A failure never stops mail: the
 // ledger keeps counting, and while this replica is blind its new counts weigh for every replica.
-import { KubeApiError, type KubeClient, type WatchEvent } from '../kube/client.ts';
+import { KubeApiError, watchEventError, type KubeClient, type WatchEvent } from '../kube/client.ts';
 import { createLogger, type Logger } from '../observability/log.ts';
 import type { UsageLedger } from './ledger.ts';
 import { usageBlind, usagePublishes, usagePublishFailures, usageReplicas } from './metrics.ts';
@@ -177,10 +177,8 @@ export class RelayUsageSync {
         break;
       case 'BOOKMARK':
         break;
-      case 'ERROR': {
-        const status = obj as unknown as { code?: number; reason?: string; message?: string };
-        throw new KubeApiError(status.code ?? 500, status.reason, `watch error: ${status.message ?? 'unknown'}`);
-      }
+      case 'ERROR':
+        throw watchEventError(obj);
     }
     usageReplicas.set(this.ledger.replicas);
     return obj.metadata?.resourceVersion;

@@ -177,6 +177,14 @@ export class ConfigReader {
     return list;
   }
 
+  /** A list of mappings, each read as a section named `key[i]`. */
+  sectionList(key: string): ConfigReader[] {
+    const v = this.raw(key);
+    if (v === undefined) return [];
+    if (!Array.isArray(v)) this.fail(key, 'a list of mappings', v);
+    return v.map((item: unknown, i) => new ConfigReader(item, `${this.keyPath(key)}[${i}]`));
+  }
+
   section(key: string): ConfigReader {
     const v = this.raw(key);
     return new ConfigReader(v, this.keyPath(key));

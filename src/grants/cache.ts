@@ -12,7 +12,7 @@ import { ClientGrantNames, grantAddressOfName, grantNameOf, parseGrantAddress, t
 import { grantCacheEntries, grantCacheSynced, grantPropagation, grantRelists, grantWatchRestarts } from './metrics.ts';
 import { grantsPath } from './paths.ts';
 import { ANNOTATION_RENEWED_AT, type GrantLookup, type GrantMatch, type RelayGrant } from './types.ts';
-import { KubeApiError, type KubeClient, type WatchEvent } from '../kube/client.ts';
+import { KubeApiError, watchEventError, type KubeClient, type WatchEvent } from '../kube/client.ts';
 import { createLogger, type Logger } from '../observability/log.ts';
 
 export interface GrantEntry {
@@ -300,11 +300,9 @@ export class GrantCache extends EventEmitter implements GrantLookup {
         break;
       case 'BOOKMARK':
         break;
-      case 'ERROR': {
-        const status = obj as unknown as { code?: number; reason?: string; message?: string };
+      case 'ERROR':
         // Ends this watch; the loop relists on 410 and retries otherwise.
-        throw new KubeApiError(status.code ?? 500, status.reason, `watch error: ${status.message ?? 'unknown'}`);
-      }
+        throw watchEventError(obj);
     }
     if (obj.metadata?.resourceVersion) this.resourceVersion = obj.metadata.resourceVersion;
     grantCacheEntries.set(this.index.size);

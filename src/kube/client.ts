@@ -261,6 +261,12 @@ export class KubeClient {
   }
 }
 
+/** The error an `ERROR` watch event carries (its object is a Status), to end the watch with. */
+export function watchEventError(object: unknown): KubeApiError {
+  const status = object as { code?: number; reason?: string; message?: string };
+  return new KubeApiError(status.code ?? 500, status.reason, `watch error: ${status.message ?? 'unknown'}`);
+}
+
 function errorFromBody(status: number, method: string, path: string, text: string): KubeApiError {
   let reason: string | undefined;
   let message = text.slice(0, 500);

@@ -26,6 +26,13 @@ const ROLES = [
 /** The bridge's readers on loopback: what an MTA of your own asks (see the README's bridge guide). */
 const SOCKETMAP_PORT = 9400;
 const POLICY_PORT = 9401;
+/** Relay limits are on here (off by default in the chart), low enough to see one hit. */
+const DEMO_LIMITS = {
+  enabled: true,
+  replicaName: 'smtp-0',
+  perUser: { messagesPerHour: 500, recipientsPerHour: 2000 },
+  overrides: [{ user: 'demo', messagesPerHour: 100, recipientsPerHour: 1000 }],
+};
 
 export interface AllInOneOptions {
   /** Where mail, the outbox, certificates and configs live (kept after exit). */
@@ -85,6 +92,7 @@ function writeConfigs(stateDir: string, kubeconfig: string): Record<string, stri
         mailLocation: '%n',
         usersFile,
         outbox: path.join(stateDir, 'outbox'),
+        limits: DEMO_LIMITS,
       },
       operator: {},
       bridge: {
@@ -180,6 +188,7 @@ kube-drac is running (grants in namespace ${NAMESPACE}; state in ${stateDir})
   POP3     127.0.0.1:1110 (STLS), 127.0.0.1:1995 (POP3S)   user demo, password demo
   SMTP     127.0.0.1:2525 (STARTTLS)   local domain ${DOMAIN}
   outbox   ${path.join(stateDir, 'outbox')}   (relayed mail lands here)
+  limits   demo may relay ${DEMO_LIMITS.overrides[0]?.messagesPerHour} messages (${DEMO_LIMITS.overrides[0]?.recipientsPerHour} recipients) per hour, other users ${DEMO_LIMITS.perUser.messagesPerHour} (${DEMO_LIMITS.perUser.recipientsPerHour}); then 450 4.7.1   (kubectl get relayusages)
   bridge   127.0.0.1:${SOCKETMAP_PORT} socketmap (map drac), 127.0.0.1:${POLICY_PORT} Postfix policy   (for an MTA of your own)
 ${ROLES.map((r) => `  metrics  http://127.0.0.1:${r.metricsPort}/metrics   (${r.role})`).join('\n')}
 

@@ -7,6 +7,7 @@ import { GrantCache } from '../grants/cache.ts';
 import { grantsPath } from '../grants/paths.ts';
 import { KubeApiError, KubeClient } from '../kube/client.ts';
 import { LeaderElector } from '../kube/leader.ts';
+import { startUsageCollector } from '../limits/usage-gc.ts';
 import { startHealthServer } from '../observability/health.ts';
 import { createLogger, setLogLevel, type Logger } from '../observability/log.ts';
 import { collectProcessMetrics } from '../observability/metrics.ts';
@@ -96,6 +97,8 @@ export async function runOperator(doc: ConfigDocument, log: Logger = createLogge
     beforeDelete: hooks.beforeDelete,
   });
   gc.start();
+  // Relay counts of SMTP replicas that are gone, once aged out (src/limits/).
+  const usageGc = startUsageCollector({ client, namespace, isLeader: () => elector.isLeader(), log: log.child({ component: 'usage-gc' }) });
   elector.start();
   const health = await startHealthServer({ host: doc.common.metrics.host, port: doc.common.metrics.port, ready: () => cache.synced });
   log.info('operator_started', {
@@ -117,6 +120,7 @@ export async function runOperator(doc: ConfigDocument, log: Logger = createLogge
       closing ??= (async () => {
         await elector.stop(); // stops the collector acting, then releases the Lease
         await gc.stop();
+        usageGc.stop();
         await cache.stop();
         await health.close();
         client.close();

@@ -3,6 +3,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import { parseLoginConfig, type LoginConfig } from '../auth/config.ts';
 import { ConfigError, ConfigReader } from '../config/reader.ts';
+import { parseLimitsConfig, type LimitsConfig } from '../limits/config.ts';
 import { NetworkList } from '../net/networks.ts';
 
 export interface SmarthostConfig {
@@ -60,6 +61,8 @@ export interface SmtpConfig {
    * positiveCacheTtlMs: how long a find is, at most 2 s (a revocation waits for it).
    */
   liveLookup: { enabled: boolean; ratePerSecond: number; cacheTtlMs: number; positiveCacheTtlMs: number };
+  /** Per-user and per-address relay limits across replicas (src/limits/). Off by default. */
+  limits: LimitsConfig;
 }
 
 const DOMAIN_RE = /^(?=.{1,253}$)([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*\.?$/i;
@@ -195,6 +198,7 @@ export function parseSmtpConfig(section: ConfigReader, loginSection: ConfigReade
     positiveCacheTtlMs: ll.duration('positiveCacheTtl', '1s', { minMs: 0, maxMs: MAX_REVOCATION_LAG_MS }),
   };
   ll.finish();
+  const limits = parseLimitsConfig(section.section('limits'));
 
   section.finish();
   return {
@@ -223,5 +227,6 @@ export function parseSmtpConfig(section: ConfigReader, loginSection: ConfigReade
     auth,
     login,
     liveLookup,
+    limits,
   };
 }

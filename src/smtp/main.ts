@@ -10,6 +10,7 @@ import { GrantCache } from '../grants/cache.ts';
 import { grantsPath } from '../grants/paths.ts';
 import type { GrantMatch, RelayGrant } from '../grants/types.ts';
 import { KubeClient } from '../kube/client.ts';
+import { startRelayLimits } from '../limits/start.ts';
 import { startHealthServer } from '../observability/health.ts';
 import { createLogger, setLogLevel, type Logger } from '../observability/log.ts';
 import { collectProcessMetrics } from '../observability/metrics.ts';
@@ -75,12 +76,14 @@ export async function runSmtp(doc: ConfigDocument, log: Logger = createLogger('s
     }
   }
   const knownUsers = users;
+  const limits = config.limits.enabled ? startRelayLimits({ config: config.limits, client, namespace, log }) : undefined;
   const server = await startSmtpServer(config, {
     grants: cache,
     liveLookup: (ip) => getGrantFor(client, namespace, ip, doc.common.grants.ipv6PrefixLength),
     log,
     auth,
     localUsers: knownUsers ? new KnownLocalUsers((u) => knownUsers.lookup(u) !== undefined) : undefined,
+    limits: limits?.gate,
   });
   const health = await startHealthServer({ host: doc.common.metrics.host, port: doc.common.metrics.port, ready: () => cache.synced });
   return {
@@ -88,6 +91,7 @@ export async function runSmtp(doc: ConfigDocument, log: Logger = createLogger('s
     healthPort: health.port,
     async close() {
       await server.close();
+      await limits?.stop();
       await health.close();
       await cache.stop();
       users?.close();

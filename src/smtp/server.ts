@@ -8,6 +8,7 @@ import { SMTPServer, type SMTPServerDataStream, type SMTPServerOptions, type SMT
 import { SMTPConnection } from 'smtp-server/lib/smtp-connection.js';
 import { PasswordLogin, type PasswordLoginDeps } from '../auth/login.ts';
 import type { GrantLookup, GrantMatch } from '../grants/types.ts';
+import type { RelayLimitGate, RelaySubject } from '../limits/gate.ts';
 import { stageMaildirDelivery, type StagedDelivery } from '../mail/deliver.ts';
 import { maildirPathFor } from '../mail/paths.ts';
 import { ConnectionLimiter, RateLimiter } from '../net/limits.ts';
@@ -43,6 +44,8 @@ export interface SmtpDeps {
   log: Logger;
   /** Defaults to "a Maildir exists for the user". */
   localUsers?: LocalUsers;
+  /** Per-user and per-address relay limits (src/limits/); none: no limits. */
+  limits?: RelayLimitGate;
   now?: () => number;
 }
 
@@ -64,6 +67,8 @@ interface SessionState {
   authorization: string | undefined;
   /** The transaction's MAIL had SMTPUTF8: its replies may carry UTF-8. */
   utf8: boolean;
+  /** Whom the transaction's relayed recipients count against (relay limits). */
+  limitedAs: RelaySubject | undefined;
 }
 
 interface SocketInfo {
@@ -163,7 +168,7 @@ export async function startSmtpServer(config: SmtpConfig, deps: SmtpDeps): Promi
     onConnect(session, callback) {
       const info = socketInfo.get(findSocket(session.id));
       if (!info) return callback(new SmtpReplyError(421, '4.3.0 Connection state lost, closing'));
-      sessions.set(session.id, { clientIp: info.clientIp, release: info.release, local: new Map(), relayed: [], authorization: undefined, utf8: false });
+      sessions.set(session.id, { clientIp: info.clientIp, release: info.release, local: new Map(), relayed: [], authorization: undefined, utf8: false, limitedAs: undefined });
       session.disabledCommands = disabledFor(session.secure);
       smtpSessionsActive.inc();
       callback();
@@ -201,6 +206,7 @@ export async function startSmtpServer(config: SmtpConfig, deps: SmtpDeps): Promi
         st.local = new Map();
         st.relayed = [];
         st.authorization = undefined;
+        st.limitedAs = undefined;
         st.utf8 = address.args !== false && (address.args as Record<string, unknown>).SMTPUTF8 === true;
         if (!st.utf8 && hasNonAsciiLocalPart(address.address)) return callback(SMTPUTF8_REQUIRED());
         callback();
@@ -227,6 +233,10 @@ export async function startSmtpServer(config: SmtpConfig, deps: SmtpDeps): Promi
         }
         if (d.localUser !== undefined) st.local.set(address.address, d.localUser);
         else {
+          const subject = deps.limits?.subjectOf(d, user);
+          const limited = subject && deps.limits?.refusal(subject, st.relayed.length, { session: session.id, client: st.clientIp });
+          if (limited) return callback(new SmtpReplyError(limited.code, limited.message));
+          st.limitedAs ??= subject;
           if (!st.relayed.includes(address.address)) st.relayed.push(address.address);
           st.authorization ??= d.authorization;
         }
@@ -367,6 +377,7 @@ export async function startSmtpServer(config: SmtpConfig, deps: SmtpDeps): Promi
       smtpMessages.inc({ result: 'tempfail' });
       throw new SmtpReplyError(451, '4.3.0 Local delivery failed, try again later');
     }
+    if (st.limitedAs !== undefined && st.relayed.length > 0) deps.limits?.count(st.limitedAs, st.relayed.length);
     smtpMessageSize.observe(size);
     if (users.size > 0) smtpMessages.inc({ result: 'delivered' });
     if (st.relayed.length > 0) smtpMessages.inc({ result: 'relayed' });

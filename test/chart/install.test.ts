@@ -9,6 +9,7 @@ import { CHART, MINIMAL, VALUES_ALL, helm } from './support.ts';
 
 const GRANTS = 'relaygrants.kubedrac.io';
 const LEASES = 'leases.coordination.k8s.io';
+const USAGES = 'relayusages.kubedrac.io';
 
 /** Stand-ins for the Prometheus Operator and cert-manager CRDs, so their objects can be stored. */
 function stubCrd(group: string, kind: string, plural: string): string {
@@ -147,6 +148,11 @@ describe('helm install with the minimal values', () => {
     ['operator', 'create', 'events', true],
     ['operator', 'patch', 'events', false],
     ['operator', 'list', 'events', false],
+    // Relay limits are off: nobody touches RelayUsage objects.
+    ['smtp', 'create', USAGES, false],
+    ['smtp', 'list', USAGES, false],
+    ['operator', 'delete', USAGES, false],
+    ['pop3', 'list', USAGES, false],
     // Nobody reads Secrets, Pods or ConfigMaps, or touches RBAC.
     ...['pop3', 'smtp', 'operator'].flatMap((role): Array<[string, string, string, boolean]> => [
       [role, 'get', 'secrets', false],
@@ -272,6 +278,35 @@ describe('helm install with every option on', () => {
     const smtp = JSON.parse(await kube.kubectl('get', 'service', 'mail-smtp', '-o', 'json')) as { spec: { type: string; ports: Array<{ name: string; nodePort: number }> } };
     assert.equal(smtp.spec.type, 'NodePort');
     assert.deepEqual(smtp.spec.ports.map((p) => [p.name, p.nodePort]), [['smtp', 30025], ['smtps', 30465]]);
+  });
+
+  test('relay limits on: smtp writes and watches RelayUsage objects, the operator lists and deletes them, nobody else', async () => {
+    const want: Array<[string, string, boolean]> = [
+      ['smtp', 'get', true],
+      ['smtp', 'list', true],
+      ['smtp', 'watch', true],
+      ['smtp', 'create', true],
+      ['smtp', 'patch', true],
+      ['smtp', 'update', false],
+      ['smtp', 'delete', false],
+      ['smtp', 'deletecollection', false],
+      ['operator', 'list', true],
+      ['operator', 'delete', true],
+      ['operator', 'get', false],
+      ['operator', 'create', false],
+      ['operator', 'patch', false],
+      ['operator', 'deletecollection', false],
+      ['pop3', 'list', false],
+      ['pop3', 'create', false],
+      ['bridge', 'list', false],
+    ];
+    const wrong: string[] = [];
+    await Promise.all(
+      want.map(async ([role, verb, allowed]) => {
+        if ((await canI(kube, `mail-${role}`, verb, USAGES)) !== allowed) wrong.push(`${role} ${verb} ${USAGES}: want ${allowed ? 'yes' : 'no'}`);
+      }),
+    );
+    assert.deepEqual(wrong.sort(), []);
   });
 
   test('the bridge: its Service carries TCP and UDP ports, its pod passes "restricted", its ServiceAccount has only grant verbs', async () => {

@@ -2,7 +2,8 @@
 // token of its own ServiceAccount from `helm install` and does its whole job on the real API
 // server: the operator leads on its Lease and deletes an expired grant, a POP3 login writes the
 // grant, SMTP watches grants and relays for it, pop3 revokes a grant when its user's password
-// changes (delete, and an Event), the bridge (whoson: reads, writes and revokes) does all three. Run: npm test -- test/chart/rbac-run.test.ts
+// changes (delete, and an Event), the bridge (whoson: reads, writes and revokes) does all three;
+// with relay limits on, SMTP publishes its RelayUsage. Run: npm test -- test/chart/rbac-run.test.ts
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import net from 'node:net';
@@ -98,7 +99,7 @@ describe("each role does its job with only its chart ServiceAccount's permission
     tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'kube-drac-rbac-run-'));
     kube = await kubeForTest('chart-rbac-run');
     const bridge = ['--set', 'bridge.enabled=true', '--set', 'bridge.allow[0]=10.244.0.0/16', '--set', 'bridge.whoson.enabled=true'];
-    const r = await helm(['install', 'r', CHART, '--kubeconfig', kube.kubeconfigPath, '--namespace', kube.namespace, ...MINIMAL, ...bridge]);
+    const r = await helm(['install', 'r', CHART, '--kubeconfig', kube.kubeconfigPath, '--namespace', kube.namespace, ...MINIMAL, ...bridge, '--set', 'limits.enabled=true']);
     assert.equal(r.code, 0, r.stderr);
   });
   after(async () => {
@@ -121,14 +122,15 @@ describe("each role does its job with only its chart ServiceAccount's permission
     assert.doesNotMatch(role.output(), /forbidden/i);
   });
 
-  test('pop3 writes the grant at login; smtp watches it and relays for that address', async () => {
+  test('pop3 writes the grant at login; smtp watches it, relays for that address and publishes its relay counts', async () => {
     const mailRoot = path.join(tmp, 'mail');
     for (const d of ['cur', 'new', 'tmp']) fs.mkdirSync(path.join(mailRoot, 'demo', d), { recursive: true });
     fs.writeFileSync(path.join(tmp, 'passwd'), 'demo:{PLAIN}demo\n');
     const [popPort, smtpPort] = [await freePort(), await freePort()];
     const smtp = await startAs(
       'smtp',
-      `  hostname: mail.example.test\n  listen: {host: 127.0.0.1, port: PORT}\n  localDomains: [example.test]\n  mailRoot: ${mailRoot}\n  outbox: ${tmp}/outbox\n`,
+      `  hostname: mail.example.test\n  listen: {host: 127.0.0.1, port: PORT}\n  localDomains: [example.test]\n  mailRoot: ${mailRoot}\n  outbox: ${tmp}/outbox\n` +
+        '  limits: {enabled: true, replicaName: smtp-rbac, flushInterval: 200ms}\n',
       smtpPort,
     );
     const relay = ['EHLO client.example', 'MAIL FROM:<demo@example.test>', 'RCPT TO:<someone@elsewhere.example>', 'QUIT'];
@@ -147,6 +149,11 @@ describe("each role does its job with only its chart ServiceAccount's permission
 
     const afterLogin = await converse(smtpPort, [null, ...relay]);
     assert.match(afterLogin[3] ?? '', /^250/, `granted: relaying accepted\n${smtp.role.output()}`);
+    const sent = await converse(smtpPort, [null, 'EHLO client.example', 'MAIL FROM:<demo@example.test>', 'RCPT TO:<someone@elsewhere.example>', 'DATA', 'Subject: counted\r\n\r\nhello\r\n.', 'QUIT']);
+    assert.match(sent[5] ?? '', /^250/, smtp.role.output());
+    await waitFor('the RelayUsage object to count the message', async () =>
+      (await kube.kubectl('get', 'relayusage', 'smtp-rbac', '-o', 'jsonpath={.spec.buckets[*].users.demo.messages}').catch(() => '')) === '1',
+    );
     for (const r of [pop3, smtp]) {
       assert.equal(await r.role.stop(), 0, r.role.output());
       assert.doesNotMatch(r.role.output(), /forbidden/i);

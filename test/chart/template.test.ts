@@ -33,19 +33,24 @@ interface Rule {
   resourceNames?: string[];
 }
 
-/** The rules each role must have, exactly: nothing more (ARCHITECTURE.md, issue 6). */
-function expectedRules(leaseName: string): Record<(typeof ROLES)[number], Rule[]> {
+/**
+ * The rules each role must have, exactly: nothing more (ARCHITECTURE.md, issue 6). With relay
+ * limits on, smtp writes its own RelayUsage and watches all of them; the operator deletes gone ones.
+ */
+function expectedRules(leaseName: string, limits = false): Record<(typeof ROLES)[number], Rule[]> {
+  const usage = (verbs: string[]): Rule[] => (limits ? [{ apiGroups: ['kubedrac.io'], resources: ['relayusages'], verbs }] : []);
   return {
     pop3: [
       { apiGroups: ['kubedrac.io'], resources: ['relaygrants'], verbs: ['get', 'list', 'watch', 'create', 'patch', 'delete'] },
       { apiGroups: [''], resources: ['events'], verbs: ['create'] },
     ],
-    smtp: [{ apiGroups: ['kubedrac.io'], resources: ['relaygrants'], verbs: ['get', 'list', 'watch'] }],
+    smtp: [{ apiGroups: ['kubedrac.io'], resources: ['relaygrants'], verbs: ['get', 'list', 'watch'] }, ...usage(['get', 'list', 'watch', 'create', 'patch'])],
     operator: [
       { apiGroups: ['kubedrac.io'], resources: ['relaygrants'], verbs: ['get', 'list', 'watch', 'delete'] },
       { apiGroups: ['coordination.k8s.io'], resources: ['leases'], resourceNames: [leaseName], verbs: ['get', 'update', 'patch'] },
       { apiGroups: ['coordination.k8s.io'], resources: ['leases'], verbs: ['create'] },
       { apiGroups: [''], resources: ['events'], verbs: ['create'] },
+      ...usage(['list', 'delete']),
     ],
   };
 }
@@ -162,7 +167,7 @@ describe('helm package', () => {
       assert.equal(r.code, 0, r.stderr);
       const tgz = `${dir}/kube-drac-0.1.0.tgz`;
       const list = execFileSync('tar', ['-tzf', tgz], { encoding: 'utf8' }).split('\n');
-      for (const f of ['Chart.yaml', 'values.yaml', 'values.schema.json', 'crds/relaygrants.kubedrac.io.yaml', 'dashboards/kube-drac.json', 'templates/NOTES.txt', 'templates/tests/services-answer.yaml']) {
+      for (const f of ['Chart.yaml', 'values.yaml', 'values.schema.json', 'crds/relaygrants.kubedrac.io.yaml', 'crds/relayusages.kubedrac.io.yaml', 'dashboards/kube-drac.json', 'templates/NOTES.txt', 'templates/tests/services-answer.yaml']) {
         assert.ok(list.includes(`kube-drac/${f}`), `${f} is not in the package`);
       }
     } finally {
@@ -316,7 +321,7 @@ describe('helm template with every option on (test/chart/values-all.yaml)', () =
   });
 
   test('RBAC is the same least privilege, with the Lease named after the release', () => {
-    const rules = expectedRules('mail-operator');
+    const rules = expectedRules('mail-operator', true);
     for (const role of ROLES) assert.deepEqual((find(objects, 'Role', `mail-${role}`) as unknown as { rules: Rule[] }).rules, rules[role]);
     assert.deepEqual(find(objects, 'ServiceAccount', 'mail-pop3').metadata.annotations, { 'example.org/identity': 'mail' });
   });
@@ -336,6 +341,8 @@ describe('helm template with every option on (test/chart/values-all.yaml)', () =
       'KubeDracGrantWritesFailing',
       'KubeDracNoOperatorLeader',
       'KubeDracRelayDenialSpike',
+      'KubeDracRelayLimitReached',
+      'KubeDracRelayUsageBlind',
       'KubeDracSmtpGrantCacheNotSynced',
       'KubeDracTwoOperatorLeaders',
     ]);

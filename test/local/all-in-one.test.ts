@@ -96,6 +96,16 @@ describe('npm start (the all-in-one) and the README walkthrough', () => {
     assert.match(message, /^Received: .*\(authorized: pop-before-smtp grant v4-127\.0\.0\.1\)/ms);
     assert.match(message, /Subject: walkthrough/);
 
+    // Relay limits are on: the limit is printed, and the SMTP replica publishes its counts.
+    assert.match(out, /limits\s+demo may relay 100 messages \(1000 recipients\) per hour/);
+    let usage = '';
+    for (let i = 0; i < 100 && !/^smtp-0\s+smtp-0\s/m.test(usage); i++) {
+      await new Promise((r) => setTimeout(r, 100));
+      usage = (await run(testBinaries().kubectl, ['--kubeconfig', kubeconfig, '-n', 'kube-drac', 'get', 'relayusages'])).stdout;
+    }
+    assert.match(usage, /^NAME\s+REPLICA\s+PUBLISHED\s+AGE$/m);
+    assert.match(usage, /^smtp-0\s+smtp-0\s+\d{4}-\d\d-\d\dT[\d:.]+Z\s+\d+s$/m);
+
     // Ctrl-C: every process ends, the control plane's folder is removed.
     const pgids = fs.readFileSync(path.join(path.dirname(kubeconfig), 'pgids'), 'utf8').trim().split(/\s+/).map(Number);
     const roles = await rolePids(stateDir);

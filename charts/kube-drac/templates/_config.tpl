@@ -79,6 +79,10 @@ pop3:
 {{- if .Values.proxyProtocol.enabled }}
 {{- $_ := set $fixed "trustedProxies" .Values.proxyProtocol.trustedCIDRs }}
 {{- end }}
+{{- if .Values.limits.enabled }}
+{{- $l := .Values.limits }}
+{{- $_ := set $fixed "limits" (dict "enabled" true "flushInterval" $l.flushInterval "perUser" $l.perUser "perAddress" $l.perAddress "overrides" $l.overrides) }}
+{{- end }}
 {{- include "kube-drac.config.common" . }}
 {{- include "kube-drac.config.login" . }}
 smtp:

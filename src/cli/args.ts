@@ -94,7 +94,8 @@ commands:
   revoke --user U                     delete every grant of U (an Event on each says so)
   why ADDRESS                         what the SMTP role answers to a relay from ADDRESS, and why
                                       (trusted network, grant until T, grant expired, none)
-  top                                 the users relaying most in the last hour
+  top                                 the users relaying most in the last hour (the counts the
+                                      SMTP replicas publish with smtp.limits on), and their limits
 
 flags (as kubectl's):
   -n, --namespace NS                  the namespace (default: the context's, else default)

@@ -11,12 +11,31 @@ import { grantsPath } from '../grants/paths.ts';
 import { GrantStore } from '../grants/store.ts';
 import type { RelayGrant } from '../grants/types.ts';
 import { KubeApiError, KubeClient, loadKubeConfig } from '../kube/client.ts';
+import { parseLimitsConfig, type LimitsConfig } from '../limits/config.ts';
+import { checkRelayLimit, limitForUser, limitReply, type LimitExceeded } from '../limits/policy.ts';
+import { usagePath, type RelayUsage } from '../limits/types.ts';
+import { WINDOW_MS, sumUsage, topUsers, type UsageSums } from '../limits/usage.ts';
 import { NetworkList } from '../net/networks.ts';
 import type { Logger } from '../observability/log.ts';
 import { CredentialRevoker } from '../revoke/revoker.ts';
 import { RelayPolicy, type RelayDecision } from '../smtp/relay-policy.ts';
 import { UsageError, type CliArgs } from './args.ts';
 import { expiresIn, table } from './format.ts';
+
+/**
+ * A read, tried again on 429 and 503 as kubectl (client-go) does: the API server answers them while
+ * it is busy or while a resource's storage is still initializing (a CRD just installed).
+ */
+async function read<T>(fn: () => Promise<T>): Promise<T> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await fn();
+    } catch (err) {
+      if (!(err instanceof KubeApiError && (err.status === 429 || err.status === 503)) || attempt >= 5) throw err;
+      await new Promise((r) => setTimeout(r, 250 * attempt));
+    }
+  }
+}
 
 /** The roles' loggers write JSON lines to stdout; a command's output is its own. */
 const quiet: Logger = { debug() {}, info() {}, warn() {}, error() {}, child: () => quiet };
@@ -80,6 +99,8 @@ function print(cli: Cli, json: unknown, text: string): void {
 export interface RelayConfig {
   trustedNetworks: NetworkList;
   ipv6PrefixLength: number;
+  /** smtp.limits when on; undefined when off or not known. */
+  limits: LimitsConfig | undefined;
   /** Where it came from, for the answer (`configmap mail/mail-kube-drac-config`, a file, or none). */
   from: string;
 }
@@ -118,15 +139,16 @@ export async function relayConfig(cli: Cli): Promise<RelayConfig> {
     const text = map?.data?.['smtp.yaml'];
     if (map === undefined || text === undefined) {
       if (map !== undefined) throw new UsageError(`ConfigMap ${map.metadata.name} has no smtp.yaml (is the smtp role enabled?)`);
-      return { trustedNetworks: NetworkList.empty(), ipv6PrefixLength: 64, from: `none (no kube-drac ConfigMap in namespace ${namespace}; give --config FILE): no trusted networks` };
+      return { trustedNetworks: NetworkList.empty(), ipv6PrefixLength: 64, limits: undefined, from: `none (no kube-drac ConfigMap in namespace ${namespace}; give --config FILE)` };
     }
     from = `configmap ${namespace}/${map.metadata.name}`;
     doc = parseConfig(text, `${from} smtp.yaml`);
   }
-  // Read as the SMTP role reads the key (src/smtp/config.ts), without the rest of the section.
+  // Read as the SMTP role reads these keys (src/smtp/config.ts), without the rest of the section.
   const smtp = doc.section('smtp');
   const trustedNetworks = NetworkList.parse(smtp.cidrList('trustedNetworks'), smtp.keyPath('trustedNetworks'));
-  return { trustedNetworks, ipv6PrefixLength: doc.common.grants.ipv6PrefixLength, from };
+  const limits = parseLimitsConfig(smtp.section('limits'));
+  return { trustedNetworks, ipv6PrefixLength: doc.common.grants.ipv6PrefixLength, limits: limits.enabled ? limits : undefined, from };
 }
 
 async function prefixLengthFor(cli: Cli, ip: string): Promise<number> {
@@ -139,7 +161,7 @@ export async function grants(cli: Cli): Promise<void> {
   none(cli.args);
   const user = cli.args.user === undefined ? undefined : userOf(cli.args);
   const now = cli.now();
-  const items = (await listGrants(cli.client, cli.namespace))
+  const items = (await read(() => listGrants(cli.client, cli.namespace)))
     .filter((g) => user === undefined || g.spec.user === user)
     .map((g) => view(g, now))
     .sort((a, b) => a.expiresAt.localeCompare(b.expiresAt) || a.name.localeCompare(b.name));
@@ -194,7 +216,19 @@ export async function revoke(cli: Cli): Promise<void> {
   }
 }
 
-export type WhyReason = 'trusted' | 'grant' | 'expired' | 'no_grant' | 'never_granted' | 'unsynced';
+/** The hour's relay counts every SMTP replica published, summed (what the replicas decide on). */
+async function publishedUsage(cli: Cli): Promise<UsageSums> {
+  const list = await read(() => cli.client.request<{ items: RelayUsage[] }>('GET', usagePath(cli.namespace)));
+  return sumUsage(list.items, cli.now());
+}
+
+function describeOver(over: LimitExceeded): string {
+  const what = over.kind.endsWith('messages') ? 'messages' : 'recipients';
+  const whose = over.kind.startsWith('user') ? `user ${over.subject}` : `address ${over.subject}`;
+  return `${whose} relayed ${over.used} ${what} in the last hour, the limit is ${over.limit}`;
+}
+
+export type WhyReason = 'trusted' | 'grant' | 'over_limit' | 'expired' | 'no_grant' | 'never_granted' | 'unsynced';
 
 export interface WhyAnswer {
   address: string;
@@ -204,6 +238,8 @@ export interface WhyAnswer {
   reason: WhyReason;
   explanation: string;
   grant?: GrantView;
+  /** The limit this relay would pass (relay limits on). */
+  overLimit?: LimitExceeded;
   trustedNetworks: readonly string[];
   configFrom: string;
 }
@@ -217,7 +253,7 @@ export async function why(cli: Cli): Promise<void> {
   const config = await relayConfig(cli);
   const now = cli.now();
   // A plain list first: its errors (forbidden, unreachable) are clear, where a cache only retries.
-  const all = await listGrants(cli.client, cli.namespace);
+  const all = await read(() => listGrants(cli.client, cli.namespace));
   const cache = new GrantCache({ client: cli.client, namespace: cli.namespace, log: quiet });
   let decision: RelayDecision;
   try {
@@ -244,14 +280,18 @@ export async function why(cli: Cli): Promise<void> {
   if (decision.reason === 'trusted') {
     answer = { ...base, reason: 'trusted', explanation: `${ip} is in smtp.trustedNetworks (${config.trustedNetworks.entries.join(', ')}): it relays without a grant` };
   } else if (decision.reason === 'grant' && decision.grant) {
-    const g = covering.find((c) => c.metadata.name === decision.grant?.name);
+    const match = decision.grant;
+    const g = covering.find((c) => c.metadata.name === match.name);
     const shown = g ? view(g, now) : undefined;
-    answer = {
-      ...base,
-      reason: 'grant',
-      ...(shown ? { grant: shown } : {}),
-      explanation: `grant ${decision.grant.name} (${decision.grant.address}) of user ${decision.grant.user || '(unknown)'}${shown ? `, source ${shown.source}` : ''}, until ${new Date(decision.grant.expiresAtMs).toISOString().replace('.000Z', 'Z')} (${expiresIn(decision.grant.expiresAtMs, now)})`,
-    };
+    const granted = `grant ${match.name} (${match.address}) of user ${match.user || '(unknown)'}${shown ? `, source ${shown.source}` : ''}, until ${new Date(match.expiresAtMs).toISOString().replace('.000Z', 'Z')} (${expiresIn(match.expiresAtMs, now)})`;
+    // The SMTP role's next check for a granted relay (src/smtp/server.ts): the relay limits, on the published counts.
+    const over = config.limits && checkRelayLimit(await publishedUsage(cli), config.limits, { user: match.user || undefined, address: match.address, pendingRecipients: 0 });
+    if (over) {
+      const refused = limitReply(over);
+      answer = { ...base, reply: `${refused.code} ${refused.message}`, decision: 'tempfail', reason: 'over_limit', ...(shown ? { grant: shown } : {}), overLimit: over, explanation: `${describeOver(over)} (${granted})` };
+    } else {
+      answer = { ...base, reason: 'grant', ...(shown ? { grant: shown } : {}), explanation: granted };
+    }
   } else if (decision.decision === 'tempfail') {
     answer = { ...base, reason: 'unsynced', explanation: 'the grants could not be read' };
   } else {
@@ -275,10 +315,27 @@ export async function why(cli: Cli): Promise<void> {
     ['ADDRESS', 'REPLY', 'WHY'],
     [[answer.address, answer.reply, answer.explanation]],
   );
-  print(cli, answer, `${text}trusted networks from ${answer.configFrom}${answer.trustedNetworks.length ? `: ${answer.trustedNetworks.join(', ')}` : ''}\n`);
+  const limits = config.limits ? 'relay limits on' : 'relay limits off';
+  print(cli, answer, `${text}config from ${answer.configFrom}: trusted networks ${answer.trustedNetworks.length ? answer.trustedNetworks.join(', ') : 'none'}, ${limits}\n`);
 }
 
-export function top(cli: Cli): Promise<void> {
+const TOP = 20;
+
+export async function top(cli: Cli): Promise<void> {
   none(cli.args);
-  return Promise.reject(new UsageError('top needs the per-user relay counts of the limits feature, which is not in this build'));
+  const config = await relayConfig(cli);
+  const sums = await publishedUsage(cli);
+  const users = topUsers(sums, TOP).map((u) => {
+    const limit = config.limits && limitForUser(config.limits, u.user);
+    return { ...u, ...(limit ? { limit } : {}) };
+  });
+  const perHour = (used: number, limit: number | undefined) => (limit ? `${used}/${limit}` : String(used));
+  const text =
+    users.length === 0
+      ? `No relayed mail counted in the last hour in namespace ${cli.namespace}${config.limits ? '' : ' (counts are published only with smtp.limits.enabled)'}.\n`
+      : table(
+          ['USER', 'MESSAGES', 'RECIPIENTS'],
+          users.map((u) => [u.user, perHour(u.messages, u.limit?.messagesPerHour), perHour(u.recipients, u.limit?.recipientsPerHour)]),
+        );
+  print(cli, { namespace: cli.namespace, windowSeconds: WINDOW_MS / 1000, users }, text);
 }

@@ -75,7 +75,7 @@ before(async () => {
   fs.writeFileSync(kubeconfig, yaml.dump(admin));
   env = { ...process.env, PATH: `${bin}:${process.env.PATH ?? '/usr/bin:/bin'}`, KUBECONFIG: kubeconfig, HOME: tmp };
   // The chart in the test's namespace: its ConfigMap holds the SMTP role's trusted networks.
-  const r = await helm(['install', 'mail', CHART, '--kubeconfig', k.kubeconfigPath, '--namespace', k.namespace, ...MINIMAL, '--set', 'smtp.trustedNetworks={198.51.100.0/24}']);
+  const r = await helm(['install', 'mail', CHART, '--kubeconfig', k.kubeconfigPath, '--namespace', k.namespace, ...MINIMAL, '--set', 'smtp.trustedNetworks={198.51.100.0/24}', '--set', 'limits.enabled=true', '--set', 'limits.perUser.messagesPerHour=100']);
   assert.equal(r.code, 0, r.stderr);
 });
 after(async () => {
@@ -134,7 +134,7 @@ void describe('kubectl drac through the real kubectl on the real API server', ()
 
     const trusted = await ok('why', '198.51.100.20');
     assert.match(trusted, /^ADDRESS\s+REPLY\s+WHY\n198\.51\.100\.20\s+250\s+198\.51\.100\.20 is in smtp\.trustedNetworks \(198\.51\.100\.0\/24\)/);
-    assert.match(trusted, /trusted networks from configmap \S+\/mail-kube-drac-config: 198\.51\.100\.0\/24\n$/);
+    assert.match(trusted, /\nconfig from configmap \S+\/mail-kube-drac-config: trusted networks 198\.51\.100\.0\/24, relay limits on\n$/);
 
     await k.client.create(`/apis/kubedrac.io/v1alpha1/namespaces/${k.namespace}/relaygrants`, {
       apiVersion: 'kubedrac.io/v1alpha1',
@@ -155,6 +155,33 @@ void describe('kubectl drac through the real kubectl on the real API server', ()
     const file = path.join(tmp, 'smtp.yaml');
     fs.writeFileSync(file, 'smtp:\n  trustedNetworks: [192.0.2.0/28]\n');
     assert.equal((JSON.parse(await ok('why', '192.0.2.3', '--config', file, '-o', 'json')) as { reason: string }).reason, 'trusted');
+  });
+
+  it('top: the users relaying most in the last hour, from the published RelayUsages; why: a granted user over the limit gets 450', async () => {
+    assert.match(await ok('top'), /^No relayed mail counted in the last hour/);
+    // What two SMTP replicas published (the RelayUsage format of src/limits/), in the current 5-minute bucket.
+    const start = iso(Math.floor(Date.now() / 300_000) * 300_000);
+    const publish = (replica: string, users: Record<string, { messages: number; recipients: number }>) =>
+      k.client.create(`/apis/kubedrac.io/v1alpha1/namespaces/${k.namespace}/relayusages`, {
+        apiVersion: 'kubedrac.io/v1alpha1',
+        kind: 'RelayUsage',
+        metadata: { name: replica },
+        spec: { replica, bucketSeconds: 300, publishedAt: iso(Date.now()), buckets: [{ start, users }] },
+      });
+    await publish('smtp-a', { gina: { messages: 60, recipients: 70 }, hank: { messages: 12, recipients: 40 } });
+    await publish('smtp-b', { gina: { messages: 40, recipients: 45 } });
+    const table = await ok('top');
+    assert.match(table, /^USER\s+MESSAGES\s+RECIPIENTS\ngina\s+100\/100\s+115\/2000\nhank\s+12\/100\s+40\/2000\n$/);
+    const json = JSON.parse(await ok('top', '-o', 'json')) as { users: Array<{ user: string; messages: number; recipients: number }> };
+    assert.deepEqual(json.users.map((u) => [u.user, u.messages, u.recipients]), [['gina', 100, 115], ['hank', 12, 40]]);
+
+    await ok('grant', '192.0.2.60', '--user', 'gina', '--for', '10m');
+    await ok('grant', '192.0.2.61', '--user', 'hank', '--for', '10m');
+    const over = JSON.parse(await ok('why', '192.0.2.60', '-o', 'json')) as Record<string, string>;
+    assert.equal(over.reason, 'over_limit');
+    assert.equal(over.reply, '450 4.7.1 Relay limit reached: your 100 messages per hour are used up, try again later');
+    assert.match(over.explanation ?? '', /^user gina relayed 100 messages in the last hour, the limit is 100 \(grant v4-192\.0\.2\.60/);
+    assert.equal((JSON.parse(await ok('why', '192.0.2.61', '-o', 'json')) as Record<string, string>).reason, 'grant');
   });
 
   it('revoke ADDRESS deletes its grant; revoke --user deletes every grant of the user, with an Event each', async () => {

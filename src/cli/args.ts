@@ -29,7 +29,7 @@ const OWN_OPTIONS: Record<CommandName, readonly string[]> = {
   grant: ['user', 'for', 'config', 'configmap'],
   revoke: ['user', 'config', 'configmap'],
   why: ['config', 'configmap'],
-  top: [],
+  top: ['config', 'configmap'],
 };
 
 export function parseCliArgs(argv: string[]): CliArgs {
@@ -106,7 +106,7 @@ flags (as kubectl's):
 
 Flags go after \`drac\` (kubectl passes them to the plugin; before it, kubectl refuses them).
 
-why (and grant/revoke of an IPv6 address, for grants.ipv6PrefixLength): the SMTP role's config,
+why, top (and grant/revoke of an IPv6 address, for grants.ipv6PrefixLength): the SMTP role's config,
   --config FILE                       from a kube-drac config file, or else
   --configmap NAME                    from the chart's ConfigMap, key smtp.yaml (default: the one
                                       in the namespace labelled app.kubernetes.io/part-of=kube-drac;

@@ -283,12 +283,12 @@ export async function why(cli: Cli): Promise<void> {
     const match = decision.grant;
     const g = covering.find((c) => c.metadata.name === match.name);
     const shown = g ? view(g, now) : undefined;
-    const granted = `grant ${match.name} (${match.address}) of user ${match.user || '(unknown)'}${shown ? `, source ${shown.source}` : ''}, until ${new Date(match.expiresAtMs).toISOString().replace('.000Z', 'Z')} (${expiresIn(match.expiresAtMs, now)})`;
+    const granted = `grant ${match.name} of user ${match.user || '(unknown)'} runs until ${new Date(match.expiresAtMs).toISOString().replace('.000Z', 'Z')} (${expiresIn(match.expiresAtMs, now)})`;
     // The SMTP role's next check for a granted relay (src/smtp/server.ts): the relay limits, on the published counts.
     const over = config.limits && checkRelayLimit(await publishedUsage(cli), config.limits, { user: match.user || undefined, address: match.address, pendingRecipients: 0 });
     if (over) {
       const refused = limitReply(over);
-      answer = { ...base, reply: `${refused.code} ${refused.message}`, decision: 'tempfail', reason: 'over_limit', ...(shown ? { grant: shown } : {}), overLimit: over, explanation: `${describeOver(over)} (${granted})` };
+      answer = { ...base, reply: `${refused.code} ${refused.message}`, decision: 'tempfail', reason: 'over_limit', ...(shown ? { grant: shown } : {}), overLimit: over, explanation: `${describeOver(over)}; the relay is allowed again as the hour moves on` };
     } else {
       answer = { ...base, reason: 'grant', ...(shown ? { grant: shown } : {}), explanation: granted };
     }
@@ -311,12 +311,16 @@ export async function why(cli: Cli): Promise<void> {
       answer = { ...base, reason: 'no_grant', explanation: `no grant covers ${ip}: a POP3 login from there (or kubectl drac grant) makes one` };
     }
   }
-  const text = table(
-    ['ADDRESS', 'REPLY', 'WHY'],
-    [[answer.address, answer.reply, answer.explanation]],
-  );
-  const limits = config.limits ? 'relay limits on' : 'relay limits off';
-  print(cli, answer, `${text}config from ${answer.configFrom}: trusted networks ${answer.trustedNetworks.length ? answer.trustedNetworks.join(', ') : 'none'}, ${limits}\n`);
+  // As kubectl describe: one field a line.
+  const g = answer.grant;
+  const fields: Array<[string, string]> = [
+    ['Address', answer.address],
+    ['Reply', answer.reply],
+    ['Why', answer.explanation],
+    ...(g ? [['Grant', `${g.name} (${g.address}), user ${g.user || '(unknown)'}, source ${g.source}, expires ${g.expiresAt} (${g.expiresIn})`] as [string, string]] : []),
+    ['Config', `${answer.configFrom}: trusted networks ${answer.trustedNetworks.length ? answer.trustedNetworks.join(', ') : 'none'}, relay limits ${config.limits ? 'on' : 'off'}`],
+  ];
+  print(cli, answer, fields.map(([k, v]) => `${`${k}:`.padEnd(10)}${v}\n`).join(''));
 }
 
 const TOP = 20;

@@ -110,6 +110,7 @@ export class CredentialRevoker {
     const unlabelled = await listGrants(client, namespace, UNLABELLED_SELECTOR);
     const grants = [...labelled, ...unlabelled].filter((g) => g.spec.user === user);
     const deleted: string[] = [];
+    const events: Promise<void>[] = [];
     for (const grant of grants) {
       const gone = await this.deleteGrant(grant, user);
       if (gone === undefined) continue;
@@ -118,7 +119,7 @@ export class CredentialRevoker {
       grantsRevoked.inc({ reason: change.reason });
       this.opts.log.info('grant_revoked', { grant: gone.metadata.name, user, reason: change.reason });
       const event = revocationEvent(change);
-      postEvent(this.opts.client, {
+      const posting = postEvent(this.opts.client, {
         involvedObject: { apiVersion: API_VERSION, kind: KIND, namespace: this.opts.namespace, name: gone.metadata.name, uid: gone.metadata.uid },
         type: 'Normal',
         reason: event.reason,
@@ -126,7 +127,10 @@ export class CredentialRevoker {
         component: this.opts.component,
         instance: this.opts.instance,
       }).catch((err: unknown) => this.opts.log.warn('event_failed', { grant: gone.metadata.name, error: err as Error }));
+      events.push(posting);
     }
+    // Best effort, but waited for: a short-lived caller (kubectl drac) must not exit before them.
+    await Promise.all(events);
     if (grants.length > 0 || deleted.length > 0) this.opts.log.info('user_revoked', { user, reason: change.reason, found: grants.length, deleted: deleted.length });
     return deleted;
   }

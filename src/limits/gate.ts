@@ -36,6 +36,7 @@ export class RelayLimitGate {
    * access.db RELAY lines: the site's own servers), which no limit applies to.
    */
   subjectOf(allowed: RelayAuthorization, authUser: string | undefined): RelaySubject | undefined {
+    if (allowed.reason === 'trusted') return undefined; // also when the client did SMTP AUTH
     if (allowed.grant !== undefined) return { user: allowed.grant.user || undefined, address: allowed.grant.address };
     if (authUser !== undefined) return { user: authUser, address: undefined };
     return undefined;

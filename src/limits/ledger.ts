@@ -75,6 +75,8 @@ export class UsageLedger implements UsageView {
   private refMs = Number.NEGATIVE_INFINITY;
   private _blind = false;
   private _replicas = 1;
+  /** The replicas known when sight was lost: their heartbeats age while blind, they do not stop. */
+  private blindReplicas = 1;
   private _dirty = false;
   private readonly scratch: UsageCounts = { messages: 0, recipients: 0 };
 
@@ -114,7 +116,7 @@ export class UsageLedger implements UsageView {
 
   private weighed(seen: UsageCounts | undefined, unseen: UsageCounts | undefined): UsageCounts | undefined {
     if (unseen === undefined) return seen;
-    const extra = this._replicas - 1;
+    const extra = Math.max(this._replicas, this.blindReplicas) - 1;
     this.scratch.messages = (seen?.messages ?? 0) + extra * unseen.messages;
     this.scratch.recipients = (seen?.recipients ?? 0) + extra * unseen.recipients;
     return this.scratch;
@@ -139,6 +141,7 @@ export class UsageLedger implements UsageView {
   setBlind(blind: boolean): void {
     if (blind === this._blind) return;
     this._blind = blind;
+    this.blindReplicas = this._replicas;
     this.unseen.clear();
   }
 

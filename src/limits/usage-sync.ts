@@ -26,6 +26,8 @@ interface UsageList {
 }
 
 const FIELD_MANAGER = 'kube-drac-smtp';
+const CRD_MISSING =
+  'the RelayUsage CRD (relayusages.kubedrac.io) is not installed: apply it with `kubectl apply -f crds/relayusages.kubedrac.io.yaml`; until then each replica counts only its own relays';
 const MAX_BACKOFF_MS = 2000;
 /** A write that has not answered by then has failed (the replica is blind until one succeeds). */
 const PUBLISH_TIMEOUT_MS = 5000;
@@ -154,7 +156,15 @@ export class RelayUsageSync {
         this.setWatching(false);
         failures++;
         const delay = Math.min(MAX_BACKOFF_MS, 100 * 2 ** Math.min(failures, 5)) * (0.5 + Math.random() / 2);
-        if (failures === 1 || failures % 20 === 0) this.log.warn('relay_usage_watch_failed', { failures, error: (err as Error).message, retryInMs: Math.round(delay) });
+        if (failures === 1 || failures % 20 === 0) {
+          // A chart upgrade does not install new CRDs (Helm installs crds/ only on first install).
+          const missing = err instanceof KubeApiError && err.status === 404;
+          this.log[missing ? 'error' : 'warn']('relay_usage_watch_failed', {
+            failures,
+            error: missing ? CRD_MISSING : (err as Error).message,
+            retryInMs: Math.round(delay),
+          });
+        }
         await new Promise<void>((resolve) => {
           const t = setTimeout(resolve, delay);
           signal.addEventListener('abort', () => (clearTimeout(t), resolve()), { once: true });

@@ -1,5 +1,6 @@
 // Summing published relay counts over the sliding hour: pure functions over RelayUsage objects,
 // shared by the SMTP replicas (src/limits/ledger.ts) and by `kubectl drac top` and `why`.
+import { checkRelayLimit, type LimitExceeded, type LimitsPolicy } from './policy.ts';
 import type { RelayUsage, UsageCounts } from './types.ts';
 
 /** Limits are per hour. */
@@ -63,6 +64,19 @@ export function sumUsage(objects: Iterable<RelayUsage>, nowMs: number): UsageSum
   const sums = new UsageSums();
   for (const usage of objects) sums.addUsage(usage, nowMs);
   return sums;
+}
+
+/**
+ * Whether the next relay for this user or grant address would be refused at `nowMs`, going by the
+ * published objects alone (`kubectl drac why`; a replica also counts what it has not published).
+ */
+export function publishedLimitExceeded(
+  objects: Iterable<RelayUsage>,
+  policy: LimitsPolicy,
+  subject: { user?: string | undefined; address?: string | undefined },
+  nowMs: number,
+): LimitExceeded | undefined {
+  return checkRelayLimit(sumUsage(objects, nowMs), policy, { ...subject, pendingRecipients: 0 });
 }
 
 /** The users who relayed most, by recipients then messages, at most `n`. */

@@ -76,6 +76,10 @@ describe('UsageLedger', () => {
       return n;
     });
     assert.deepEqual(relayed, [3, 3], 'each takes half of the 6 left');
+    // A long outage: the other's heartbeat ages out of sight, but it is still weighed for.
+    const later = T0 + 20 * 60_000;
+    assert.equal(a.check(policy, { user: 'demo', pendingRecipients: 0 }, later)?.kind, 'user_messages');
+    assert.equal(a.replicas, 1);
     // Sight back: the weighing ends, the published objects say the rest.
     a.setBlind(false);
     assert.equal(a.user('demo')?.messages, 7);

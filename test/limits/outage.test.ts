@@ -58,7 +58,6 @@ before(async () => {
   await plane.start();
   const c = plane.client();
   await ensureNamespace(c, 'mail');
-  await installCrds(c);
   c.close();
 });
 after(async () => {
@@ -71,6 +70,29 @@ after(async () => {
 });
 
 describe('relay limits in an API outage', () => {
+  it('says how to install a missing RelayUsage CRD (a chart upgrade does not), and mail flows meanwhile', async () => {
+    const lines: string[] = [];
+    const client = KubeClient.fromPath(plane.kubeconfigPath);
+    const config = parseLimitsConfig(new ConfigReader({ enabled: true, replicaName: 'smtp-nocrd', perUser: { messagesPerHour: 1 } }, 'smtp.limits'));
+    const limits = startRelayLimits({ config, client, namespace: 'mail', log: memoryLogger(lines) });
+    const smtp = await startTestSmtp({}, { grants, limits: limits.gate });
+    try {
+      await eventually('the error line', () => lines.some((l) => l.includes('"event":"relay_usage_watch_failed"')));
+      const line = JSON.parse(lines.find((l) => l.includes('relay_usage_watch_failed')) as string) as { level: string; error: string };
+      assert.equal(line.level, 'error');
+      assert.match(line.error, /^the RelayUsage CRD \(relayusages\.kubedrac\.io\) is not installed: apply it with `kubectl apply -f crds\/relayusages\.kubedrac\.io\.yaml`/);
+      assert.equal((await relay(smtp.port)).code, 0, 'relaying works');
+      assert.equal((await relay(smtp.port)).code, 24, 'and its own count is still enforced');
+    } finally {
+      await smtp.close();
+      await limits.stop();
+      client.close();
+    }
+    const c = plane.client();
+    await installCrds(c);
+    c.close();
+  });
+
   it('keeps the limit with the API server stopped, and agrees again once it is back', async () => {
     const a = await startReplica('smtp-a');
     const b = await startReplica('smtp-b');

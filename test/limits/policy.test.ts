@@ -6,7 +6,7 @@ import { ConfigError, ConfigReader } from '../../src/config/reader.ts';
 import { parseLimitsConfig } from '../../src/limits/config.ts';
 import { checkRelayLimit, limitReply, type LimitsPolicy } from '../../src/limits/policy.ts';
 import type { RelayUsage, UsageBucket } from '../../src/limits/types.ts';
-import { BUCKET_MS, bucketCounts, bucketStartMs, HEARTBEAT_MS, replicaIsActive, sumUsage, topUsers, usageIsLive, WINDOW_MS } from '../../src/limits/usage.ts';
+import { BUCKET_MS, bucketCounts, bucketStartMs, HEARTBEAT_MS, replicaIsActive, publishedLimitExceeded, sumUsage, topUsers, usageIsLive, WINDOW_MS } from '../../src/limits/usage.ts';
 
 const T0 = Date.parse('2026-12-02T10:00:00Z');
 const iso = (ms: number) => new Date(ms).toISOString();
@@ -44,6 +44,9 @@ describe('usage window', () => {
     assert.deepEqual(sums.user('ideal'), { messages: 1, recipients: 9 });
     assert.deepEqual(sums.address('127.0.0.1'), { messages: 1, recipients: 2 });
     assert.deepEqual(topUsers(sums, 1), [{ user: 'ideal', messages: 1, recipients: 9 }]);
+    assert.equal(publishedLimitExceeded(objects, policy, { user: 'demo', address: '127.0.0.1' }, T0 + 60_000)?.kind, 'user_messages');
+    assert.equal(publishedLimitExceeded(objects, policy, { user: 'ideal' }, T0 + 60_000)?.kind, 'user_recipients');
+    assert.equal(publishedLimitExceeded(objects, policy, { user: 'nobody', address: '10.9.9.9' }, T0 + 60_000), undefined);
   });
 
   it('an object is live while a bucket still counts or its replica writes (heartbeats)', () => {

@@ -12,9 +12,9 @@ import { GrantStore } from '../grants/store.ts';
 import type { RelayGrant } from '../grants/types.ts';
 import { KubeApiError, KubeClient, loadKubeConfig } from '../kube/client.ts';
 import { parseLimitsConfig, type LimitsConfig } from '../limits/config.ts';
-import { checkRelayLimit, limitForUser, limitReply, type LimitExceeded } from '../limits/policy.ts';
+import { limitForUser, limitReply, type LimitExceeded } from '../limits/policy.ts';
 import { usagePath, type RelayUsage } from '../limits/types.ts';
-import { WINDOW_MS, sumUsage, topUsers, type UsageSums } from '../limits/usage.ts';
+import { WINDOW_MS, publishedLimitExceeded, sumUsage, topUsers } from '../limits/usage.ts';
 import { NetworkList } from '../net/networks.ts';
 import type { Logger } from '../observability/log.ts';
 import { CredentialRevoker } from '../revoke/revoker.ts';
@@ -216,10 +216,9 @@ export async function revoke(cli: Cli): Promise<void> {
   }
 }
 
-/** The hour's relay counts every SMTP replica published, summed (what the replicas decide on). */
-async function publishedUsage(cli: Cli): Promise<UsageSums> {
-  const list = await read(() => cli.client.request<{ items: RelayUsage[] }>('GET', usagePath(cli.namespace)));
-  return sumUsage(list.items, cli.now());
+/** The relay counts every SMTP replica published (what the replicas sum and decide on). */
+async function publishedUsage(cli: Cli): Promise<RelayUsage[]> {
+  return (await read(() => cli.client.request<{ items: RelayUsage[] }>('GET', usagePath(cli.namespace)))).items;
 }
 
 function describeOver(over: LimitExceeded): string {
@@ -285,7 +284,7 @@ export async function why(cli: Cli): Promise<void> {
     const shown = g ? view(g, now) : undefined;
     const granted = `grant ${match.name} of user ${match.user || '(unknown)'} runs until ${new Date(match.expiresAtMs).toISOString().replace('.000Z', 'Z')} (${expiresIn(match.expiresAtMs, now)})`;
     // The SMTP role's next check for a granted relay (src/smtp/server.ts): the relay limits, on the published counts.
-    const over = config.limits && checkRelayLimit(await publishedUsage(cli), config.limits, { user: match.user || undefined, address: match.address, pendingRecipients: 0 });
+    const over = config.limits && publishedLimitExceeded(await publishedUsage(cli), config.limits, { user: match.user || undefined, address: match.address }, now);
     if (over) {
       const refused = limitReply(over);
       answer = { ...base, reply: `${refused.code} ${refused.message}`, decision: 'tempfail', reason: 'over_limit', ...(shown ? { grant: shown } : {}), overLimit: over, explanation: `${describeOver(over)}; the relay is allowed again as the hour moves on` };
@@ -328,7 +327,7 @@ const TOP = 20;
 export async function top(cli: Cli): Promise<void> {
   none(cli.args);
   const config = await relayConfig(cli);
-  const sums = await publishedUsage(cli);
+  const sums = sumUsage(await publishedUsage(cli), cli.now());
   const users = topUsers(sums, TOP).map((u) => {
     const limit = config.limits && limitForUser(config.limits, u.user);
     return { ...u, ...(limit ? { limit } : {}) };

@@ -5,7 +5,7 @@ import os from 'node:os';
 import path from 'node:path';
 import type { BenchOptions, BenchResult } from './types.ts';
 
-const ALL = ['grants', 'pop3', 'smtp', 'operator', 'bridge', 'writes', 'limits'];
+const ALL = ['grants', 'pop3', 'smtp', 'operator', 'bridge', 'writes', 'limits', 'credential-revocation'];
 // Known, but run only when named: `revocation` takes 30 minutes, `node` brings up a real
 // one-node cluster (root, minutes).
 const ON_REQUEST = ['revocation', 'node'];

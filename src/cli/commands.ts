@@ -326,16 +326,22 @@ const TOP = 20;
 
 export async function top(cli: Cli): Promise<void> {
   none(cli.args);
-  const config = await relayConfig(cli);
+  // The limits are extra here: without --config/--configmap, a ConfigMap that cannot be read only
+  // leaves them out.
+  const explicit = cli.args.config !== undefined || cli.args.configMap !== undefined;
+  const config = await relayConfig(cli).catch((err: unknown) => {
+    if (explicit || !(err instanceof UsageError)) throw err;
+    return undefined;
+  });
   const sums = sumUsage(await publishedUsage(cli), cli.now());
   const users = topUsers(sums, TOP).map((u) => {
-    const limit = config.limits && limitForUser(config.limits, u.user);
+    const limit = config?.limits && limitForUser(config.limits, u.user);
     return { ...u, ...(limit ? { limit } : {}) };
   });
   const perHour = (used: number, limit: number | undefined) => (limit ? `${used}/${limit}` : String(used));
   const text =
     users.length === 0
-      ? `No relayed mail counted in the last hour in namespace ${cli.namespace}${config.limits ? '' : ' (counts are published only with smtp.limits.enabled)'}.\n`
+      ? `No relayed mail counted in the last hour in namespace ${cli.namespace}${config?.limits ? '' : ' (counts are published only with smtp.limits.enabled)'}.\n`
       : table(
           ['USER', 'MESSAGES', 'RECIPIENTS'],
           users.map((u) => [u.user, perHour(u.messages, u.limit?.messagesPerHour), perHour(u.recipients, u.limit?.recipientsPerHour)]),

@@ -41,6 +41,9 @@ const NO_RELAY = '(proxy did not name the client)';
 /** kubedrac_smtp_auth_total's result label, named as kubedrac_pop3_logins_total's. */
 const AUTH_RESULT = { ok: 'success', failed: 'failure', throttled: 'throttled', temporary: 'temporary' } as const;
 
+/** Our state of a session smtp-server still runs is gone (never expected): end it. */
+const SESSION_LOST = () => new SmtpReplyError(421, '4.3.0 Session state lost, closing');
+
 /**
  * A non-ASCII mailbox name can only be sent with SMTPUTF8 (RFC 6531 3.2, Postfix's wording). A
  * non-ASCII domain is fine: smtp-server hands over A-labels (`xn--`) in Unicode form, and replies
@@ -69,12 +72,6 @@ export class SmtpSessions {
   /** Whether smtp-server has started a session (onConnect) on this id. */
   has(sessionId: string): boolean {
     return this.sessions.has(sessionId);
-  }
-
-  private stateOf(session: SMTPServerSession): SessionState {
-    const st = this.sessions.get(session.id);
-    if (!st) throw new SmtpReplyError(421, '4.3.0 Session state lost, closing');
-    return st;
   }
 
   private disabledFor(secure: boolean): string[] {
@@ -141,25 +138,18 @@ export class SmtpSessions {
         );
       },
       onMailFrom: (address, session, callback) => {
-        try {
-          const st = this.stateOf(session);
-          st.local = new Map();
-          st.relayed = [];
-          st.authorization = undefined;
-          st.utf8 = address.args !== false && (address.args as Record<string, unknown>).SMTPUTF8 === true;
-          if (!st.utf8 && hasNonAsciiLocalPart(address.address)) return callback(SMTPUTF8_REQUIRED());
-          callback();
-        } catch (err) {
-          callback(err as Error);
-        }
+        const st = sessions.get(session.id);
+        if (!st) return callback(SESSION_LOST());
+        st.local = new Map();
+        st.relayed = [];
+        st.authorization = undefined;
+        st.utf8 = address.args !== false && (address.args as Record<string, unknown>).SMTPUTF8 === true;
+        if (!st.utf8 && hasNonAsciiLocalPart(address.address)) return callback(SMTPUTF8_REQUIRED());
+        callback();
       },
       onRcptTo: (address, session, callback) => {
-        let st: SessionState;
-        try {
-          st = this.stateOf(session);
-        } catch (err) {
-          return callback(err as Error);
-        }
+        const st = sessions.get(session.id);
+        if (!st) return callback(SESSION_LOST());
         if (!st.utf8 && hasNonAsciiLocalPart(address.address)) return callback(SMTPUTF8_REQUIRED());
         const user = typeof session.user === 'string' ? session.user : undefined;
         const decided = deps.policy.decide({ clientIp: st.clientIp ?? NO_RELAY, recipient: address.address, authUser: user, asciiReplies: !st.utf8 });
@@ -172,12 +162,8 @@ export class SmtpSessions {
         } else callback(this.admitRecipient(session, st, address.address, decided));
       },
       onData: (stream, session, callback) => {
-        let st: SessionState;
-        try {
-          st = this.stateOf(session);
-        } catch (err) {
-          return callback(err as Error);
-        }
+        const st = sessions.get(session.id);
+        if (!st) return callback(SESSION_LOST());
         deps.acceptance.receive(stream, session, st).then(
           (text) => callback(null, text),
           (err: unknown) => callback(err as Error),

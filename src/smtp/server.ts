@@ -141,7 +141,7 @@ export async function startSmtpServer(config: SmtpConfig, deps: SmtpDeps): Promi
       },
     });
     raw.once('close', () => {
-      // A session that never reached onConnect (refused, dropped) still gives its slot back.
+      // A session that never reached onConnect (refused, dropped) is forgotten too.
       if (!sessions.has(id)) connections.get(id)?.release();
     });
     const addresses = { id, remoteAddress: client?.address ?? peer, remotePort: client?.port ?? raw.remotePort, localAddress: raw.localAddress, localPort: raw.localPort };

@@ -60,7 +60,6 @@ function counters(protocol: BridgeProtocol) {
     malformed: bridgeRequests.labels({ protocol, result: 'malformed' }),
   };
 }
-export type BridgeCounters = ReturnType<typeof counters>;
 export { counters as bridgeCounters };
 
 export interface StreamListenerOptions extends ListenerOptions {

@@ -147,6 +147,13 @@ function parseIpAsWritten(text: string): IpPrefix | undefined {
   return scanIpv4(text, 0, bytes) ? { family: 4, bytes, prefixLength: 32 } : undefined;
 }
 
+/** Whether `text` starts with `::ffff:`, in either case. */
+function isMappedPrefix(text: string): boolean {
+  if (text.charCodeAt(0) !== 58 || text.charCodeAt(1) !== 58 || text.charCodeAt(6) !== 58) return false;
+  for (let i = 2; i < 6; i++) if ((text.charCodeAt(i) | 0x20) !== 102 /* f */) return false;
+  return true;
+}
+
 /**
  * Parse an IP address strictly: dotted-quad IPv4 without leading zeros, or IPv6 in any RFC 4291
  * text form. Zone ids (`fe80::1%eth0`) are refused: a zone is not an address. IPv4-mapped IPv6
@@ -154,6 +161,11 @@ function parseIpAsWritten(text: string): IpPrefix | undefined {
  * clients that way.
  */
 export function parseIp(text: string): IpPrefix | undefined {
+  // A dual-stack socket's spelling of an IPv4 client first: it is the common case on every RCPT.
+  if (text.length > 7 && isMappedPrefix(text)) {
+    const bytes = new Uint8Array(4);
+    if (scanIpv4(text, 7, bytes)) return { family: 4, bytes, prefixLength: 32 };
+  }
   const p = parseIpAsWritten(text);
   return p && p.family === 6 && isIpv4Mapped(p.bytes) ? { family: 4, bytes: p.bytes.slice(12), prefixLength: 32 } : p;
 }
@@ -162,7 +174,7 @@ export function parseIp(text: string): IpPrefix | undefined {
 export function unmapIpv4(text: string): string | undefined {
   if (!text.includes(':')) return undefined;
   const p = parseIp(text);
-  return p?.family === 4 ? p.bytes.join('.') : undefined;
+  return p?.family === 4 ? formatIp(p) : undefined;
 }
 
 /** RFC 5952 text: lowercase, no leading zeros, the longest run (>= 2) of zero groups as `::`. */
@@ -191,7 +203,8 @@ function formatIpv6(b: Uint8Array): string {
 
 /** Canonical text: dotted quad, or RFC 5952 IPv6; `/<length>` for a prefix shorter than one address. */
 export function formatIp(p: IpPrefix): string {
-  const ip = p.family === 4 ? p.bytes.join('.') : formatIpv6(p.bytes);
+  const b = p.bytes;
+  const ip = p.family === 4 ? `${b[0]}.${b[1]}.${b[2]}.${b[3]}` : formatIpv6(b);
   return p.prefixLength === fullLength(p.family) ? ip : `${ip}/${p.prefixLength}`;
 }
 

@@ -29,6 +29,7 @@ import { hostOfUniversalAddress, PMAP_PROGRAM, PortmapService, universalAddress,
 import type { RpcPeer } from '../../src/bridge/rpc-server.ts';
 import { XdrReader, XdrWriter } from '../../src/bridge/xdr.ts';
 import { kubeForTest, type TestKube } from '../support/kube.ts';
+import { eventually } from '../support/eventually.ts';
 
 const run = promisify(execFile);
 const MIN = 60_000;
@@ -56,14 +57,6 @@ class MemoryLogger implements Logger {
   }
   has(event: string): boolean {
     return this.lines.some((l) => l.event === event);
-  }
-}
-
-async function eventually(what: string, check: () => boolean | Promise<boolean>, timeoutMs = 10_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > deadline) assert.fail(`not within ${timeoutMs} ms: ${what}`);
-    await new Promise((r) => setTimeout(r, 25));
   }
 }
 

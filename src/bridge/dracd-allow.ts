@@ -2,7 +2,7 @@
 // each (`255.255.255.0 192.0.2.0`), `#` comments, IPv4 only, as rpc.dracd read it. Mounted from a
 // ConfigMap and reloaded on change; a file that does not parse keeps the last good version.
 import fs from 'node:fs';
-import { parseIp } from '../grants/address.ts';
+import { parseIp } from '../net/ip.ts';
 import { ConfigError } from '../config/reader.ts';
 import { FileWatch } from '../net/file-watch.ts';
 import { NetworkList } from '../net/networks.ts';

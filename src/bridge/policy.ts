@@ -5,7 +5,7 @@
 // (relay attempts are deferred, mail that other rules accept goes on). A malformed request gets no
 // answer: the connection is closed and Postfix applies its default action. The decision is pure
 // (`policyAnswer`); the reader scans bytes without building strings it does not need.
-import { formatIp, parseIp } from '../grants/address.ts';
+import { formatIp, parseIp } from '../net/ip.ts';
 import type { GrantLookup } from '../grants/types.ts';
 import type { BridgeContext, RunningListener } from './listener.ts';
 import { bridgeCounters, endConnection, startStreamListener, type StreamListenerOptions } from './socketmap.ts';

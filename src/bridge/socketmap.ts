@@ -5,7 +5,7 @@
 // rewrite to); anything else `NOTFOUND `, an unsynced cache `TEMP`, an unknown map `PERM`.
 // The decision is pure (`socketmapAnswer`); the listener only frames bytes.
 import net from 'node:net';
-import { formatIp, parseIp } from '../grants/address.ts';
+import { formatIp, parseIp } from '../net/ip.ts';
 import type { GrantLookup } from '../grants/types.ts';
 import { admitPeer, type BridgeContext, type BridgeProtocol, type ListenerOptions, type RunningListener } from './listener.ts';
 import { bridgeRequests } from './metrics.ts';
@@ -60,7 +60,6 @@ function counters(protocol: BridgeProtocol) {
     malformed: bridgeRequests.labels({ protocol, result: 'malformed' }),
   };
 }
-export type BridgeCounters = ReturnType<typeof counters>;
 export { counters as bridgeCounters };
 
 export interface StreamListenerOptions extends ListenerOptions {

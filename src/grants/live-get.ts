@@ -2,7 +2,8 @@
 // API server, for a reader whose watch-fed cache has not seen it yet (the SMTP role's live lookup
 // closes the window between a login's write and the watch event).
 import type { KubeClient } from '../kube/client.ts';
-import { NeverGrantedError, covers, grantKeyFor, parseGrantAddress, parseIp } from './address.ts';
+import { covers, parseIp } from '../net/ip.ts';
+import { NeverGrantedError, grantKeyFor, parseGrantAddress } from './address.ts';
 import { grantsPath } from './paths.ts';
 import type { GrantMatch, RelayGrant } from './types.ts';
 

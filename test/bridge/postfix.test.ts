@@ -35,18 +35,11 @@ try:
 except Exception:
     pass
 `;
+import { eventually } from '../support/eventually.ts';
 
 async function rcptReply(postfix: PostfixInstance): Promise<string> {
   const { stdout } = await run('/usr/bin/python3', ['-c', SMTP_CLIENT, String(postfix.port), CLIENT], { timeout: 40_000 });
   return stdout.trim();
-}
-
-async function eventually(what: string, check: () => boolean, timeoutMs = 10_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!check()) {
-    if (Date.now() > deadline) assert.fail(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
 }
 
 /** What we saw, printed at the end so a reader of the test output sees Postfix's exact words. */

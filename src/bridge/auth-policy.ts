@@ -24,7 +24,7 @@ import http from 'node:http';
 import type net from 'node:net';
 import { canonicalIp, parseIp } from '../grants/address.ts';
 import { GrantWriteError, type GrantSource } from '../grants/types.ts';
-import { isClientAddress } from './drac-rpc.ts';
+import { isClientAddress } from './drac/drac-rpc.ts';
 import { admitPeer, type BridgeContext, type ListenerOptions, type RunningListener } from './listener.ts';
 import { bridgeRequests, type BridgeRequestResult } from './metrics.ts';
 

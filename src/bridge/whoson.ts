@@ -13,7 +13,7 @@ import dgram from 'node:dgram';
 import net from 'node:net';
 import { canonicalIp, parseIp } from '../grants/address.ts';
 import { GrantWriteError } from '../grants/types.ts';
-import { isClientAddress } from './drac-rpc.ts';
+import { isClientAddress } from './drac/drac-rpc.ts';
 import { admitPeer, type BridgeContext, type ListenerOptions, type RunningListener } from './listener.ts';
 import { bridgeRequests, type BridgeRequestResult } from './metrics.ts';
 

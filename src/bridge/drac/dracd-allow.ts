@@ -2,11 +2,11 @@
 // each (`255.255.255.0 192.0.2.0`), `#` comments, IPv4 only, as rpc.dracd read it. Mounted from a
 // ConfigMap and reloaded on change; a file that does not parse keeps the last good version.
 import fs from 'node:fs';
-import { parseIp } from '../grants/address.ts';
-import { ConfigError } from '../config/reader.ts';
-import { FileWatch } from '../net/file-watch.ts';
-import { NetworkList } from '../net/networks.ts';
-import type { Logger } from '../observability/log.ts';
+import { parseIp } from '../../grants/address.ts';
+import { ConfigError } from '../../config/reader.ts';
+import { FileWatch } from '../../net/file-watch.ts';
+import { NetworkList } from '../../net/networks.ts';
+import type { Logger } from '../../observability/log.ts';
 
 function ipv4Bytes(text: string): Uint8Array | undefined {
   if (text.includes(':')) return undefined;

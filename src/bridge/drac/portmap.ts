@@ -3,8 +3,8 @@
 // and rpcbind versions 3 and 4 (GETADDR, GETVERSADDR, DUMP, GETTIME) for TI-RPC clients. It
 // answers only for the programs registered here (its own and the DRAC program); anything else
 // is port 0 / an empty address, and nobody may SET or UNSET from outside.
-import { parseIp, formatIp } from '../grants/address.ts';
-import type { Logger } from '../observability/log.ts';
+import { parseIp, formatIp } from '../../grants/address.ts';
+import type { Logger } from '../../observability/log.ts';
 import { ACCEPT, decodeCall, encodeAcceptError, encodeProgMismatch, encodeSuccess, type RpcCall } from './oncrpc.ts';
 import { isWildcardHost, serveRpc, type RpcPeer, type RunningRpcServer } from './rpc-server.ts';
 import { XdrReader, type XdrWriter } from './xdr.ts';

@@ -1,10 +1,10 @@
 // Users from a Dovecot-compatible passwd-file (`user:{SCHEME}hash[:uid:gid:gecos:home:shell:extra]`),
 // mounted from a Secret and reloaded when it changes. A file that does not parse is refused as a
 // whole and the last good one stays in force: half a users file would lock people out.
-import { FileWatch } from '../net/file-watch.ts';
+import { FileWatch } from '../config/file-watch.ts';
 import fs from 'node:fs';
 import type { Logger } from '../observability/log.ts';
-import { isValidUserName } from '../mail/paths.ts';
+import { isValidUserName } from './user-name.ts';
 import type { Scheme, StoredPassword } from './schemes.ts';
 import { PasswordSchemeError, costClass, isPlainSecret, parseStoredPassword } from './schemes.ts';
 

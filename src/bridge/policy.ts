@@ -8,7 +8,7 @@
 import { formatIp, parseIp } from '../grants/address.ts';
 import type { GrantLookup } from '../grants/types.ts';
 import type { BridgeContext, RunningListener } from './listener.ts';
-import { bridgeCounters, endConnection, startStreamListener, type StreamListenerOptions } from './socketmap.ts';
+import { bridgeCounters, endConnection, startStreamListener, type StreamListenerOptions } from './stream-listener.ts';
 
 /** Longest attribute line (Postfix's own lines are short; certificate subjects are the longest). */
 export const MAX_POLICY_LINE = 4096;

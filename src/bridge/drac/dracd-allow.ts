@@ -4,7 +4,7 @@
 import fs from 'node:fs';
 import { parseIp } from '../../grants/address.ts';
 import { ConfigError } from '../../config/reader.ts';
-import { FileWatch } from '../../net/file-watch.ts';
+import { FileWatch } from '../../config/file-watch.ts';
 import { NetworkList } from '../../net/networks.ts';
 import type { Logger } from '../../observability/log.ts';
 

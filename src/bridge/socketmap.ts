@@ -8,7 +8,7 @@ import { formatIp, parseIp } from '../grants/address.ts';
 import type { GrantLookup } from '../grants/types.ts';
 import type { BridgeContext, RunningListener } from './listener.ts';
 import { encodeNetstring, NetstringDecoder, NetstringError } from './netstring.ts';
-import { bridgeCounters, endConnection, startStreamListener, type StreamListenerOptions } from './stream-listener.ts';
+import { startStreamListener, type AnswerResult, type StreamListenerOptions } from './stream-listener.ts';
 
 /** Longest request netstring we read: `drac ` plus an address in any form fits many times over. */
 export const MAX_SOCKETMAP_REQUEST = 1000;
@@ -46,57 +46,40 @@ export function socketmapAnswer(mapName: string, request: string, grants: GrantL
   return match ? `OK ${Math.floor(match.expiresAtMs / 1000)}` : NOTFOUND;
 }
 
+/** How a socketmap answer counts, from its status word. */
+function resultOf(answer: string): AnswerResult {
+  switch (answer.charCodeAt(0)) {
+    case 79 /* OK */:
+      return 'granted';
+    case 78 /* NOTFOUND */:
+      return 'notGranted';
+    case 84 /* TEMP */:
+      return 'unavailable';
+    default:
+      return 'malformed';
+  }
+}
+
 export async function startSocketmapListener(opts: StreamListenerOptions & { mapName: string }, ctx: BridgeContext): Promise<RunningListener> {
   const { mapName } = opts;
   const { grants } = ctx;
-  const count = bridgeCounters('socketmap');
-  return startStreamListener('socketmap', opts, ctx, (socket, peer) => {
+  return startStreamListener('socketmap', opts, ctx, (peer) => {
     const decoder = new NetstringDecoder(MAX_SOCKETMAP_REQUEST);
-    let closing = false;
-    return (chunk) => {
-      if (closing) return;
-      const nowMs = Date.now();
-      let out = '';
-      let granted = 0;
-      let notGranted = 0;
-      let unavailable = 0;
-      let malformed = 0;
-      try {
+    return {
+      answer: (chunk, nowMs, send) =>
         decoder.push(chunk, (request) => {
           const answer = socketmapAnswer(mapName, request, grants, nowMs);
-          switch (answer.charCodeAt(0)) {
-            case 79 /* OK */:
-              granted++;
-              break;
-            case 78 /* NOTFOUND */:
-              notGranted++;
-              break;
-            case 84 /* TEMP */:
-              unavailable++;
-              break;
-            default:
-              malformed++;
-          }
-          out += encodeNetstring(answer);
-        });
-      } catch (err) {
-        // The stream cannot be resynchronised: answer what we can, then close.
-        closing = true;
-        malformed++;
+          send(encodeNetstring(answer), resultOf(answer));
+        }),
+      // The stream cannot be resynchronised: what could be answered was, then it closes.
+      lastWords: (err) => {
         if (err instanceof NetstringError) {
-          out += encodeNetstring(`PERM bad netstring: ${err.message}`);
           ctx.log.debug('socketmap_bad_netstring', { peer, reason: err.message });
-        } else {
-          out += encodeNetstring('TEMP internal error');
-          ctx.log.warn('socketmap_internal_error', { peer, error: err as Error });
+          return encodeNetstring(`PERM bad netstring: ${err.message}`);
         }
-      }
-      if (out !== '') socket.write(out, 'latin1');
-      if (closing) endConnection(socket);
-      if (granted) count.granted.inc(granted);
-      if (notGranted) count.notGranted.inc(notGranted);
-      if (unavailable) count.unavailable.inc(unavailable);
-      if (malformed) count.malformed.inc(malformed);
+        ctx.log.warn('socketmap_internal_error', { peer, error: err as Error });
+        return encodeNetstring('TEMP internal error');
+      },
     };
   });
 }

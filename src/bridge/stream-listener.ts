@@ -1,6 +1,7 @@
 // The TCP side the line and netstring readers (socketmap, policy) share: a listener that refuses
 // strangers before reading, closes idle connections and stops reading from a peer that does not
-// read its answers.
+// read its answers, and the loop that answers each chunk a peer sends in one write. A reader
+// brings only its framing and its decision (a RequestAnswerer).
 import net from 'node:net';
 import { admitPeer, type BridgeContext, type BridgeProtocol, type ListenerOptions, type RunningListener } from './listener.ts';
 import { bridgeRequests } from './metrics.ts';
@@ -9,16 +10,6 @@ import { bridgeRequests } from './metrics.ts';
 export const DEFAULT_IDLE_TIMEOUT_MS = 10 * 60_000;
 /** Output queued for a peer that does not read before we stop reading from it. */
 const MAX_PENDING_OUTPUT = 256 * 1024;
-
-/** Counters bound once: per-request label lookups would cost more than the decision. */
-export function bridgeCounters(protocol: BridgeProtocol) {
-  return {
-    granted: bridgeRequests.labels({ protocol, result: 'granted' }),
-    notGranted: bridgeRequests.labels({ protocol, result: 'not_granted' }),
-    unavailable: bridgeRequests.labels({ protocol, result: 'unavailable' }),
-    malformed: bridgeRequests.labels({ protocol, result: 'malformed' }),
-  };
-}
 
 export interface StreamListenerOptions extends ListenerOptions {
   /** Idle connections are closed after this long (default 10 minutes). */
@@ -29,25 +20,71 @@ export interface StreamListenerOptions extends ListenerOptions {
 const CLOSE_GRACE_MS = 2000;
 
 /** Send FIN after what was written; a peer that does not close its side in time is cut off. */
-export function endConnection(socket: net.Socket): void {
+function endConnection(socket: net.Socket): void {
   socket.end();
   socket.setTimeout(CLOSE_GRACE_MS);
 }
 
-/** Called once per admitted connection; returns what handles each chunk read from it. */
-export type ConnectionHandler = (socket: net.Socket, peer: string) => (chunk: Buffer) => void;
+/** How one answer counts in `kubedrac_bridge_requests_total`. */
+const ANSWER_RESULTS = ['granted', 'notGranted', 'unavailable', 'malformed'] as const;
+export type AnswerResult = (typeof ANSWER_RESULTS)[number];
+
+/** A reader's side of one connection: its request framing and its pure decision. */
+export interface RequestAnswerer {
+  /**
+   * Answer every request complete in `chunk` (with what came before it), in order, through
+   * `send`. Throws when the stream cannot be read on: the connection then closes.
+   */
+  answer(chunk: Buffer, nowMs: number, send: (answer: string, result: AnswerResult) => void): void;
+  /** What to send before closing after `answer` threw (may be ''); logs why. */
+  lastWords(err: unknown): string;
+}
 
 /**
  * A TCP listener for the line/netstring readers: refuses strangers before reading, closes idle
  * connections, stops reading from a peer that does not read its answers, never crashes on a
- * socket error.
+ * socket error. Each chunk read is answered in one write, and counted once.
  */
 export async function startStreamListener(
   protocol: BridgeProtocol,
   opts: StreamListenerOptions,
   ctx: BridgeContext,
-  handler: ConnectionHandler,
+  open: (peer: string) => RequestAnswerer,
 ): Promise<RunningListener> {
+  // Counters bound once: per-request label lookups would cost more than the decision.
+  const counters = {
+    granted: bridgeRequests.labels({ protocol, result: 'granted' }),
+    notGranted: bridgeRequests.labels({ protocol, result: 'not_granted' }),
+    unavailable: bridgeRequests.labels({ protocol, result: 'unavailable' }),
+    malformed: bridgeRequests.labels({ protocol, result: 'malformed' }),
+  };
+  const answerChunks = (socket: net.Socket, peer: string): ((chunk: Buffer) => void) => {
+    const answerer = open(peer);
+    const tally: Record<AnswerResult, number> = { granted: 0, notGranted: 0, unavailable: 0, malformed: 0 };
+    let out = '';
+    const send = (answer: string, result: AnswerResult) => {
+      out += answer;
+      tally[result]++;
+    };
+    let closing = false;
+    return (chunk) => {
+      if (closing) return;
+      try {
+        answerer.answer(chunk, Date.now(), send);
+      } catch (err) {
+        closing = true;
+        tally.malformed++;
+        out += answerer.lastWords(err);
+      }
+      if (out !== '') socket.write(out, 'latin1');
+      out = '';
+      if (closing) endConnection(socket);
+      for (const result of ANSWER_RESULTS) {
+        if (tally[result] !== 0) counters[result].inc(tally[result]);
+        tally[result] = 0;
+      }
+    };
+  };
   const sockets = new Set<net.Socket>();
   const idleMs = opts.idleTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS;
   const server = net.createServer((socket) => {
@@ -67,7 +104,7 @@ export async function startStreamListener(
       socket.destroy();
     });
     socket.setNoDelay(true);
-    const onChunk = handler(socket, peer);
+    const onChunk = answerChunks(socket, peer);
     socket.on('data', (chunk: Buffer) => {
       onChunk(chunk);
       if (socket.writableLength > MAX_PENDING_OUTPUT && !socket.isPaused()) {

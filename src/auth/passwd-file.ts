@@ -1,8 +1,7 @@
 // Users from a Dovecot-compatible passwd-file (`user:{SCHEME}hash[:uid:gid:gecos:home:shell:extra]`),
 // mounted from a Secret and reloaded when it changes. A file that does not parse is refused as a
 // whole and the last good one stays in force: half a users file would lock people out.
-import { ReloadedFile } from '../config/reloaded-file.ts';
-import type { Logger } from '../observability/log.ts';
+import { ReloadedFile, type MountedFileOptions } from '../config/reloaded-file.ts';
 import { isValidUserName } from './user-name.ts';
 import type { Scheme, StoredPassword } from './schemes.ts';
 import { PasswordSchemeError, costClass, isPlainSecret, parseStoredPassword } from './schemes.ts';
@@ -54,13 +53,8 @@ export function parsePasswdFile(text: string, source: string, defaultScheme: Sch
   return users;
 }
 
-export interface UserDatabaseOptions {
-  file: string;
-  log: Logger;
+export interface UserDatabaseOptions extends MountedFileOptions {
   defaultScheme?: Scheme;
-  /** Re-read at least this often (watch events can be missed). 0 disables polling. */
-  pollIntervalMs?: number;
-  debounceMs?: number;
 }
 
 /** The users, kept current with the file. Construction throws when the first load fails. */
@@ -72,16 +66,13 @@ export class UserDatabase {
   private decoy: StoredPassword | undefined;
 
   constructor(opts: UserDatabaseOptions) {
-    const { file, log, defaultScheme = 'CRYPT', pollIntervalMs = 30_000, debounceMs = 200 } = opts;
+    const { file, defaultScheme = 'CRYPT' } = opts;
     this.file = new ReloadedFile({
-      file,
+      ...opts,
       parse: (text) => parsePasswdFile(text, file, defaultScheme),
       readError: (code) => new PasswdFileError(`cannot read users file ${file}: ${code}`),
       eventPrefix: 'users',
       summary: (users) => ['users', users.size],
-      log,
-      pollIntervalMs,
-      debounceMs,
     });
   }
 

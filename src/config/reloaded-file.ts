@@ -16,10 +16,14 @@ export interface ReloadedFileOptions<T> {
   /** The field (name and value) that sums a version up in those events, e.g. `users: 12`. */
   summary: (value: T) => [string, unknown];
   log: Logger;
-  /** Re-read at least this often (watch events can be missed); 0 disables polling. */
-  pollIntervalMs: number;
-  debounceMs: number;
+  /** Re-read at least this often (watch events can be missed); 0 disables polling. Default 30 s. */
+  pollIntervalMs?: number;
+  /** Wait this long after a watch event for the burst of a volume update to end. Default 200 ms. */
+  debounceMs?: number;
 }
+
+/** What the owner of a reloaded file takes from its own options. */
+export type MountedFileOptions = Pick<ReloadedFileOptions<unknown>, 'file' | 'log' | 'pollIntervalMs' | 'debounceMs'>;
 
 /** The parsed file, kept current with it. Construction throws when the first load fails. */
 export class ReloadedFile<T> {
@@ -39,8 +43,8 @@ export class ReloadedFile<T> {
     this.watch = new FileWatch({
       files: [opts.file],
       onChange: () => this.reload(),
-      pollIntervalMs: opts.pollIntervalMs,
-      debounceMs: opts.debounceMs,
+      pollIntervalMs: opts.pollIntervalMs ?? 30_000,
+      debounceMs: opts.debounceMs ?? 200,
       log: opts.log,
       eventPrefix: opts.eventPrefix,
     });

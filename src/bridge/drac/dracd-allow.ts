@@ -3,9 +3,8 @@
 // ConfigMap and reloaded on change; a file that does not parse keeps the last good version.
 import { parseIp } from '../../grants/address.ts';
 import { ConfigError } from '../../config/reader.ts';
-import { ReloadedFile } from '../../config/reloaded-file.ts';
+import { ReloadedFile, type MountedFileOptions } from '../../config/reloaded-file.ts';
 import { NetworkList } from '../../net/networks.ts';
-import type { Logger } from '../../observability/log.ts';
 
 function ipv4Bytes(text: string): Uint8Array | undefined {
   if (text.includes(':')) return undefined;
@@ -54,29 +53,18 @@ export function parseDracdAllow(text: string, file: string): string[] {
   return cidrs;
 }
 
-export interface DracdAllowOptions {
-  file: string;
-  log: Logger;
-  /** Re-read at least this often (watch events can be missed); 0 disables polling. */
-  pollIntervalMs?: number;
-  debounceMs?: number;
-}
-
 /** The networks of a dracd.allow file, kept current with it. Construction throws when the first load fails. */
 export class DracdAllow {
   private readonly file: ReloadedFile<NetworkList>;
 
-  constructor(opts: DracdAllowOptions) {
-    const { file, log, pollIntervalMs = 30_000, debounceMs = 200 } = opts;
+  constructor(opts: MountedFileOptions) {
+    const { file } = opts;
     this.file = new ReloadedFile({
-      file,
+      ...opts,
       parse: (text) => NetworkList.parse(parseDracdAllow(text, file), file),
       readError: (code) => new ConfigError(file, `cannot read the dracd.allow file: ${code}`),
       eventPrefix: 'dracd_allow',
       summary: (networks) => ['networks', networks.entries],
-      log,
-      pollIntervalMs,
-      debounceMs,
     });
   }
 

@@ -20,6 +20,8 @@ export interface ReloadedFileOptions<T> {
   pollIntervalMs?: number;
   /** Wait this long after a watch event for the burst of a volume update to end. Default 200 ms. */
   debounceMs?: number;
+  /** Called after a new version was taken (by a watch event, a poll or `reload()`), with the one it replaced. */
+  onChanged?: (before: T, after: T) => void;
 }
 
 /** What the owner of a reloaded file takes from its own options. */
@@ -74,10 +76,12 @@ export class ReloadedFile<T> {
       this.lastError = message;
       return false;
     }
+    const before = this.value;
     this.value = value;
     this.text = text;
     this.lastError = undefined;
     this.opts.log.info(`${this.opts.eventPrefix}_reloaded`, { file: this.opts.file, ...this.summary(value) });
+    this.opts.onChanged?.(before, value);
     return true;
   }
 

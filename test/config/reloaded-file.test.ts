@@ -15,7 +15,12 @@ function recordingLogger(lines: string[]): Logger {
 }
 
 /** A file of comma-separated numbers; anything else on disk is refused. */
-function numbersFile(dir: string, text: string, lines: string[]): { file: string; numbers: ReloadedFile<number[]> } {
+function numbersFile(
+  dir: string,
+  text: string,
+  lines: string[],
+  onChanged?: (before: number[], after: number[]) => void,
+): { file: string; numbers: ReloadedFile<number[]> } {
   const file = path.join(dir, 'numbers');
   fs.writeFileSync(file, text);
   const numbers = new ReloadedFile({
@@ -31,6 +36,7 @@ function numbersFile(dir: string, text: string, lines: string[]): { file: string
     log: recordingLogger(lines),
     pollIntervalMs: 0,
     debounceMs: 10,
+    onChanged,
   });
   after(() => numbers.close());
   return { file, numbers };
@@ -75,11 +81,16 @@ describe('ReloadedFile (the last good version of a mounted file)', () => {
     assert.throws(() => numbersFile(sub, 'x', []), /item 1 is not a number/);
   });
 
-  it('follows a change on disk by itself (the directory watch)', async () => {
+  it('follows a change on disk by itself (the directory watch), and says what it replaced', async () => {
     const lines: string[] = [];
-    const { file, numbers } = numbersFile(fs.mkdtempSync(path.join(dir, 'c-')), '7', lines);
+    const changes: [number[], number[]][] = [];
+    const { file, numbers } = numbersFile(fs.mkdtempSync(path.join(dir, 'c-')), '7', lines, (before, after) => changes.push([before, after]));
     fs.writeFileSync(file, '7,8');
     await eventually('the change picked up', () => numbers.current.length === 2);
     assert.ok(lines.some((l) => l.startsWith('info numbers_reloaded')));
+    assert.deepEqual(changes, [[[7], [7, 8]]]);
+    fs.writeFileSync(file, '7,x');
+    assert.equal(numbers.reload(), false);
+    assert.equal(changes.length, 1, 'a refused version changes nothing');
   });
 });

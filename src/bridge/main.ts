@@ -10,7 +10,7 @@ import { createLogger, type Logger } from '../observability/log.ts';
 import { beginRole, connectKube, runRoleProcess, startGrantCacheInBackground, startRoleHealth } from '../role-process.ts';
 import { startAuthPolicyListener } from './auth-policy.ts';
 import { bridgeReads, bridgeWrites, parseBridgeConfig, type BridgeConfig } from './config.ts';
-import { startDracRpcListener } from './drac-rpc.ts';
+import { startDracRpcListener } from './drac/drac-rpc.ts';
 import type { BridgeContext, RunningListener } from './listener.ts';
 import { startPolicyListener } from './policy.ts';
 import { startSocketmapListener } from './socketmap.ts';

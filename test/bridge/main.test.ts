@@ -1,7 +1,7 @@
 // `kube-drac bridge` as a process, every listener enabled, grants on the real API server: a
 // Dovecot auth-policy report, a DRAC ADD and a whoson LOGIN each land as a RelayGrant; socketmap,
 // policy and whoson then answer for those addresses; whoson LOGOUT takes one away; SIGTERM ends
-// it cleanly. (rpcinfo and the rpcgen client through the portmapper: test/bridge/drac-rpc.test.ts.)
+// it cleanly. (rpcinfo and the rpcgen client through the portmapper: test/bridge/drac/drac-rpc.test.ts.)
 // A bridge whose API server cannot be reached is never ready and answers only "try
 // later". Config mistakes and a taken port are named.
 // Run with `npm test -- test/bridge/main.test.ts`.
@@ -13,9 +13,9 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { DRAC_PROGRAM } from '../../src/bridge/drac-rpc.ts';
-import { decodeReply, encodeCall } from '../../src/bridge/oncrpc.ts';
-import { XdrReader, XdrWriter } from '../../src/bridge/xdr.ts';
+import { DRAC_PROGRAM } from '../../src/bridge/drac/drac-rpc.ts';
+import { decodeReply, encodeCall } from '../../src/bridge/drac/oncrpc.ts';
+import { XdrReader, XdrWriter } from '../../src/bridge/drac/xdr.ts';
 import { grantsPath } from '../../src/grants/paths.ts';
 import type { RelayGrant } from '../../src/grants/types.ts';
 import { kubeForTest, type TestKube } from '../support/kube.ts';

@@ -1,4 +1,4 @@
-// A real Debian Postfix (a private instance from test/smtp/postfix.ts) asking our two readers
+// A real Debian Postfix (a private instance from harness/postfix.ts) asking our two readers
 // whether a client may relay, with grants on the real API server: once through
 // `check_client_access socketmap:inet:127.0.0.1:PORT:drac`, once through `check_policy_service`.
 // The SMTP client is Python's smtplib, bound to 127.0.0.5 (mynetworks holds only 127.0.0.2).
@@ -16,7 +16,7 @@ import { GrantStore } from '../../src/grants/store.ts';
 import { NetworkList } from '../../src/net/networks.ts';
 import { kubeForTest, type TestKube } from '../support/kube.ts';
 import { memoryLogger } from '../smtp/support.ts';
-import { startPostfix, type PostfixInstance } from '../smtp/postfix.ts';
+import { startPostfix, type PostfixInstance } from '../../harness/postfix.ts';
 
 const run = promisify(execFile);
 const MIN = 60_000;

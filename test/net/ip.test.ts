@@ -2,8 +2,8 @@ import assert from 'node:assert/strict';
 import net from 'node:net';
 import { describe, it } from 'node:test';
 import fc from 'fast-check';
-import { decodeAddArgs } from '../../src/bridge/drac-rpc.ts';
-import { XdrWriter } from '../../src/bridge/xdr.ts';
+import { decodeAddArgs } from '../../src/bridge/drac/drac-rpc.ts';
+import { XdrWriter } from '../../src/bridge/drac/xdr.ts';
 import { ClientGrantNames, grantKeyFor, grantNameOf } from '../../src/grants/address.ts';
 import type { GrantLookup, GrantMatch } from '../../src/grants/types.ts';
 import {

@@ -4,12 +4,12 @@
 // 16 words. Procedure 1 (ADD) answers an addstat: ADD_SUCCESS once the grant is written,
 // ADD_PERM to a caller that is not admitted, ADD_SYSERR when the write failed, ADD_UNKOWN for an
 // address nobody can connect from (0.0.0.0, ::, multicast, broadcast, 240/4).
-import { formatIp, ipOfBytes, isClientAddress, type IpPrefix } from '../net/ip.ts';
-import { GrantWriteError } from '../grants/types.ts';
-import type { NetworkList } from '../net/networks.ts';
+import { formatIp, ipOfBytes, isClientAddress, type IpPrefix } from '../../net/ip.ts';
+import { GrantWriteError } from '../../grants/types.ts';
+import type { NetworkList } from '../../net/networks.ts';
 import { DracdAllow } from './dracd-allow.ts';
-import type { BridgeContext, ListenerOptions, RunningListener } from './listener.ts';
-import { bridgeConnections, bridgeRequests, type BridgeRequestResult } from './metrics.ts';
+import type { BridgeContext, ListenerOptions, RunningListener } from '../listener.ts';
+import { bridgeConnections, bridgeRequests, type BridgeRequestResult } from '../metrics.ts';
 import { ACCEPT, decodeCall, encodeAcceptError, encodeProgMismatch, encodeSuccess, type RpcCall } from './oncrpc.ts';
 import { startPortmapper } from './portmap.ts';
 import { serveRpc, type RpcPeer, type RunningRpcServer } from './rpc-server.ts';

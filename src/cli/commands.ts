@@ -1,10 +1,10 @@
 // The `kubectl drac` commands. Each uses the code the roles use for the same idea: GrantStore and
 // grantKeyFor for a manual grant (so it is refused exactly where a login's would be),
 // CredentialRevoker for a user's grants, GrantCache and the SMTP role's RelayPolicy for `why`.
-import { isValidUserName } from '../mail/paths.ts';
+import { isValidUserName } from '../auth/user-name.ts';
 import { loadConfig, parseConfig, type ConfigDocument } from '../config/load.ts';
 import { parseDuration } from '../config/reader.ts';
-import { NeverGrantedError, covers, grantKeyFor, parseGrantAddress, parseIp } from '../grants/address.ts';
+import { NeverGrantedError, grantKeyFor, parseGrantAddress } from '../grants/address.ts';
 import { GrantCache } from '../grants/cache.ts';
 import { listGrants } from '../grants/list.ts';
 import { grantsPath } from '../grants/paths.ts';
@@ -15,6 +15,7 @@ import { parseLimitsConfig, type LimitsConfig } from '../limits/config.ts';
 import { limitForUser, limitReply, type LimitExceeded } from '../limits/policy.ts';
 import { usagePath, type RelayUsage } from '../limits/types.ts';
 import { WINDOW_MS, publishedLimitExceeded, sumUsage, topUsers } from '../limits/usage.ts';
+import { covers, parseIp } from '../net/ip.ts';
 import { NetworkList } from '../net/networks.ts';
 import type { Logger } from '../observability/log.ts';
 import { CredentialRevoker } from '../revoke/revoker.ts';

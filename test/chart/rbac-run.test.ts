@@ -14,6 +14,7 @@ import * as yaml from 'js-yaml';
 import { kubeForTest, type TestKube } from '../support/kube.ts';
 import { freePort, killRoles, startRoleProcess, type StartedRole } from '../image/roles.ts';
 import { CHART, MINIMAL, REPO, helm } from './support.ts';
+import { eventually } from '../support/eventually.ts';
 
 interface Kubeconfig {
   clusters: Array<{ name: string; cluster: Record<string, unknown> }>;
@@ -86,14 +87,6 @@ async function converse(port: number, steps: Array<string | null>): Promise<stri
   return replies;
 }
 
-async function waitFor(what: string, check: () => Promise<boolean>): Promise<void> {
-  const deadline = Date.now() + 30_000;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 250));
-  }
-}
-
 describe("each role does its job with only its chart ServiceAccount's permissions", () => {
   before(async () => {
     tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'kube-drac-rbac-run-'));
@@ -113,11 +106,11 @@ describe("each role does its job with only its chart ServiceAccount's permission
     fs.writeFileSync(path.join(tmp, 'expired.json'), JSON.stringify(expired));
     await kube.kubectl('apply', '-f', path.join(tmp, 'expired.json'));
     const { role, metrics } = await startAs('operator', '  grace: 0s\n  sweepInterval: 1s\n  leaderElection: {leaseName: r-kube-drac-operator}\n');
-    await waitFor('the operator to lead', async () => /^kubedrac_operator_leader 1$/m.test(await (await fetch(`http://127.0.0.1:${metrics}/metrics`)).text()));
+    await eventually('the operator to lead', async () => /^kubedrac_operator_leader 1$/m.test(await (await fetch(`http://127.0.0.1:${metrics}/metrics`)).text()), 30_000, 250);
     const holder = await kube.kubectl('get', 'lease', 'r-kube-drac-operator', '-o', 'jsonpath={.spec.holderIdentity}');
     assert.notEqual(holder, '');
-    await waitFor('the expired grant to be deleted', async () => !(await kube.kubectl('get', 'relaygrants', '-o', 'name')).includes('v4-192.0.2.7'));
-    await waitFor('an Event on the Lease', async () => (await kube.kubectl('get', 'events', '-o', 'jsonpath={.items[*].involvedObject.kind}')).includes('Lease'));
+    await eventually('the expired grant to be deleted', async () => !(await kube.kubectl('get', 'relaygrants', '-o', 'name')).includes('v4-192.0.2.7'), 30_000, 250);
+    await eventually('an Event on the Lease', async () => (await kube.kubectl('get', 'events', '-o', 'jsonpath={.items[*].involvedObject.kind}')).includes('Lease'), 30_000, 250);
     assert.equal(await role.stop(), 0, role.output());
     assert.doesNotMatch(role.output(), /forbidden/i);
   });
@@ -151,8 +144,11 @@ describe("each role does its job with only its chart ServiceAccount's permission
     assert.match(afterLogin[3] ?? '', /^250/, `granted: relaying accepted\n${smtp.role.output()}`);
     const sent = await converse(smtpPort, [null, 'EHLO client.example', 'MAIL FROM:<demo@example.test>', 'RCPT TO:<someone@elsewhere.example>', 'DATA', 'Subject: counted\r\n\r\nhello\r\n.', 'QUIT']);
     assert.match(sent[5] ?? '', /^250/, smtp.role.output());
-    await waitFor('the RelayUsage object to count the message', async () =>
-      (await kube.kubectl('get', 'relayusage', 'smtp-rbac', '-o', 'jsonpath={.spec.buckets[*].users.demo.messages}').catch(() => '')) === '1',
+    await eventually(
+      'the RelayUsage object to count the message',
+      async () => (await kube.kubectl('get', 'relayusage', 'smtp-rbac', '-o', 'jsonpath={.spec.buckets[*].users.demo.messages}').catch(() => '')) === '1',
+      30_000,
+      250,
     );
     for (const r of [pop3, smtp]) {
       assert.equal(await r.role.stop(), 0, r.role.output());
@@ -175,11 +171,11 @@ describe("each role does its job with only its chart ServiceAccount's permission
     );
     const login = await converse(popPort, [null, 'USER erin', 'PASS erin', 'QUIT']);
     assert.match(login[2] ?? '', /^\+OK/, pop3.role.output());
-    await waitFor('the grant', async () => (await kube.kubectl('get', 'relaygrants', '-o', 'name')).includes('v4-127.0.0.1'));
+    await eventually('the grant', async () => (await kube.kubectl('get', 'relaygrants', '-o', 'name')).includes('v4-127.0.0.1'), 30_000, 250);
     fs.writeFileSync(`${users}.new`, 'erin:{PLAIN}changed\n');
     fs.renameSync(`${users}.new`, users);
-    await waitFor('the grant to be revoked', async () => !(await kube.kubectl('get', 'relaygrants', '-o', 'name')).includes('v4-127.0.0.1'));
-    await waitFor('the Event', async () => (await kube.kubectl('get', 'events', '-o', 'jsonpath={.items[*].reason}')).includes('PasswordChanged'));
+    await eventually('the grant to be revoked', async () => !(await kube.kubectl('get', 'relaygrants', '-o', 'name')).includes('v4-127.0.0.1'), 30_000, 250);
+    await eventually('the Event', async () => (await kube.kubectl('get', 'events', '-o', 'jsonpath={.items[*].reason}')).includes('PasswordChanged'), 30_000, 250);
     assert.equal(await pop3.role.stop(), 0, pop3.role.output());
     assert.doesNotMatch(pop3.role.output(), /forbidden|revocation_failed|event_failed/i);
   });
@@ -190,9 +186,9 @@ describe("each role does its job with only its chart ServiceAccount's permission
     const ask = async (line: string) => (await converse(port, [`${line}\r\n`]))[0] ?? '';
     assert.match(await ask('LOGIN 192.0.2.77 wanda'), /^\+/, role.output());
     assert.equal(await kube.kubectl('get', 'relaygrant', 'v4-192.0.2.77', '-o', 'jsonpath={.spec.user} {.spec.source}'), 'wanda whoson');
-    await waitFor('QUERY to see the grant', async () => (await ask('QUERY 192.0.2.77')).startsWith('+'));
+    await eventually('QUERY to see the grant', async () => (await ask('QUERY 192.0.2.77')).startsWith('+'), 30_000, 250);
     assert.match(await ask('LOGOUT 192.0.2.77'), /^\+/);
-    await waitFor('the grant to be deleted', async () => !(await kube.kubectl('get', 'relaygrants', '-o', 'name')).includes('v4-192.0.2.77'));
+    await eventually('the grant to be deleted', async () => !(await kube.kubectl('get', 'relaygrants', '-o', 'name')).includes('v4-192.0.2.77'), 30_000, 250);
     assert.equal(await role.stop(), 0, role.output());
     assert.doesNotMatch(role.output(), /forbidden/i);
   });

@@ -51,7 +51,15 @@ export interface Cli {
 
 /** The client and namespace as kubectl would pick them: --kubeconfig/--context, then -n, the context's namespace, `default`. */
 export function connect(args: CliArgs): { client: KubeClient; namespace: string } {
-  const credentials = loadKubeConfig(args.kubeconfig, process.env, undefined, args.context);
+  let credentials;
+  try {
+    credentials = loadKubeConfig(args.kubeconfig, process.env, undefined, args.context);
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException;
+    // A file that is not there: say which, as kubectl does, rather than the bare system error.
+    if (e.code === 'ENOENT' || e.code === 'EACCES') throw new Error(`cannot read the kubeconfig ${e.path ?? args.kubeconfig ?? ''}: ${e.code}`, { cause: err });
+    throw err;
+  }
   return { client: new KubeClient(credentials), namespace: args.namespace ?? credentials.namespace ?? 'default' };
 }
 

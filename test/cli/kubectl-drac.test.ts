@@ -221,6 +221,7 @@ void describe('kubectl drac through the real kubectl on the real API server', ()
     await fails(/Unknown option '--bogus'/, 'grants', '--bogus');
     await fails(/--for does not apply to grants/, 'grants', '--for', '1h');
     await fails(/-o yaml: expected -o json/, 'grants', '-o', 'yaml');
+    await fails(/cannot read the kubeconfig \/nonexistent\/kubeconfig: ENOENT/, '--kubeconfig', '/nonexistent/kubeconfig', 'grants');
   });
 
   it('says in one line when the API server forbids it', async () => {

@@ -38,7 +38,6 @@ export interface CredentialRevokerOptions {
   instance?: string;
 }
 
-
 /** Revokes the grants of users whose credential changed; one pass per change, in order, retried until done. */
 export class CredentialRevoker {
   private readonly opts: Required<Omit<CredentialRevokerOptions, 'store'>> & Pick<CredentialRevokerOptions, 'store'>;

@@ -32,10 +32,13 @@ async function startReplica(name: string) {
 
 const relay = (port: number) => swaks({ port, to: 'someone@elsewhere.test', local: CLIENT });
 
-async function limitedCount(kind: string): Promise<number> {
-  const metric = (await registry.getMetricsAsJSON()).find((m) => m.name === 'kubedrac_smtp_relay_limited_total');
-  return (metric?.values as { labels: Record<string, string>; value: number }[] | undefined)?.find((v) => v.labels.kind === kind)?.value ?? 0;
+async function sample(name: string, labels: Record<string, string>): Promise<number> {
+  const metric = (await registry.getMetricsAsJSON()).find((m) => m.name === name);
+  const values = metric?.values as { labels: Record<string, string>; value: number }[] | undefined;
+  return values?.find((v) => Object.entries(labels).every(([k, x]) => v.labels[k] === x))?.value ?? 0;
 }
+const limitedCount = (kind: string) => sample('kubedrac_smtp_relay_limited_total', { kind });
+const limitDecisions = () => sample('kubedrac_smtp_relay_decisions_total', { decision: 'tempfail', reason: 'limit' });
 
 before(async () => {
   k = await kubeForTest('limits-replicas');
@@ -62,6 +65,7 @@ describe('relay limits across replicas', () => {
     await eventually("replica a sees b's message", () => a.limits.ledger.user('demo')?.messages === 3);
 
     const limitedBefore = await limitedCount('user_messages');
+    const decisionsBefore = await limitDecisions();
     for (const r of [a, b]) {
       const refused = await relay(r.smtp.port);
       assert.equal(refused.code, 24, refused.stdout);
@@ -73,6 +77,7 @@ describe('relay limits across replicas', () => {
       assert.deepEqual([line?.user, line?.kind, line?.used, line?.limit], ['demo', 'user_messages', 3, 3]);
     }
     assert.equal((await limitedCount('user_messages')) - limitedBefore, 2);
+    assert.equal((await limitDecisions()) - decisionsBefore, 2, 'the gate counts them as tempfail/limit, not allowed');
     assert.equal(a.smtp.messages(a.smtp.outbox).length + b.smtp.messages(b.smtp.outbox).length, 3, 'exactly the limit was relayed');
 
     // What `kubectl drac top` reads: one object per replica, summing to the same.

@@ -8,6 +8,7 @@ import fsp from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { pooledIo, type FileIo } from '../mail/io.ts';
+import { uniqueId } from './ids.ts';
 
 export const LOCK_FILE = '.kubedrac-pop3.lock';
 
@@ -80,7 +81,7 @@ async function readLock(file: string): Promise<{ content: LockContent | undefine
 export async function lockMaildrop(maildir: string, opts: LockOptions): Promise<HeldLock> {
   const file = path.join(maildir, LOCK_FILE);
   const host = opts.hostname ?? os.hostname();
-  const token = crypto.randomBytes(12).toString('hex');
+  const token = uniqueId();
   const content: LockContent = { host, pid: process.pid, token, since: new Date().toISOString() };
 
   const io = opts.io ?? (() => pooledIo);

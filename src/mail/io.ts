@@ -63,27 +63,25 @@ export const inlineIo: FileIo = {
 };
 
 export interface ResponsiveIoOptions {
-  /** Calls on the calling thread that take longer than this (ms), on average, mean the volume is slow now. */
+  /** Calls on the calling thread that each take longer than this (ms), `slowCalls` in a row, mean the volume is slow now. */
   slowCallMs: number;
+  slowCalls: number;
   /** Once slow, go through the pool for this long (ms), then try the calling thread again. */
   poolForMs: number;
   now?: () => number;
 }
 
-/** Weight of the latest call in the running average: one call held up by the scheduler is not a slow volume. */
-const LATEST_WEIGHT = 1 / 16;
-
 /**
  * The calling thread while the volume answers in microseconds (a local disk: a few µs a call,
  * against ~0.1-0.2 ms a trip to the pool), the pool for a while once calls take long (a network
  * volume having a slow moment): slow calls then hold up the event loop a few times, not at every
- * login. The average is of wall time, so a busy machine that preempts a call now and then does not
- * count as a slow volume, but a volume slow at every call soon does. `alone()`: nothing else waits
+ * login. Only calls slow one after another count: on a busy machine the scheduler holds up a call
+ * now and then (wall time), where a slow volume is slow at every call. `alone()`: nothing else waits
  * on this event loop, so the calling thread is always fine.
  */
 export function responsiveIo(alone: () => boolean, opts: ResponsiveIoOptions): () => FileIo {
   const now = opts.now ?? (() => performance.now());
-  let averageMs = 0;
+  let slowInARow = 0;
   let poolUntil = -Infinity;
   const timed =
     <A extends unknown[], R>(call: (...args: A) => R) =>
@@ -93,10 +91,10 @@ export function responsiveIo(alone: () => boolean, opts: ResponsiveIoOptions): (
         return call(...args);
       } finally {
         const ended = now();
-        averageMs += (ended - started - averageMs) * LATEST_WEIGHT;
-        if (averageMs > opts.slowCallMs) {
+        slowInARow = ended - started > opts.slowCallMs ? slowInARow + 1 : 0;
+        if (slowInARow >= opts.slowCalls) {
           poolUntil = ended + opts.poolForMs;
-          averageMs = 0; // judged afresh when the calling thread is tried again
+          slowInARow = 0; // judged afresh when the calling thread is tried again
         }
       }
     };

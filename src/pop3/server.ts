@@ -374,7 +374,7 @@ export async function startPop3Server(config: Pop3Config, deps: Pop3ServerDeps):
   const verifier = new PasswordVerifier({ threads: config.passwordThreads, idle: alone });
   // The lock and the Maildir listing are a handful of metadata calls: on the event loop while the
   // volume answers fast, through the thread pool while it is slow (or always, when alone).
-  const fileIo = responsiveIo(alone, { slowCallMs: 1, poolForMs: 10_000 });
+  const fileIo = responsiveIo(alone, { slowCallMs: 1, slowCalls: 8, poolForMs: 10_000 });
   const reloader = config.tls ? new TlsReloader({ ...config.tls, log }) : undefined;
   const login = new Pop3Login({
     users,

@@ -12,6 +12,9 @@ import { uniqueId } from './ids.ts';
 
 export const LOCK_FILE = '.kubedrac-pop3.lock';
 
+/** Read once: os.hostname() is a uname(2) call at every login otherwise. A pod's name does not change. */
+let thisHost: string | undefined;
+
 export interface LockOptions {
   /** Touch the lock this often while held. */
   heartbeatMs: number;
@@ -80,7 +83,7 @@ async function readLock(file: string): Promise<{ content: LockContent | undefine
  */
 export async function lockMaildrop(maildir: string, opts: LockOptions): Promise<HeldLock> {
   const file = path.join(maildir, LOCK_FILE);
-  const host = opts.hostname ?? os.hostname();
+  const host = opts.hostname ?? (thisHost ??= os.hostname());
   const token = uniqueId();
   const content: LockContent = { host, pid: process.pid, token, since: new Date().toISOString() };
 

@@ -76,6 +76,7 @@ class Connection {
   private busy = false;
   private closed = false;
   private timer: NodeJS.Timeout | undefined;
+  private timerMs = 0;
   private readonly commands: RateLimiter;
   private readonly onData = (chunk: Buffer) => this.receive(chunk);
   private readonly onClose = () => this.closedByPeer();
@@ -273,10 +274,16 @@ class Connection {
   }
 
   private armTimer(): void {
-    clearTimeout(this.timer);
-    if (this.closed) return;
+    if (this.closed) return clearTimeout(this.timer);
     const cfg = this.server.config.timeouts;
     const ms = this.session.state === 'TRANSACTION' ? cfg.idleMs : cfg.authorizationMs;
+    // Armed several times per command: the same timeout again just restarts (no new timer).
+    if (this.timer !== undefined && this.timerMs === ms) {
+      this.timer.refresh();
+      return;
+    }
+    clearTimeout(this.timer);
+    this.timerMs = ms;
     this.timer = setTimeout(() => {
       this.write('-ERR Disconnected for inactivity.\r\n');
       void this.session.abort();

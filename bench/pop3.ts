@@ -253,7 +253,12 @@ export interface Measured {
 
 const CLOCK_TICKS = Number(execFileSync('getconf', ['CLK_TCK']).toString().trim()) || 100;
 
-/** CPU seconds (user + system, all threads) used so far by process `root` and its descendants. */
+/**
+ * CPU seconds (user + system, all threads) used so far by process `root` and its descendants,
+ * those that have exited included: a process that ends within a window (Dovecot's pop3 processes
+ * end after service_count sessions) takes its own times out of /proc, and they reappear in its
+ * parent's times of waited-for children (cutime, cstime), which are counted too.
+ */
 function treeCpuSeconds(root: number): number {
   const parent = new Map<number, number>();
   const ticks = new Map<number, number>();
@@ -265,10 +270,10 @@ function treeCpuSeconds(root: number): number {
     } catch {
       continue; // gone meanwhile
     }
-    // After "pid (comm) ": state ppid ... utime (14th field) stime (15th).
+    // After "pid (comm) ": state ppid ... utime (14th field) stime cutime cstime (17th).
     const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
     parent.set(Number(name), Number(f[1]));
-    ticks.set(Number(name), Number(f[11]) + Number(f[12]));
+    ticks.set(Number(name), Number(f[11]) + Number(f[12]) + Number(f[13]) + Number(f[14]));
   }
   let total = 0;
   for (const [pid, t] of ticks) {

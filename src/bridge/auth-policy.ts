@@ -22,9 +22,8 @@
 import crypto from 'node:crypto';
 import http from 'node:http';
 import type net from 'node:net';
-import { canonicalIp, parseIp } from '../grants/address.ts';
+import { canonicalIp, isClientAddress, parseIp } from '../net/ip.ts';
 import { GrantWriteError, type GrantSource } from '../grants/types.ts';
-import { isClientAddress } from './drac-rpc.ts';
 import { admitPeer, type BridgeContext, type ListenerOptions, type RunningListener } from './listener.ts';
 import { bridgeRequests, type BridgeRequestResult } from './metrics.ts';
 

@@ -11,9 +11,8 @@
 // `allow` to networks where that cannot happen, or turn UDP off.
 import dgram from 'node:dgram';
 import net from 'node:net';
-import { canonicalIp, parseIp } from '../grants/address.ts';
+import { canonicalIp, isClientAddress, parseIp } from '../net/ip.ts';
 import { GrantWriteError } from '../grants/types.ts';
-import { isClientAddress } from './drac-rpc.ts';
 import { admitPeer, type BridgeContext, type ListenerOptions, type RunningListener } from './listener.ts';
 import { bridgeRequests, type BridgeRequestResult } from './metrics.ts';
 

@@ -4,7 +4,7 @@
 import crypto from 'node:crypto';
 import dgram from 'node:dgram';
 import net from 'node:net';
-import type { Logger } from '../observability/log.ts';
+import type { Logger } from '../../observability/log.ts';
 import { encodeRecord, RecordReader } from './oncrpc.ts';
 
 export interface RpcPeer {

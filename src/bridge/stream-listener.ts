@@ -3,6 +3,7 @@
 // read its answers, and the loop that answers each chunk a peer sends in one write. A reader
 // brings only its framing and its decision (a RequestAnswerer).
 import net from 'node:net';
+import { listenTcp } from '../net/listen.ts';
 import { admitPeer, type BridgeContext, type BridgeProtocol, type ListenerOptions, type RunningListener } from './listener.ts';
 import { bridgeRequests } from './metrics.ts';
 
@@ -115,13 +116,7 @@ export async function startStreamListener(
   });
   server.maxConnections = 1024;
   server.on('error', (err) => ctx.log.warn(`${protocol}_listener_error`, { error: err }));
-  const port = await new Promise<number>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen({ host: opts.host, port: opts.port, exclusive: true }, () => {
-      server.off('error', reject);
-      resolve((server.address() as net.AddressInfo).port);
-    });
-  });
+  const port = await listenTcp(server, opts.host, opts.port);
   ctx.log.info(`${protocol}_listening`, { host: opts.host, port, allow: opts.allow.entries });
   return {
     protocol,

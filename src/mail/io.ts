@@ -6,17 +6,17 @@ import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 
 export interface FileIo {
-  open(file: string, flags: string, mode: number): Promise<number>;
-  write(fd: number, text: string): Promise<number>;
+  open: (file: string, flags: string, mode: number) => Promise<number>;
+  write: (fd: number, text: string) => Promise<number>;
   /** Read into `buf` from `position`; the bytes read. */
-  read(fd: number, buf: Buffer, position: number): Promise<number>;
-  fstat(fd: number): Promise<fs.Stats>;
-  stat(file: string): Promise<fs.Stats>;
-  readdir(dir: string): Promise<string[]>;
-  rename(from: string, to: string): Promise<void>;
-  unlink(file: string): Promise<void>;
+  read: (fd: number, buf: Buffer, position: number) => Promise<number>;
+  fstat: (fd: number) => Promise<fs.Stats>;
+  stat: (file: string) => Promise<fs.Stats>;
+  readdir: (dir: string) => Promise<string[]>;
+  rename: (from: string, to: string) => Promise<void>;
+  unlink: (file: string) => Promise<void>;
   /** Close, nobody waits for it. */
-  close(fd: number): void;
+  close: (fd: number) => void;
 }
 
 const call = <T>(run: (cb: (err: NodeJS.ErrnoException | null, value: T) => void) => void): Promise<T> =>
@@ -61,3 +61,53 @@ export const inlineIo: FileIo = {
     }
   },
 };
+
+export interface ResponsiveIoOptions {
+  /** Calls on the calling thread that each take longer than this (ms), `slowCalls` in a row, mean the volume is slow now. */
+  slowCallMs: number;
+  slowCalls: number;
+  /** Once slow, go through the pool for this long (ms), then try the calling thread again. */
+  poolForMs: number;
+  now?: () => number;
+}
+
+/**
+ * The calling thread while the volume answers in microseconds (a local disk: a few µs a call,
+ * against ~0.1-0.2 ms a trip to the pool), the pool for a while once calls take long (a network
+ * volume having a slow moment): slow calls then hold up the event loop a few times, not at every
+ * login. Only calls slow one after another count: on a busy machine the scheduler holds up a call
+ * now and then (wall time), where a slow volume is slow at every call. `alone()`: nothing else waits
+ * on this event loop, so the calling thread is always fine.
+ */
+export function responsiveIo(alone: () => boolean, opts: ResponsiveIoOptions): () => FileIo {
+  const now = opts.now ?? (() => performance.now());
+  let slowInARow = 0;
+  let poolUntil = -Infinity;
+  const timed =
+    <A extends unknown[], R>(call: (...args: A) => R) =>
+    (...args: A): R => {
+      const started = now();
+      try {
+        return call(...args);
+      } finally {
+        const ended = now();
+        slowInARow = ended - started > opts.slowCallMs ? slowInARow + 1 : 0;
+        if (slowInARow >= opts.slowCalls) {
+          poolUntil = ended + opts.poolForMs;
+          slowInARow = 0; // judged afresh when the calling thread is tried again
+        }
+      }
+    };
+  const io: FileIo = {
+    open: timed(inlineIo.open),
+    write: timed(inlineIo.write),
+    read: timed(inlineIo.read),
+    fstat: timed(inlineIo.fstat),
+    stat: timed(inlineIo.stat),
+    readdir: timed(inlineIo.readdir),
+    rename: timed(inlineIo.rename),
+    unlink: timed(inlineIo.unlink),
+    close: timed(inlineIo.close),
+  };
+  return () => (alone() || now() >= poolUntil ? io : pooledIo);
+}

@@ -37,17 +37,19 @@ class WinstonLogger implements Logger {
   constructor(target: winston.Logger) {
     this.target = target;
   }
+  // Winston formats a line (to JSON) before its transports drop it by level: ask first, so that a
+  // line below the level costs nothing (a POP3 login's info line was ~0.1 ms of CPU at level warn).
   debug(event: string, fields?: LogFields): void {
-    this.target.debug(event, { event, ...fields });
+    if (this.target.isLevelEnabled('debug')) this.target.debug(event, { event, ...fields });
   }
   info(event: string, fields?: LogFields): void {
-    this.target.info(event, { event, ...fields });
+    if (this.target.isLevelEnabled('info')) this.target.info(event, { event, ...fields });
   }
   warn(event: string, fields?: LogFields): void {
-    this.target.warn(event, { event, ...fields });
+    if (this.target.isLevelEnabled('warn')) this.target.warn(event, { event, ...fields });
   }
   error(event: string, fields?: LogFields): void {
-    this.target.error(event, { event, ...fields });
+    if (this.target.isLevelEnabled('error')) this.target.error(event, { event, ...fields });
   }
   child(fields: LogFields): Logger {
     return new WinstonLogger(this.target.child(fields));

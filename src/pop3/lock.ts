@@ -8,8 +8,12 @@ import fsp from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { pooledIo, type FileIo } from '../mail/io.ts';
+import { uniqueId } from './ids.ts';
 
 export const LOCK_FILE = '.kubedrac-pop3.lock';
+
+/** Read once: os.hostname() is a uname(2) call at every login otherwise. A pod's name does not change. */
+let thisHost: string | undefined;
 
 export interface LockOptions {
   /** Touch the lock this often while held. */
@@ -79,8 +83,8 @@ async function readLock(file: string): Promise<{ content: LockContent | undefine
  */
 export async function lockMaildrop(maildir: string, opts: LockOptions): Promise<HeldLock> {
   const file = path.join(maildir, LOCK_FILE);
-  const host = opts.hostname ?? os.hostname();
-  const token = crypto.randomBytes(12).toString('hex');
+  const host = opts.hostname ?? (thisHost ??= os.hostname());
+  const token = uniqueId();
   const content: LockContent = { host, pid: process.pid, token, since: new Date().toISOString() };
 
   const io = opts.io ?? (() => pooledIo);

@@ -11,9 +11,10 @@ import type { GrantRenewer } from '../grants/types.ts';
 import { acceptConnection } from '../net/accept.ts';
 import { ConnectionLimiter, RateLimiter } from '../net/limits.ts';
 import { TlsReloader } from '../net/tls.ts';
-import { inlineIo, pooledIo } from '../mail/io.ts';
+import { responsiveIo } from '../mail/io.ts';
 import type { Logger } from '../observability/log.ts';
 import type { Pop3Config } from './config.ts';
+import { uniqueId } from './ids.ts';
 import { Pop3Login, type LoginClient } from './login.ts';
 import { openMaildrop } from './maildrop.ts';
 import { MailRootProbe } from './readiness.ts';
@@ -74,6 +75,7 @@ class Connection {
   private busy = false;
   private closed = false;
   private timer: NodeJS.Timeout | undefined;
+  private timerMs = 0;
   private readonly commands: RateLimiter;
   private readonly onData = (chunk: Buffer) => this.receive(chunk);
   private readonly onClose = () => this.closedByPeer();
@@ -92,7 +94,7 @@ class Connection {
     this.done = new Promise((r) => (this.resolveDone = r));
     const cfg = server.config;
     this.commands = new RateLimiter({ capacity: cfg.limits.commandBurst, refillPerSecond: cfg.limits.commandsPerSecond, maxKeys: 1 });
-    const sessionId = crypto.randomBytes(6).toString('hex');
+    const sessionId = uniqueId();
     const client: LoginClient = { ...opts.client, sessionId };
     const io: SessionIo = {
       write: (text) => this.write(text + '\r\n'),
@@ -110,7 +112,9 @@ class Connection {
       maxErrors: cfg.limits.maxErrors,
       login: (user, password) => server.login.login(user, password, client),
       // RFC 1939's timestamp, unique per session; only when some user could use APOP at all.
-      apopBanner: server.users.hasPlainSecrets ? `<${process.pid}.${sessionId}@${server.config.implementation}>` : undefined,
+      // Drawn afresh: a timestamp a client (or a rogue server) could predict would let a digest be
+      // asked for ahead of time.
+      apopBanner: server.users.hasPlainSecrets ? `<${process.pid}.${crypto.randomBytes(6).toString('hex')}@${server.config.implementation}>` : undefined,
       apop: (user, banner, digest) => server.login.apop(user, banner, digest, client),
       onEvent: (event, fields) => {
         if (event === 'retrieved') retrievedBytes.inc(fields.bytes as number);
@@ -269,10 +273,16 @@ class Connection {
   }
 
   private armTimer(): void {
-    clearTimeout(this.timer);
-    if (this.closed) return;
+    if (this.closed) return clearTimeout(this.timer);
     const cfg = this.server.config.timeouts;
     const ms = this.session.state === 'TRANSACTION' ? cfg.idleMs : cfg.authorizationMs;
+    // Armed several times per command: the same timeout again just restarts (no new timer).
+    if (this.timer !== undefined && this.timerMs === ms) {
+      this.timer.refresh();
+      return;
+    }
+    clearTimeout(this.timer);
+    this.timerMs = ms;
     this.timer = setTimeout(() => {
       this.write('-ERR Disconnected for inactivity.\r\n');
       void this.session.abort();
@@ -368,13 +378,14 @@ export async function startPop3Server(config: Pop3Config, deps: Pop3ServerDeps):
   // A login alone in this process hashes on the event loop: nobody else's session waits behind it.
   const alone = () => sockets.size <= 1;
   const verifier = new PasswordVerifier({ threads: config.passwordThreads, idle: alone });
-  const fileIo = () => (alone() ? inlineIo : pooledIo);
+  // The lock and the Maildir listing are a handful of metadata calls: on the event loop while the
+  // volume answers fast, through the thread pool while it is slow (or always, when alone).
+  const fileIo = responsiveIo(alone, { slowCallMs: 1, slowCalls: 8, poolForMs: 10_000 });
   const reloader = config.tls ? new TlsReloader({ ...config.tls, log }) : undefined;
   const login = new Pop3Login({
     users,
     verifier,
     throttle: deps.throttle ?? new LoginThrottle(config.login),
-    // Likewise its lock and Maildir listing take no trips to the thread pool.
     openMaildrop: (user) => openMaildrop(user, { mailRoot: config.mailRoot, mailLocation: config.mailLocation, lock: { ...config.lock, io: fileIo } }),
     renewer: deps.renewer,
     denyGrantNetworks: config.denyGrantNetworks,

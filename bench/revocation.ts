@@ -52,14 +52,14 @@ const QUICK: Schedule = { idle: [20, 5], busySeconds: 25 };
 // ---------------------------------------------------------------------------------------------
 // The role processes.
 
-interface Role {
+export interface Role {
   name: string;
   child: ChildProcess;
   metricsPort: number;
   logFile: string;
 }
 
-async function startRole(dir: string, name: 'pop3' | 'smtp' | 'bridge', config: Record<string, unknown>): Promise<Role> {
+export async function startRole(dir: string, name: 'pop3' | 'smtp' | 'bridge' | 'operator', config: Record<string, unknown>): Promise<Role> {
   const metricsPort = await freePort();
   const file = path.join(dir, `${name}.yaml`);
   fs.writeFileSync(file, JSON.stringify({ ...config, metrics: { host: '127.0.0.1', port: metricsPort } }, null, 2)); // JSON is YAML
@@ -77,7 +77,7 @@ async function startRole(dir: string, name: 'pop3' | 'smtp' | 'bridge', config: 
   }
 }
 
-async function stopRole(role: Role): Promise<void> {
+export async function stopRole(role: Role): Promise<void> {
   if (role.child.exitCode !== null) return;
   const exited = new Promise((r) => role.child.once('exit', r));
   role.child.kill('SIGTERM');

@@ -12,10 +12,10 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
-import { ADDSTAT, DRAC_PROGRAM, startDracRpcListener } from '../src/bridge/drac-rpc.ts';
-import { ACCEPT, decodeReply, encodeCall } from '../src/bridge/oncrpc.ts';
-import { hostOfUniversalAddress, PMAP_PROGRAM } from '../src/bridge/portmap.ts';
-import { XdrReader, XdrWriter } from '../src/bridge/xdr.ts';
+import { ADDSTAT, DRAC_PROGRAM, startDracRpcListener } from '../src/bridge/drac/drac-rpc.ts';
+import { ACCEPT, decodeReply, encodeCall } from '../src/bridge/drac/oncrpc.ts';
+import { hostOfUniversalAddress, PMAP_PROGRAM } from '../src/bridge/drac/portmap.ts';
+import { XdrReader, XdrWriter } from '../src/bridge/drac/xdr.ts';
 import { GrantCache } from '../src/grants/cache.ts';
 import { GrantStore } from '../src/grants/store.ts';
 import { KubeClient } from '../src/kube/client.ts';
@@ -196,7 +196,7 @@ function rows(label: string, r: PhaseResult, note: string): BenchResult[] {
 async function libtirpcLogins(logins: number): Promise<BenchResult[]> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'bench-drac-'));
   try {
-    const src = path.join(import.meta.dirname, '..', 'test', 'bridge', 'rpc-client');
+    const src = path.join(import.meta.dirname, '..', 'test', 'bridge', 'drac', 'rpc-client');
     for (const f of ['drac.x', 'drac-client.c']) fs.copyFileSync(path.join(src, f), path.join(dir, f));
     try {
       for (const [flag, out] of [['-h', 'drac.h'], ['-l', 'drac_clnt.c'], ['-c', 'drac_xdr.c']] as const) await exec('rpcgen', [flag, '-o', out, 'drac.x'], { cwd: dir });

@@ -7,7 +7,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { NODE_NETWORK } from '../src/local/node/config.ts';
 import { nodeUnsupportedReason } from '../src/local/node/cluster.ts';
-import { LOCAL_DOMAIN, RELEASE, REMOTE_DOMAIN, STRANGER_ADDRESS, USER, run as runCommand, startChartOnNode, type ChartOnNode } from '../test/node/support.ts';
+import { LOCAL_DOMAIN, RELEASE, REMOTE_DOMAIN, STRANGER_ADDRESS, USER, run as runCommand, startChartOnNode, type ChartOnNode } from '../harness/node-chart.ts';
 import type { LoadConfig, SessionEvent } from './node-load.ts';
 import type { BenchOptions, BenchResult } from './types.ts';
 

@@ -20,7 +20,7 @@ import { grantsPath } from '../src/grants/paths.ts';
 import type { KubeClient } from '../src/kube/client.ts';
 import { ensureNamespace, installCrds } from '../src/kube/crds.ts';
 import { ControlPlane } from '../src/local/control-plane.ts';
-import { grantBody, kill, scrape, spawnOperator, testAddress, writeOperatorConfig, type OperatorProcess } from '../test/operator/support.ts';
+import { grantBody, kill, scrape, spawnOperator, testAddress, writeOperatorConfig, type OperatorProcess } from '../harness/operator.ts';
 import { percentile, type BenchOptions, type BenchResult } from './types.ts';
 
 const GRACE_MS = 1000;

@@ -19,7 +19,7 @@ import { parseSmtpConfig } from '../src/smtp/config.ts';
 import { MaildirLocalUsers } from '../src/smtp/local-users.ts';
 import { RelayPolicy } from '../src/smtp/relay-policy.ts';
 import { startSmtpServer } from '../src/smtp/server.ts';
-import { startPostfix, type PostfixInstance } from '../test/smtp/postfix.ts';
+import { startPostfix, type PostfixInstance } from '../harness/postfix.ts';
 import { spawnServerUnderTest } from './server-process.ts';
 import { percentile, type BenchOptions, type BenchResult } from './types.ts';
 

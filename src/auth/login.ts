@@ -6,7 +6,7 @@
 // after the attempt started.
 import crypto from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { isValidUserName } from '../mail/paths.ts';
+import { isValidUserName } from './user-name.ts';
 import type { Logger } from '../observability/log.ts';
 import type { UserDatabase, UserEntry } from './passwd-file.ts';
 import { parseStoredPassword, verifyApop, type StoredPassword } from './schemes.ts';

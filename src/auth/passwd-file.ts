@@ -1,10 +1,8 @@
 // Users from a Dovecot-compatible passwd-file (`user:{SCHEME}hash[:uid:gid:gecos:home:shell:extra]`),
 // mounted from a Secret and reloaded when it changes. A file that does not parse is refused as a
 // whole and the last good one stays in force: half a users file would lock people out.
-import { FileWatch } from '../net/file-watch.ts';
-import fs from 'node:fs';
-import type { Logger } from '../observability/log.ts';
-import { isValidUserName } from '../mail/paths.ts';
+import { ReloadedFile, type MountedFileOptions } from '../config/reloaded-file.ts';
+import { isValidUserName } from './user-name.ts';
 import type { Scheme, StoredPassword } from './schemes.ts';
 import { PasswordSchemeError, costClass, isPlainSecret, parseStoredPassword } from './schemes.ts';
 
@@ -55,51 +53,36 @@ export function parsePasswdFile(text: string, source: string, defaultScheme: Sch
   return users;
 }
 
-export interface UserDatabaseOptions {
-  file: string;
-  log: Logger;
+export interface UserDatabaseOptions extends MountedFileOptions {
   defaultScheme?: Scheme;
-  /** Re-read at least this often (watch events can be missed). 0 disables polling. */
-  pollIntervalMs?: number;
-  debounceMs?: number;
 }
 
 /** The users, kept current with the file. Construction throws when the first load fails. */
 export class UserDatabase {
-  private users: Map<string, UserEntry>;
+  private readonly file: ReloadedFile<Map<string, UserEntry>>;
   private plainSecretsOf: Map<string, UserEntry> | undefined;
   private plainSecrets = false;
   private decoyOf: Map<string, UserEntry> | undefined;
   private decoy: StoredPassword | undefined;
-  private fingerprint: string;
-  private readonly opts: Required<UserDatabaseOptions>;
-  private readonly watch: FileWatch;
-  private closed = false;
-  /** Set when the newest file on disk was refused (for readiness and logs). */
-  lastError: string | undefined;
 
   constructor(opts: UserDatabaseOptions) {
-    this.opts = { defaultScheme: 'CRYPT', pollIntervalMs: 30_000, debounceMs: 200, ...opts };
-    const text = this.read();
-    this.users = parsePasswdFile(text, this.opts.file, this.opts.defaultScheme);
-    this.fingerprint = text;
-    this.opts.log.info('users_loaded', { file: this.opts.file, users: this.users.size });
-    this.watch = new FileWatch({
-      files: [this.opts.file],
-      onChange: () => this.reload(),
-      pollIntervalMs: this.opts.pollIntervalMs,
-      debounceMs: this.opts.debounceMs,
-      log: this.opts.log,
+    const { file, defaultScheme = 'CRYPT' } = opts;
+    this.file = new ReloadedFile({
+      ...opts,
+      parse: (text) => parsePasswdFile(text, file, defaultScheme),
+      readError: (code) => new PasswdFileError(`cannot read users file ${file}: ${code}`),
       eventPrefix: 'users',
+      summary: (users) => ['users', users.size],
     });
   }
 
-  private read(): string {
-    try {
-      return fs.readFileSync(this.opts.file, 'utf8');
-    } catch (err) {
-      throw new PasswdFileError(`cannot read users file ${this.opts.file}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`);
-    }
+  /** Set when the newest file on disk was refused (for readiness and logs). */
+  get lastError(): string | undefined {
+    return this.file.lastError;
+  }
+
+  private get users(): Map<string, UserEntry> {
+    return this.file.current;
   }
 
   get size(): number {
@@ -150,28 +133,10 @@ export class UserDatabase {
 
   /** Re-read the file; returns whether a new version was taken. A broken file keeps the old users. */
   reload(): boolean {
-    if (this.closed) return false;
-    let text: string;
-    let users: Map<string, UserEntry>;
-    try {
-      text = this.read();
-      if (text === this.fingerprint) return false;
-      users = parsePasswdFile(text, this.opts.file, this.opts.defaultScheme);
-    } catch (err) {
-      const message = (err as Error).message;
-      if (message !== this.lastError) this.opts.log.error('users_reload_refused', { error: message, keeping: this.users.size });
-      this.lastError = message;
-      return false;
-    }
-    this.users = users;
-    this.fingerprint = text;
-    this.lastError = undefined;
-    this.opts.log.info('users_reloaded', { file: this.opts.file, users: users.size });
-    return true;
+    return this.file.reload();
   }
 
   close(): void {
-    this.closed = true;
-    this.watch.close();
+    this.file.close();
   }
 }

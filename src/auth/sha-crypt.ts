@@ -1,6 +1,7 @@
 // SHA-256-crypt and SHA-512-crypt (`$5$`, `$6$`), per Ulrich Drepper's "Unix crypt using
 // SHA-256 and SHA-512" (the algorithm of glibc crypt(3), Dovecot's SHA256-CRYPT/SHA512-CRYPT,
-// `openssl passwd -5/-6` and `mkpasswd`). Built on node:crypto's one-shot hash.
+// `openssl passwd -5/-6` and `mkpasswd`). SHA-512-crypt's rounds run in the WebAssembly kernel
+// (sha512-wasm.ts), SHA-256-crypt's through node:crypto's one-shot hash.
 import crypto from 'node:crypto';
 import { createSha512Kernel, LAYOUT_ENTRY, paddedLength, writePadding, type Sha512Kernel } from './sha512-wasm.ts';
 
@@ -87,7 +88,7 @@ function kernelWith(bytes: number): Sha512Kernel {
  * each 8-byte word stored as the number SHA-512 reads there; the kernel then runs every round
  * (writing the previous digest into the slot as words shifted into place, and hashing) in one call.
  */
-function roundsWasm(a: Buffer, pSeq: Buffer, sSeq: Buffer, rounds: number): Buffer {
+export function roundsWasm(a: Buffer, pSeq: Buffer, sSeq: Buffer, rounds: number): Buffer {
   const TABLE = 0;
   const DIGEST = TABLE + 8 * LAYOUT_ENTRY;
   const layouts: Array<{ message: Buffer; slot: number; start: number }> = [];
@@ -128,8 +129,12 @@ function roundsWasm(a: Buffer, pSeq: Buffer, sSeq: Buffer, rounds: number): Buff
   return Buffer.from(mem.slice(DIGEST, DIGEST + 64));
 }
 
-/** The same rounds through node:crypto (SHA-256-crypt, and the reference for the kernel). */
-function roundsNode(v: Variant, a: Buffer, pSeq: Buffer, sSeq: Buffer, rounds: number): Buffer {
+/**
+ * The same rounds through node:crypto: SHA-256-crypt's, and for SHA-512 the reference the kernel
+ * is tested against (test/auth/sha512-wasm.test.ts).
+ */
+export function roundsNode(variant: '5' | '6', a: Buffer, pSeq: Buffer, sSeq: Buffer, rounds: number): Buffer {
+  const v = VARIANTS[variant];
   const size = v.size;
   const templates: Array<{ buf: Buffer; slot: number }> = [];
   for (let odd = 0; odd < 2; odd++) {
@@ -171,7 +176,7 @@ export function shaCrypt(password: string | Buffer, setting: ShaCryptSetting): s
   // S sequence: H(S repeated 16 + A[0] times), first |S| bytes.
   const sSeq = h(v.algorithm, Buffer.concat(new Array<Buffer>(16 + (c[0] as number)).fill(s))).subarray(0, s.length);
 
-  c = v.id === '6' ? roundsWasm(c, pSeq, sSeq, setting.rounds) : roundsNode(v, c, pSeq, sSeq, setting.rounds);
+  c = v.id === '6' ? roundsWasm(c, pSeq, sSeq, setting.rounds) : roundsNode(v.id, c, pSeq, sSeq, setting.rounds);
 
   const rounds = setting.roundsCustom ? `rounds=${setting.rounds}$` : '';
   return `$${v.id}$${rounds}${s.toString('utf8')}$${encode(v, c)}`;

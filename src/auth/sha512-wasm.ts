@@ -80,15 +80,11 @@ function emitter(firstI64: number) {
     c64(32n);
     emit(OP.i64Rotl);
   };
-  /**
-   * One 128-byte block at local `ptr` into H0..H7. `bigEndian`: the block is bytes as SHA-512
-   * reads them; else each 8-byte word is stored little-endian already (a plain load is the word).
-   */
-  const compress = (ptr: number, bigEndian: boolean) => {
+  /** One 128-byte block at local `ptr` into H0..H7, each 8-byte word stored little-endian (a plain load is the word). */
+  const compress = (ptr: number) => {
     for (let t = 0; t < 16; t++) {
       get(ptr);
       emit(OP.i64Load, 3, ...uleb(t * 8));
-      if (bigEndian) bswapTop();
       set(W(t));
     }
     /** rotr(x, r0) ^ rotr(x, r1) ^ rotr(x, r2) as rotr(x ^ rotr(x ^ rotr(x, r2 - r1), r1 - r0), r0). */
@@ -195,11 +191,11 @@ function emitter(firstI64: number) {
     }
   };
   /** Hash `nb` (local) blocks from `ptr` (local) into H, both locals advanced to the end. */
-  const blocks = (ptr: number, nb: number, bigEndian: boolean) => {
+  const blocks = (ptr: number, nb: number) => {
     emit(OP.block, 0x40, OP.loop, 0x40);
     get(nb);
     emit(OP.i32Eqz, OP.brIf, 1);
-    compress(ptr, bigEndian);
+    compress(ptr);
     get(ptr);
     c32(128);
     emit(OP.i32Add);
@@ -211,23 +207,6 @@ function emitter(firstI64: number) {
     emit(OP.br, 0, OP.end, OP.end);
   };
   return { code, emit, H, get, set, c32, c64, bswapTop, initH, blocks };
-}
-
-/** Bytecode of `hash(ptr, nblocks, out)`: SHA-512 of the padded blocks at ptr, digest (big-endian) to out. */
-function hashFunctionBody(): number[] {
-  // Parameters 0..2: ptr, nblocks, out (i32). i64 locals from 3: H, v, W, t1, t2, ab0, ab1.
-  const e = emitter(3);
-  e.initH();
-  e.blocks(0, 1, true);
-  for (let i = 0; i < 8; i++) {
-    e.get(2);
-    e.get(e.H(i));
-    e.bswapTop();
-    e.emit(OP.i64Store, 3, ...uleb(i * 8));
-  }
-  e.emit(OP.end);
-  // Locals: one group of 100 i64.
-  return [1, ...uleb(100), I64, ...e.code];
 }
 
 /** Bytes per entry of the layout table of `cryptRounds`. */
@@ -327,7 +306,7 @@ function cryptRoundsFunctionBody(): number[] {
   emit(OP.i64Or);
   store64(64);
   e.initH();
-  e.blocks(ptr, nb, false);
+  e.blocks(ptr, nb);
   // odd ^= 1; m3 = (m3 + 1) % 3; m7 = (m7 + 1) % 7; rounds -= 1
   get(odd);
   c32(1);
@@ -359,11 +338,6 @@ function cryptRoundsFunctionBody(): number[] {
   return [2, ...uleb(102), I64, 7, I32, ...e.code];
 }
 
-function moduleBytes(): Uint8Array {
-  // hash(ptr, nblocks, out: i32) -> ()
-  return oneFunctionModule({ params: [I32, I32, I32], results: [], exportName: 'hash', body: hashFunctionBody() });
-}
-
 function cryptModuleBytes(): Uint8Array {
   // cryptRounds(table, rounds, digest: i32) -> ()
   return oneFunctionModule({ params: [I32, I32, I32], results: [], exportName: 'cryptRounds', body: cryptRoundsFunctionBody() });
@@ -371,22 +345,18 @@ function cryptModuleBytes(): Uint8Array {
 
 export interface Sha512Kernel {
   memory: WasmMemory;
-  /** Hash `nblocks` already-padded 128-byte blocks at `ptr`; the 64-byte digest goes to `out`. */
-  hash(ptr: number, nblocks: number, out: number): void;
   /** SHA-crypt's rounds over the layouts described at `table` (see cryptRoundsFunctionBody). */
   cryptRounds(table: number, rounds: number, digest: number): void;
 }
 
-let compiled: { hash: object; crypt: object } | undefined;
+let compiled: object | undefined;
 
 /** A kernel with its own memory of at least `bytes` bytes. */
 export function createSha512Kernel(bytes: number): Sha512Kernel {
-  compiled ??= { hash: new wasm.Module(moduleBytes()), crypt: new wasm.Module(cryptModuleBytes()) };
+  compiled ??= new wasm.Module(cryptModuleBytes());
   const memory = new wasm.Memory({ initial: Math.max(1, Math.ceil(bytes / 65536)) });
-  const hash = new wasm.Instance(compiled.hash, { env: { mem: memory } });
-  const crypt = new wasm.Instance(compiled.crypt, { env: { mem: memory } });
-  type Fn = (a: number, b: number, c: number) => void;
-  return { memory, hash: hash.exports.hash as Fn, cryptRounds: crypt.exports.cryptRounds as Fn };
+  const crypt = new wasm.Instance(compiled, { env: { mem: memory } });
+  return { memory, cryptRounds: crypt.exports.cryptRounds as (table: number, rounds: number, digest: number) => void };
 }
 /** Append SHA-512 padding to a message of `length` bytes: the padded size (a multiple of 128). */
 export function paddedLength(length: number): number {

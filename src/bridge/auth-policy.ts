@@ -22,9 +22,9 @@
 import crypto from 'node:crypto';
 import http from 'node:http';
 import type net from 'node:net';
-import { canonicalIp, parseIp } from '../grants/address.ts';
+import { canonicalIp, isClientAddress, parseIp } from '../net/ip.ts';
+import { listenTcp } from '../net/listen.ts';
 import { GrantWriteError, type GrantSource } from '../grants/types.ts';
-import { isClientAddress } from './drac-rpc.ts';
 import { admitPeer, type BridgeContext, type ListenerOptions, type RunningListener } from './listener.ts';
 import { bridgeRequests, type BridgeRequestResult } from './metrics.ts';
 
@@ -254,14 +254,7 @@ export async function startAuthPolicyListener(opts: AuthPolicyListenerOptions, c
     socket.destroy();
   });
 
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen({ host: opts.host, port: opts.port, exclusive: true }, () => {
-      server.off('error', reject);
-      resolve();
-    });
-  });
-  const port = (server.address() as net.AddressInfo).port;
+  const port = await listenTcp(server, opts.host, opts.port);
   ctx.log.info('auth_policy_listening', { host: opts.host, port, allow: opts.allow.entries, header: opts.apiHeader.name });
   return {
     protocol: 'auth-policy',

@@ -2,6 +2,7 @@
 // listener is off until enabled; each has a port and an allow-list (default: the section's).
 import fs from 'node:fs';
 import { ConfigError, type ConfigReader } from '../config/reader.ts';
+import { readSecretFile } from '../config/sections.ts';
 import { NetworkList } from '../net/networks.ts';
 
 export interface BridgeListenerConfig {
@@ -30,13 +31,7 @@ const MAP_NAME = { re: /^[A-Za-z0-9_.-]{1,64}$/, describe: 'a map name such as d
 
 /** The secret Dovecot sends in `auth_policy_server_api_header`, read from a mounted file. */
 function readApiKey(key: string, file: string): string {
-  let text: string;
-  try {
-    text = fs.readFileSync(file, 'utf8');
-  } catch (err) {
-    throw new ConfigError(key, `cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`);
-  }
-  const value = text.replace(/\r?\n$/, '');
+  const value = readSecretFile(key, file);
   if (value.length < 16 || /[\r\n]/.test(value)) {
     throw new ConfigError(key, `${file} must hold one line of at least 16 characters (the API key Dovecot sends)`);
   }

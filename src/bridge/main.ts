@@ -2,17 +2,15 @@
 // reading through one GrantCache and writing through one GrantStore, and the health endpoint
 // (ready once every listener is bound and, when a reader is on, the cache has synced).
 import type { ConfigDocument } from '../config/load.ts';
-import { GrantCache } from '../grants/cache.ts';
+import type { GrantCache } from '../grants/cache.ts';
 import { GrantStore } from '../grants/store.ts';
 import { GrantWriteError, type GrantLookup } from '../grants/types.ts';
-import { KubeClient } from '../kube/client.ts';
-import { startHealthServer } from '../observability/health.ts';
-import { createLogger, setLogLevel, type Logger } from '../observability/log.ts';
-import { collectProcessMetrics } from '../observability/metrics.ts';
-import { runRoleProcess } from '../role-process.ts';
+import type { HealthServer } from '../observability/health.ts';
+import { createLogger, type Logger } from '../observability/log.ts';
+import { beginRole, connectKube, runRoleProcess, startGrantCacheInBackground, startRoleHealth } from '../role-process.ts';
 import { startAuthPolicyListener } from './auth-policy.ts';
 import { bridgeReads, bridgeWrites, parseBridgeConfig, type BridgeConfig } from './config.ts';
-import { startDracRpcListener } from './drac-rpc.ts';
+import { startDracRpcListener } from './drac/drac-rpc.ts';
 import type { BridgeContext, RunningListener } from './listener.ts';
 import { startPolicyListener } from './policy.ts';
 import { startSocketmapListener } from './socketmap.ts';
@@ -51,30 +49,23 @@ function listenerStarts(config: BridgeConfig, ctx: BridgeContext): ListenerStart
 
 /** Start the bridge role from a config document; `close()` stops every listener, then the cache. */
 export async function runBridge(doc: ConfigDocument, log: Logger = createLogger('bridge')): Promise<RunningBridgeRole> {
-  setLogLevel(doc.common.log.level);
-  const config = parseBridgeConfig(doc.section('bridge'));
-  collectProcessMetrics();
-  const { namespace } = doc.common.kubernetes;
-  const client = KubeClient.fromPath(doc.common.kubernetes.kubeconfig);
+  const config = beginRole(doc, (d) => parseBridgeConfig(d.section('bridge')));
+  const kube = connectKube(doc);
+  const { client, namespace } = kube;
 
-  let cache: GrantCache | undefined;
-  if (bridgeReads(config)) {
-    cache = new GrantCache({ client, namespace, log: log.child({ component: 'grant-cache' }) });
-    // Listen at once: until the first list is in, every reader answers "try later".
-    cache.startInBackground();
-  }
+  // Listen at once: until the first list is in, every reader answers "try later".
+  const cache = bridgeReads(config) ? startGrantCacheInBackground(kube, log) : undefined;
   let store: GrantStore | undefined;
   let writerCache: GrantCache | undefined;
   if (bridgeWrites(config)) {
     // The store skips a login's write only on what a cache saw of the API server (issue 13).
-    writerCache = cache ?? new GrantCache({ client, namespace, indexUsers: false, log: log.child({ component: 'grant-cache' }) });
-    if (writerCache !== cache) writerCache.startInBackground();
+    writerCache = cache ?? startGrantCacheInBackground(kube, log, { indexUsers: false });
     store = new GrantStore({ client, namespace, ...doc.common.grants, grants: writerCache, log: log.child({ component: 'grant-store' }) });
   }
   const ctx: BridgeContext = { grants: cache ?? NO_GRANTS, store: store ?? NO_WRITES, log };
 
   const listeners: RunningListener[] = [];
-  let health: Awaited<ReturnType<typeof startHealthServer>> | undefined;
+  let health: HealthServer | undefined;
   const stop = async () => {
     await Promise.all(listeners.map((l) => l.close()));
     await health?.close();
@@ -92,7 +83,7 @@ export async function runBridge(doc: ConfigDocument, log: Logger = createLogger(
         throw new Error(`${key}: cannot listen: ${code ?? (err as Error).message}${code === 'EACCES' ? ' (ports below 1024 need root or CAP_NET_BIND_SERVICE)' : ''}`, { cause: err });
       }
     }
-    health = await startHealthServer({ host: doc.common.metrics.host, port: doc.common.metrics.port, ready: () => cache?.synced ?? true });
+    health = await startRoleHealth(doc, { ready: () => cache?.synced ?? true });
   } catch (err) {
     await stop();
     throw err;

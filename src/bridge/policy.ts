@@ -5,10 +5,10 @@
 // (relay attempts are deferred, mail that other rules accept goes on). A malformed request gets no
 // answer: the connection is closed and Postfix applies its default action. The decision is pure
 // (`policyAnswer`); the reader scans bytes without building strings it does not need.
-import { formatIp, parseIp } from '../grants/address.ts';
+import { formatIp, parseIp } from '../net/ip.ts';
 import type { GrantLookup } from '../grants/types.ts';
 import type { BridgeContext, RunningListener } from './listener.ts';
-import { bridgeCounters, endConnection, startStreamListener, type StreamListenerOptions } from './socketmap.ts';
+import { startStreamListener, type StreamListenerOptions } from './stream-listener.ts';
 
 /** Longest attribute line (Postfix's own lines are short; certificate subjects are the longest). */
 export const MAX_POLICY_LINE = 4096;
@@ -116,37 +116,20 @@ export class PolicyReader {
 
 export async function startPolicyListener(opts: StreamListenerOptions, ctx: BridgeContext): Promise<RunningListener> {
   const { grants } = ctx;
-  const count = bridgeCounters('policy');
-  return startStreamListener('policy', opts, ctx, (socket, peer) => {
+  return startStreamListener('policy', opts, ctx, (peer) => {
     const reader = new PolicyReader();
-    let closing = false;
-    return (chunk) => {
-      if (closing) return;
-      const nowMs = Date.now();
-      let out = '';
-      let granted = 0;
-      let notGranted = 0;
-      let unavailable = 0;
-      try {
+    return {
+      answer: (chunk, nowMs, send) =>
         reader.push(chunk, (req) => {
           const answer = policyAnswer(req.clientAddress, grants, nowMs);
-          if (answer === ACTION_OK) granted++;
-          else if (answer === ACTION_DUNNO) notGranted++;
-          else unavailable++;
-          out += answer;
-        });
-      } catch (err) {
-        // No answer to a malformed request: Postfix then applies its default action.
-        closing = true;
-        count.malformed.inc();
+          send(answer, answer === ACTION_OK ? 'granted' : answer === ACTION_DUNNO ? 'notGranted' : 'unavailable');
+        }),
+      // No answer to a malformed request: Postfix then applies its default action.
+      lastWords: (err) => {
         if (err instanceof PolicyRequestError) ctx.log.debug('policy_malformed_request', { peer, reason: err.message });
         else ctx.log.warn('policy_internal_error', { peer, error: err as Error });
-      }
-      if (out !== '') socket.write(out, 'latin1');
-      if (closing) endConnection(socket);
-      if (granted) count.granted.inc(granted);
-      if (notGranted) count.notGranted.inc(notGranted);
-      if (unavailable) count.unavailable.inc(unavailable);
+        return '';
+      },
     };
   });
 }

@@ -11,9 +11,9 @@
 // `allow` to networks where that cannot happen, or turn UDP off.
 import dgram from 'node:dgram';
 import net from 'node:net';
-import { canonicalIp, parseIp } from '../grants/address.ts';
+import { canonicalIp, isClientAddress, parseIp } from '../net/ip.ts';
+import { bindUdp, listenTcp } from '../net/listen.ts';
 import { GrantWriteError } from '../grants/types.ts';
-import { isClientAddress } from './drac-rpc.ts';
 import { admitPeer, type BridgeContext, type ListenerOptions, type RunningListener } from './listener.ts';
 import { bridgeRequests, type BridgeRequestResult } from './metrics.ts';
 
@@ -229,26 +229,6 @@ function serveUdp(service: WhosonService, allow: ListenerOptions['allow'], host:
   });
   socket.on('error', () => undefined);
   return socket;
-}
-
-function listenTcp(server: net.Server, host: string, port: number): Promise<number> {
-  return new Promise((resolve, reject) => {
-    server.once('error', reject);
-    server.listen({ host, port, exclusive: true }, () => {
-      server.off('error', reject);
-      resolve((server.address() as net.AddressInfo).port);
-    });
-  });
-}
-
-function bindUdp(socket: dgram.Socket, host: string, port: number): Promise<void> {
-  return new Promise((resolve, reject) => {
-    socket.once('error', reject);
-    socket.bind({ address: host, port, exclusive: true }, () => {
-      socket.off('error', reject);
-      resolve();
-    });
-  });
 }
 
 const closeServer = (server: net.Server, sockets: Set<net.Socket>) =>

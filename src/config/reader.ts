@@ -1,5 +1,5 @@
 // Typed reading of one YAML mapping, with errors that name the key, the bad value and the expected form.
-import net from 'node:net';
+import { parseCidr } from '../net/ip.ts';
 
 export class ConfigError extends Error {
   override readonly name = 'ConfigError';
@@ -167,7 +167,7 @@ export class ConfigReader {
   cidrList(key: string, def: string[] = []): string[] {
     const list = this.stringList(key, def);
     list.forEach((item, i) => {
-      if (!isCidrOrIp(item)) {
+      if (parseCidr(item) === undefined) {
         throw new ConfigError(
           `${this.keyPath(key)}[${i}]`,
           `expected an IP address or CIDR such as 10.0.0.0/8 or 2001:db8::/32, got ${show(item)}`,
@@ -193,13 +193,3 @@ export class ConfigReader {
   }
 }
 
-function isCidrOrIp(text: string): boolean {
-  const slash = text.indexOf('/');
-  const ip = slash === -1 ? text : text.slice(0, slash);
-  const family = net.isIP(ip);
-  if (family === 0) return false;
-  if (slash === -1) return true;
-  const len = text.slice(slash + 1);
-  if (!/^\d{1,3}$/.test(len)) return false;
-  return Number(len) <= (family === 4 ? 32 : 128);
-}

@@ -8,7 +8,8 @@
 // the name after `v4-`). That is ~130 bytes a grant instead of ~200 with an object per grant
 // (its header and the boxed expiry number); GrantEntry objects are made when asked for.
 import { EventEmitter } from 'node:events';
-import { ClientGrantNames, grantAddressOfName, grantNameOf, parseGrantAddress, type IpFamily } from './address.ts';
+import { ClientGrantNames, grantAddressOfName, grantNameOf, parseGrantAddress } from './address.ts';
+import type { IpFamily } from '../net/ip.ts';
 import { grantCacheEntries, grantCacheSynced, grantPropagation, grantRelists, grantWatchRestarts } from './metrics.ts';
 import { grantsPath } from './paths.ts';
 import { ANNOTATION_RENEWED_AT, type GrantLookup, type GrantMatch, type RelayGrant } from './types.ts';

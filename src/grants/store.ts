@@ -4,7 +4,8 @@
 // (404 -> create, create 409 -> patch), retried with backoff and jitter, and never throwing
 // anything but a GrantWriteError into a login path. A write that still fails keeps being retried
 // in the background until it lands or the grant it would have written has expired.
-import { grantKeyFor, type AddressError, type GrantKey } from './address.ts';
+import { grantKeyFor, type GrantKey } from './address.ts';
+import { type AddressError } from '../net/ip.ts';
 import type { GrantCache } from './cache.ts';
 import { grantWrites } from './metrics.ts';
 import { grantsPath } from './paths.ts';

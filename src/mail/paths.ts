@@ -4,7 +4,7 @@ import path from 'node:path';
 /**
  * Expand a Dovecot-style location template under `root`:
  * `%u` full user, `%n` local part, `%d` domain (empty when none), `%%` a percent sign.
- * Users are validated before this is called; still, never let a name climb out of the root.
+ * Users are validated before this is called (auth/user-name.ts); still, never let a name climb out of the root.
  */
 export function maildirPathFor(root: string, template: string, user: string): string {
   const at = user.lastIndexOf('@');
@@ -19,9 +19,4 @@ export function maildirPathFor(root: string, template: string, user: string): st
     throw new Error(`maildir for ${JSON.stringify(user)} resolves outside the mail root`);
   }
   return full;
-}
-
-/** Allowed user names: no path separators, no control characters, no leading dot. */
-export function isValidUserName(user: string): boolean {
-  return /^[A-Za-z0-9_+=-][A-Za-z0-9._+=@-]{0,254}$/.test(user) && !user.includes('..');
 }

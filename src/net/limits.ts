@@ -1,5 +1,5 @@
 // Connection limits (total and per client address) and per-key token buckets with bounded memory.
-import { unmapIpv4 } from './networks.ts';
+import { unmapIpv4 } from './ip.ts';
 
 export interface ConnectionLimits {
   /** Concurrent connections in total; 0 = unlimited. */

@@ -1,8 +1,8 @@
 // The PROXY protocol (HAProxy's v1 text and v2 binary headers), read only from trusted proxies.
 // Shared by every role that accepts client connections behind a load balancer.
-import net from 'node:net';
+import type net from 'node:net';
+import { formatIp, ipOfBytes, isIpv4Text, parseIp } from './ip.ts';
 import type { NetworkList } from './networks.ts';
-import { unmapIpv4 } from './networks.ts';
 
 export interface ClientEndpoint {
   address: string;
@@ -44,18 +44,12 @@ function isPrefixOf(buf: Buffer, sig: Buffer): boolean {
   return buf.length < sig.length && buf.equals(sig.subarray(0, buf.length));
 }
 
-/** RFC 5952 text of a 16-byte IPv6 address; an IPv4-mapped one comes back as dotted IPv4. */
-function formatIpv6Bytes(b: Buffer): string {
-  const words: string[] = [];
-  for (let i = 0; i < 16; i += 2) words.push(b.readUInt16BE(i).toString(16));
-  return canonicalIpv6(words.join(':'));
-}
-
-/** WHATWG URL serializes IPv6 hosts in RFC 5952 form (lowercase, longest zero run as ::). */
-function canonicalIpv6(text: string): string {
-  const v4 = unmapIpv4(text);
-  if (v4 !== undefined) return v4;
-  return new URL(`http://[${text}]/`).hostname.slice(1, -1);
+/** The canonical address of a v1 TCP4 (dotted quad) or TCP6 (IPv6 text) field, else undefined. */
+function v1Address(text: string, family: 4 | 6): string | undefined {
+  if (family === 4) return isIpv4Text(text) ? text : undefined;
+  const ip = text.includes(':') ? parseIp(text) : undefined;
+  // An IPv4-mapped IPv6 address comes back as dotted IPv4.
+  return ip && formatIp(ip);
 }
 
 function parsePort(text: string): number {
@@ -90,12 +84,12 @@ function parseV1(buf: Buffer): ProxyParseResult {
   if (parts.length !== 6) throw new ProxyProtocolError('PROXY v1: expected "PROXY TCP4|TCP6 src dst sport dport"');
   const [, , src, dst, sport, dport] = parts as [string, string, string, string, string, string];
   const family = proto === 'TCP4' ? 4 : 6;
-  if (net.isIP(src) !== family || net.isIP(dst) !== family) {
+  const address = v1Address(src, family);
+  if (address === undefined || v1Address(dst, family) === undefined) {
     throw new ProxyProtocolError(`PROXY v1: addresses are not ${proto} addresses`);
   }
   parsePort(dport);
   const port = parsePort(sport);
-  const address = family === 4 ? src : canonicalIpv6(src);
   return { kind: 'done', client: { address, port }, length };
 }
 
@@ -127,7 +121,8 @@ function parseV2(buf: Buffer): ProxyParseResult {
     const address = `${body[0]}.${body[1]}.${body[2]}.${body[3]}`;
     return { kind: 'done', client: { address, port: body.readUInt16BE(8) }, length };
   }
-  const address = formatIpv6Bytes(body.subarray(0, 16));
+  // An IPv4-mapped IPv6 address comes back as dotted IPv4.
+  const address = formatIp(ipOfBytes(body.subarray(0, 16)));
   return { kind: 'done', client: { address, port: body.readUInt16BE(32) }, length };
 }
 

@@ -1,10 +1,10 @@
 // Server certificates from mounted files, reloaded when they change. Kubernetes rotates a Secret
 // volume in place by swapping the `..data` symlink, so the files' own inodes never change: watch
 // the directories, and re-read periodically as a safety net (watches can miss events).
-import { FileWatch } from './file-watch.ts';
 import { X509Certificate, createHash } from 'node:crypto';
 import fs from 'node:fs';
 import tls from 'node:tls';
+import { FileWatch } from '../config/file-watch.ts';
 import type { Logger } from '../observability/log.ts';
 import { tlsReloads } from './metrics.ts';
 

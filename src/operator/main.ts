@@ -1,15 +1,13 @@
 // `kube-drac operator`: the grant cache (list + watch), Lease leader election, and garbage
 // collection of expired RelayGrants by the leader; /metrics, /healthz and /readyz.
 import v8 from 'node:v8';
-import { runRoleProcess } from '../role-process.ts';
+import { beginRole, connectKube, runRoleProcess, startRoleHealth } from '../role-process.ts';
 import type { ConfigDocument } from '../config/load.ts';
 import { GrantCache } from '../grants/cache.ts';
 import { grantsPath } from '../grants/paths.ts';
-import { KubeApiError, KubeClient } from '../kube/client.ts';
+import { KubeApiError, type KubeClient } from '../kube/client.ts';
 import { LeaderElector } from '../kube/leader.ts';
-import { startHealthServer } from '../observability/health.ts';
-import { createLogger, setLogLevel, type Logger } from '../observability/log.ts';
-import { collectProcessMetrics } from '../observability/metrics.ts';
+import { createLogger, type Logger } from '../observability/log.ts';
 import { parseOperatorConfig, type OperatorConfig } from './config.ts';
 import { GarbageCollector } from './gc.ts';
 import { operatorLeader } from './metrics.ts';
@@ -53,11 +51,8 @@ export interface OperatorHooks {
 }
 
 export async function runOperator(doc: ConfigDocument, log: Logger = createLogger('operator'), hooks: OperatorHooks = {}): Promise<RunningOperator> {
-  setLogLevel(doc.common.log.level);
-  const config = parseOperatorConfig(doc.section('operator'));
-  collectProcessMetrics();
-  const { namespace } = doc.common.kubernetes;
-  const client = KubeClient.fromPath(doc.common.kubernetes.kubeconfig);
+  const config = beginRole(doc, (d) => parseOperatorConfig(d.section('operator')));
+  const { client, namespace } = connectKube(doc);
   try {
     await checkGrantsServed(client, namespace, log);
   } catch (err) {
@@ -97,7 +92,7 @@ export async function runOperator(doc: ConfigDocument, log: Logger = createLogge
   });
   gc.start();
   elector.start();
-  const health = await startHealthServer({ host: doc.common.metrics.host, port: doc.common.metrics.port, ready: () => cache.synced });
+  const health = await startRoleHealth(doc, { ready: () => cache.synced });
   log.info('operator_started', {
     namespace,
     identity: config.leaderElection.identity,

@@ -6,6 +6,7 @@ import { SCHEMES } from '../auth/schemes.ts';
 import { parseLoginConfig, type LoginConfig } from '../auth/config.ts';
 import { ConfigError, ConfigReader } from '../config/reader.ts';
 import { keyInUse, type RenamedKey } from '../config/renamed.ts';
+import { parseListen, parseTlsFiles } from '../config/sections.ts';
 import { NetworkList } from '../net/networks.ts';
 
 export interface Pop3Config {
@@ -65,16 +66,8 @@ const HOST = { re: /^[A-Za-z0-9.:-]+$/, describe: 'a host name or IP address suc
  */
 export function parsePop3Config(section: ConfigReader, loginSection: ConfigReader = new ConfigReader({}, 'login')): Pop3Config {
   const renamedKeys: RenamedKey[] = [];
-  const l = section.section('listen');
-  const listen = { host: l.string('host', '0.0.0.0', HOST), port: l.port('port', 1110) };
-  l.finish();
-
-  let tls: Pop3Config['tls'];
-  if (section.has('tls')) {
-    const t = section.section('tls');
-    tls = { certFile: t.string('certFile'), keyFile: t.string('keyFile') };
-    t.finish();
-  }
+  const listen = parseListen(section, 1110, HOST);
+  const tls = parseTlsFiles(section);
   // `implicitTlsPort`, as in the smtp section; `tlsPort` is its old name.
   const port = keyInUse({ reader: section, key: 'implicitTlsPort' }, { reader: section, key: 'tlsPort' }, renamedKeys);
   let implicitTlsPort: number | undefined;

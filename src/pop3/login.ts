@@ -7,7 +7,7 @@ import type { GrantRenewer } from '../grants/types.ts';
 import type { NetworkList } from '../net/networks.ts';
 import type { Logger } from '../observability/log.ts';
 import { MaildropInUseError } from './lock.ts';
-import { grantWait, grantWrites, loginsTotal } from './metrics.ts';
+import { grantRenewals, grantWait, loginsTotal } from './metrics.ts';
 import type { LoginOutcome, Maildrop } from './session.ts';
 
 export interface LoginDeps {
@@ -93,22 +93,22 @@ export class Pop3Login {
     const d = this.deps;
     const address = client.grantAddress;
     if (address === null) {
-      grantWrites.inc({ result: 'none' });
+      grantRenewals.inc({ result: 'none' });
       return;
     }
     if (d.denyGrantNetworks.contains(address)) {
-      grantWrites.inc({ result: 'denied' });
+      grantRenewals.inc({ result: 'denied' });
       d.log.info('grant_denied_by_network', { session: client.sessionId });
       return;
     }
     const started = process.hrtime.bigint();
     const write = d.renewer.renew(address, user, 'pop3', { proxyPeer: client.proxyPeer }).then(
       (outcome) => {
-        grantWrites.inc({ result: outcome });
+        grantRenewals.inc({ result: outcome });
         return outcome;
       },
       (err: unknown) => {
-        grantWrites.inc({ result: 'failed' });
+        grantRenewals.inc({ result: 'failed' });
         d.log.warn('grant_write_failed', { session: client.sessionId, error: err as Error });
         return 'failed' as const;
       },
@@ -121,7 +121,7 @@ export class Pop3Login {
     clearTimeout(timer);
     grantWait.observe(Number(process.hrtime.bigint() - started) / 1e9);
     if (result === 'timeout') {
-      grantWrites.inc({ result: 'timeout' });
+      grantRenewals.inc({ result: 'timeout' });
       d.log.warn('grant_write_slow', { session: client.sessionId, waitedMs: d.loginWaitForGrantMs });
     }
   }

@@ -1,10 +1,11 @@
 // A user's Maildir as a POP3 maildrop: locked, new/ mail moved to cur/ and listed once at login,
 // streamed, deleted at UPDATE.
-import { deleteMessages, ensureMaildirFolders, messageData, recycleMessageData, snapshotMaildir } from '../mail/maildir.ts';
+import { deleteMessages, ensureMaildirFolders, snapshotMaildir } from '../mail/maildir.ts';
 import type { MaildirMessage } from '../mail/maildir.ts';
 import { maildirPathFor } from '../mail/paths.ts';
 import type { LockOptions } from './lock.ts';
 import { lockMaildrop } from './lock.ts';
+import { messageData, recycleMessageData } from './message-data.ts';
 import type { Maildrop } from './session.ts';
 
 export interface MaildropOptions {

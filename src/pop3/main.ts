@@ -1,16 +1,14 @@
 // `kube-drac pop3`: the POP3 listeners, the grant store that logins renew grants through, and the
 // health endpoint (ready while the listeners are bound, users are loaded and the mail root is usable). SIGTERM (via runRoleProcess) stops accepting, ends sessions without deleting anything.
 import type { ConfigDocument } from '../config/load.ts';
-import { GrantCache } from '../grants/cache.ts';
+import type { GrantCache } from '../grants/cache.ts';
 import { GrantStore } from '../grants/store.ts';
 import type { GrantRenewer } from '../grants/types.ts';
-import { KubeClient } from '../kube/client.ts';
+import type { KubeClient } from '../kube/client.ts';
 import { MaildirTmpCleaner } from '../mail/tmp-cleaner.ts';
-import { startHealthServer } from '../observability/health.ts';
-import { createLogger, setLogLevel, type Logger } from '../observability/log.ts';
-import { collectProcessMetrics } from '../observability/metrics.ts';
+import { createLogger, type Logger } from '../observability/log.ts';
 import { logRenamedKeys } from '../config/renamed.ts';
-import { runRoleProcess } from '../role-process.ts';
+import { beginRole, connectKube, runRoleProcess, startGrantCacheInBackground, startRoleHealth } from '../role-process.ts';
 import { parsePop3Config } from './config.ts';
 import { startPop3Cluster } from './cluster.ts';
 import { startPop3Server, type Pop3Server } from './server.ts';
@@ -29,22 +27,19 @@ export interface RunPop3Options {
 
 /** Start the POP3 role from a config document; `close()` ends sessions (deleting nothing) and stops. */
 export async function runPop3(doc: ConfigDocument, log: Logger = createLogger('pop3'), opts: RunPop3Options = {}): Promise<RunningPop3Role> {
-  setLogLevel(doc.common.log.level);
-  const config = parsePop3Config(doc.section('pop3'), doc.section('login'));
+  const config = beginRole(doc, (d) => parsePop3Config(d.section('pop3'), d.section('login')));
   logRenamedKeys(log, config.renamedKeys);
-  collectProcessMetrics();
 
   let client: KubeClient | undefined;
   let store: GrantStore | undefined;
   let grants: GrantCache | undefined;
   let renewer = opts.renewer;
   if (renewer === undefined) {
-    client = KubeClient.fromPath(doc.common.kubernetes.kubeconfig);
-    const { namespace } = doc.common.kubernetes;
+    const kube = connectKube(doc);
+    client = kube.client;
     // The store skips a login's write only on what this cache saw of the API server (issue 13).
-    grants = new GrantCache({ client, namespace, indexUsers: false, log: log.child({ component: 'grant-cache' }) });
-    grants.startInBackground();
-    store = new GrantStore({ client, namespace, ...doc.common.grants, grants, log: log.child({ component: 'grant-store' }) });
+    grants = startGrantCacheInBackground(kube, log, { indexUsers: false });
+    store = new GrantStore({ ...kube, ...doc.common.grants, grants, log: log.child({ component: 'grant-store' }) });
     renewer = store;
   }
 
@@ -52,9 +47,7 @@ export async function runPop3(doc: ConfigDocument, log: Logger = createLogger('p
   const server: Pop3Server = cluster ?? (await startPop3Server(config, { renewer, log }));
   let health;
   try {
-    health = await startHealthServer({
-      host: doc.common.metrics.host,
-      port: doc.common.metrics.port,
+    health = await startRoleHealth(doc, {
       ready: () => server.notReadyReasons().length === 0,
       metrics: cluster && (() => cluster.metrics()),
     });

@@ -47,7 +47,7 @@ export const tlsHandshakes = new Counter({
   registers: [registry],
 });
 
-export const grantWrites = new Counter({
+export const grantRenewals = new Counter({
   name: 'kubedrac_pop3_grant_renewals_total',
   help: 'Grant renewals requested at login, by outcome: created, patched, skipped, failed, timeout (still retried by the store), denied (deny list), none (no client address).',
   labelNames: ['result'] as const,

@@ -8,9 +8,8 @@ import { UserDatabase } from '../auth/passwd-file.ts';
 import { LoginThrottle } from '../auth/throttle.ts';
 import { PasswordVerifier } from '../auth/verifier.ts';
 import type { GrantRenewer } from '../grants/types.ts';
+import { acceptConnection } from '../net/accept.ts';
 import { ConnectionLimiter, RateLimiter } from '../net/limits.ts';
-import { countProxyHeaderError } from '../net/metrics.ts';
-import { ProxyProtocolError, readProxyHeader } from '../net/proxy.ts';
 import { TlsReloader } from '../net/tls.ts';
 import { inlineIo, pooledIo } from '../mail/io.ts';
 import type { Logger } from '../observability/log.ts';
@@ -393,28 +392,10 @@ export async function startPop3Server(config: Pop3Config, deps: Pop3ServerDeps):
     socket.on('close', () => sockets.delete(socket));
     socket.on('error', () => undefined);
     socket.setNoDelay(true);
-    const peer = socket.remoteAddress ?? '';
-    let grantAddress: string | null = peer;
-    let proxyPeer: string | undefined;
-    if (config.trustedProxies.contains(peer)) {
-      proxyPeer = peer;
-      try {
-        const header = await readProxyHeader(socket, { trustedProxies: config.trustedProxies, timeoutMs: config.proxyHeaderTimeoutMs });
-        grantAddress = header.client?.address ?? null;
-        if (header.rest.length > 0) socket.unshift(header.rest);
-      } catch (err) {
-        const reason = err instanceof ProxyProtocolError ? err.reason : 'malformed';
-        countProxyHeaderError('pop3', reason);
-        log.warn('proxy_header_refused', { peer, reason, error: err as Error });
-        socket.destroy();
-        return;
-      }
-    }
-    const slot = await limiter.acquire(grantAddress ?? peer);
-    if (slot.ok && socket.destroyed) {
-      slot.release(); // gone while we asked
-      return;
-    }
+    const accepted = await acceptConnection(socket, { role: 'pop3', trustedProxies: config.trustedProxies, proxyHeaderTimeoutMs: config.proxyHeaderTimeoutMs, limiter, log });
+    if (accepted === undefined) return;
+    const { peer, proxyPeer, slot } = accepted;
+    const grantAddress = accepted.client?.address ?? null;
     if (!slot.ok) {
       connectionsRefused.inc({ reason: slot.reason });
       const text = slot.reason === 'total' ? 'Too many sessions on this server' : 'Too many sessions from your address';

@@ -95,8 +95,6 @@ export class Pop3Session {
   private deleted = new Set<number>();
   private errors = 0;
   private stlsDone = false;
-  /** The user who logged in (for logs and grants). */
-  loggedInUser: string | undefined;
 
   constructor(io: SessionIo, opts: SessionOptions) {
     this.io = io;
@@ -340,7 +338,6 @@ export class Pop3Session {
       case 'ok':
         this.maildrop = outcome.maildrop;
         this.state = 'TRANSACTION';
-        this.loggedInUser = user;
         this.ok(`Logged in, ${outcome.maildrop.messages.length} messages.`);
         return;
       case 'failed':

@@ -1,8 +1,8 @@
 // The `smtp:` section of the config file, checked whole before anything listens.
-import fs from 'node:fs';
 import os from 'node:os';
 import { parseLoginConfig, type LoginConfig } from '../auth/config.ts';
 import { ConfigError, ConfigReader } from '../config/reader.ts';
+import { parseListen, parseTlsFiles, readSecretFile } from '../config/sections.ts';
 import { NetworkList } from '../net/networks.ts';
 
 export interface SmarthostConfig {
@@ -74,13 +74,7 @@ const HOSTNAME_OR_IP = {
 export const MAX_REVOCATION_LAG_MS = 2000;
 
 function readPasswordFile(key: string, file: string): string {
-  let text: string;
-  try {
-    text = fs.readFileSync(file, 'utf8');
-  } catch (err) {
-    throw new ConfigError(key, `cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`);
-  }
-  const password = text.replace(/\r?\n$/, '');
+  const password = readSecretFile(key, file);
   if (password === '') throw new ConfigError(key, `${file} is empty`);
   return password;
 }
@@ -117,16 +111,8 @@ function parseSmarthost(s: ConfigReader): SmarthostConfig {
 export function parseSmtpConfig(section: ConfigReader, loginSection: ConfigReader = new ConfigReader({}, 'login')): SmtpConfig {
   const hostname = section.string('hostname', os.hostname(), HOSTNAME);
 
-  const l = section.section('listen');
-  const listen = { host: l.string('host', '0.0.0.0', HOSTNAME_OR_IP), port: l.port('port', 2525) };
-  l.finish();
-
-  let tls: SmtpConfig['tls'];
-  if (section.has('tls')) {
-    const t = section.section('tls');
-    tls = { certFile: t.string('certFile'), keyFile: t.string('keyFile') };
-    t.finish();
-  }
+  const listen = parseListen(section, 2525, HOSTNAME_OR_IP);
+  const tls = parseTlsFiles(section);
   const implicitTlsPort = section.has('implicitTlsPort') ? section.port('implicitTlsPort') : undefined;
   if (implicitTlsPort !== undefined && tls === undefined) {
     throw new ConfigError(section.keyPath('implicitTlsPort'), 'needs a certificate: set tls.certFile and tls.keyFile');

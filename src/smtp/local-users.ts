@@ -1,7 +1,8 @@
 // Who is a local recipient: the user names a RCPT address can stand for, and which of them exist.
 import fs from 'node:fs';
 import path from 'node:path';
-import { isValidUserName, maildirPathFor } from '../mail/paths.ts';
+import { isValidUserName } from '../auth/user-name.ts';
+import { maildirPathFor } from '../mail/paths.ts';
 import type { LocalUsers } from './relay-policy.ts';
 
 /**

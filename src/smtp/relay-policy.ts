@@ -1,7 +1,7 @@
 // The relay decision at RCPT time, as pure code: what sendmail's `Kdrac` map and `access.db`
 // RELAY lines decided, without sockets or API calls (the live lookup is an injected function).
 import { domainToASCII, domainToUnicode } from 'node:url';
-import { canonicalIp } from '../grants/address.ts';
+import { canonicalIp } from '../net/ip.ts';
 import type { GrantLookup, GrantMatch } from '../grants/types.ts';
 
 export type RelayVerdict = 'allowed' | 'denied' | 'tempfail';
@@ -115,8 +115,6 @@ export function relayDenied(recipient: string): string {
   return `5.7.1 ${shown(recipient)}: Relay access denied`;
 }
 
-const IPV4 = /^(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?:\.(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$/;
-
 export class RelayPolicy {
   private readonly localDomains: ReadonlySet<string>;
   private readonly opts: RelayPolicyOptions;
@@ -126,12 +124,6 @@ export class RelayPolicy {
     this.opts = opts;
     this.localDomains = new Set(opts.localDomains.map(normalizeDomain));
     this.now = opts.now ?? Date.now;
-  }
-
-  /** Whether a recipient's domain is ours (the domainless `postmaster` is always ours). */
-  isLocalRecipient(recipient: string): boolean {
-    const { domain } = splitAddress(recipient);
-    return domain === '' || this.localDomains.has(normalizeDomain(domain));
   }
 
   /**
@@ -154,16 +146,14 @@ export class RelayPolicy {
       return { decision: 'allowed', reason: 'local', localUser: user };
     }
 
-    let ip = req.clientIp;
-    // A dotted quad from a socket is already canonical (the cache parses it strictly anyway);
-    // IPv6, and IPv4-mapped IPv6 above all, is put in canonical form first.
-    if (ip.includes(':') || !IPV4.test(ip)) {
-      try {
-        ip = canonicalIp(ip);
-      } catch {
-        // An unparseable peer (should not happen with a TCP socket) never relays.
-        return this.denied(replyRecipient);
-      }
+    // IPv6, and IPv4-mapped IPv6 above all, is put in canonical form first (a dotted quad from a
+    // socket already is).
+    let ip: string;
+    try {
+      ip = canonicalIp(req.clientIp);
+    } catch {
+      // An unparseable peer (should not happen with a TCP socket) never relays.
+      return this.denied(replyRecipient);
     }
     if (this.opts.trustedNetworks.contains(ip)) {
       return { decision: 'allowed', reason: 'trusted', authorization: `trusted network ${ip}` };

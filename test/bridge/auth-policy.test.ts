@@ -16,6 +16,7 @@ import { NetworkList } from '../../src/net/networks.ts';
 import { registry } from '../../src/observability/metrics.ts';
 import { kubeForTest, type TestKube } from '../support/kube.ts';
 import { memoryLogger, run } from '../smtp/support.ts';
+import { eventuallyValue } from '../support/eventually.ts';
 
 const MIN = 60_000;
 const KEY = 'k3y-for-dovecot-0123456789abcdef';
@@ -45,17 +46,6 @@ function post(port: number, target: string, body: string | Buffer, headers: Reco
 
 const report = (fields: Record<string, unknown>) =>
   JSON.stringify({ device_id: '', login: 'alice', protocol: 'imap', pwhash: 'a1b2c3', remote: '127.0.0.51', session_id: 'x1', success: true, policy_reject: false, ...fields });
-
-/** The value once `get` yields one (bounded wait: a write may outlast the 202 answer). */
-async function eventually<T>(get: () => Promise<T | undefined>, timeoutMs = 15_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await get();
-    if (v !== undefined) return v;
-    if (Date.now() > deadline) assert.fail(`nothing within ${timeoutMs} ms`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
 
 async function requests(result: string): Promise<number> {
   const m = (await registry.getMetricsAsJSON()).find((x) => x.name === 'kubedrac_bridge_requests_total');
@@ -187,7 +177,7 @@ describe('auth-policy listener on the real API server', () => {
     const r = await post(listener.port, '/?command=report', report({ remote: '127.0.0.52', login: 'alice@example.org' }));
     // 200 once written; 202 when the (first, slow) write outlasts the wait and goes on.
     assert.ok(r.status === 200 || r.status === 202, `${r.status} ${r.body}`);
-    const g = await eventually(() => grantOf('127.0.0.52'));
+    const g = await eventuallyValue('the grant for 127.0.0.52', () => grantOf('127.0.0.52'), 15_000, 50);
     assert.equal(g?.spec.source, 'imap');
     assert.equal(g?.spec.user, 'alice@example.org');
     assert.ok(Date.parse(g.spec.expiresAt) > Date.now() + 25 * MIN);
@@ -195,7 +185,7 @@ describe('auth-policy listener on the real API server', () => {
     // The URL Dovecot builds from a url ending in `&`.
     const p = await post(listener.port, '/policy?site=mx1&command=report', report({ remote: '127.0.0.53', login: 'bob', protocol: 'pop3' }));
     assert.ok(p.status === 200 || p.status === 202, `${p.status} ${p.body}`);
-    assert.equal((await eventually(() => grantOf('127.0.0.53'))).spec.source, 'pop3');
+    assert.equal((await eventuallyValue('the grant for 127.0.0.53', () => grantOf('127.0.0.53'), 15_000, 50)).spec.source, 'pop3');
   });
 
   it('reports of failed, policy-rejected or non-mailbox logins grant nothing', async () => {

@@ -22,6 +22,7 @@ import { NetworkList } from '../../src/net/networks.ts';
 import { kubeForTest, type TestKube } from '../support/kube.ts';
 import { swaks } from '../smtp/peers.ts';
 import { memoryLogger, run, startTestSmtp, type TestSmtp } from '../smtp/support.ts';
+import { eventually, eventuallyValue } from '../support/eventually.ts';
 
 const MIN = 60_000;
 const KEY = 'dovecot-policy-key-0123456789abcdef';
@@ -141,16 +142,6 @@ except imaplib.IMAP4.error as e:
   return r.stdout.trim();
 }
 
-async function eventually<T>(what: string, get: () => T | Promise<T>, ok: (v: T) => boolean, timeoutMs = 15_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await get();
-    if (ok(v)) return v;
-    if (Date.now() > deadline) assert.fail(`not within ${timeoutMs} ms: ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
-
 describe('Dovecot IMAP reporting logins to the auth-policy listener', { skip }, () => {
   let k: TestKube;
   let store: GrantStore;
@@ -205,14 +196,14 @@ describe('Dovecot IMAP reporting logins to the auth-policy listener', { skip }, 
   it('a successful IMAP login creates the grant (source imap, the user); the SMTP role then relays for that address only', async () => {
     assert.equal((await swaks({ port: smtp!.port, to: 'x@remote.test', local: GOOD })).code, 24, 'no relay before the login');
     assert.equal(await imapLogin(dovecot!.port, GOOD, 'alice', PASSWORD), 'OK OK');
-    const g = await eventually(`the grant for ${GOOD}`, () => grantOf(GOOD), (v) => v !== undefined);
+    const g = await eventuallyValue(`the grant for ${GOOD}`, () => grantOf(GOOD), 15_000, 50);
     assert.equal(g?.spec.source, 'imap');
     assert.equal(g?.spec.user, 'alice');
     assert.equal(g?.spec.address, GOOD);
     // What Dovecot actually sent (auth_debug logs the JSON): the report of the success.
     assert.match(dovecot!.log(), /Policy server request JSON: \{.*"login":"alice".*"protocol":"imap".*"remote":"127\.0\.0\.41".*"success":true,"policy_reject":false/);
 
-    await eventually('the grant in the SMTP role cache', () => cache.lookup(GOOD), (m) => m !== undefined);
+    await eventually('the grant in the SMTP role cache', () => cache.lookup(GOOD) !== undefined, 15_000, 50);
     const relayed = await swaks({ port: smtp!.port, to: 'x@remote.test', local: GOOD });
     assert.equal(relayed.code, 0, relayed.stdout);
     const refused = await swaks({ port: smtp!.port, to: 'x@remote.test', local: STRANGER });
@@ -224,15 +215,15 @@ describe('Dovecot IMAP reporting logins to the auth-policy listener', { skip }, 
     const reportsBefore = (dovecot!.log().match(/"success":false/g) ?? []).length;
     assert.match(await imapLogin(dovecot!.port, FAILED, 'bob', 'wrong-password'), /^NO .*AUTHENTICATIONFAILED|^NO /);
     // Wait until Dovecot has sent the report of the failure and we have answered it.
-    await eventually('the failure report', () => (dovecot!.log().match(/"success":false/g) ?? []).length, (n) => n > reportsBefore);
-    await eventually('the answer to the failure report', () => lines.filter((l) => l.includes('auth_policy_no_grant')).length, (n) => n > 0);
+    await eventually('the failure report', () => (dovecot!.log().match(/"success":false/g) ?? []).length > reportsBefore, 15_000, 50);
+    await eventually('the answer to the failure report', () => lines.filter((l) => l.includes('auth_policy_no_grant')).length > 0, 15_000, 50);
     assert.equal(await grantOf(FAILED), undefined);
     assert.equal((await swaks({ port: smtp!.port, to: 'x@remote.test', local: FAILED })).code, 24);
   });
 
   it('a Dovecot with a wrong key still logs users in, and grants nothing', async () => {
     assert.equal(await imapLogin(wrongKeyDovecot!.port, WRONG_KEY_CLIENT, 'alice', PASSWORD), 'OK OK');
-    await eventually('Dovecot logging our refusal', () => wrongKeyDovecot!.log(), (l) => /Policy server HTTP error: 403/.test(l));
+    await eventually('Dovecot logging our refusal', () => /Policy server HTTP error: 403/.test(wrongKeyDovecot!.log()), 15_000, 50);
     assert.equal(await grantOf(WRONG_KEY_CLIENT), undefined);
   });
 

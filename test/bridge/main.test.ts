@@ -1,7 +1,7 @@
 // `kube-drac bridge` as a process, every listener enabled, grants on the real API server: a
 // Dovecot auth-policy report, a DRAC ADD and a whoson LOGIN each land as a RelayGrant; socketmap,
 // policy and whoson then answer for those addresses; whoson LOGOUT takes one away; SIGTERM ends
-// it cleanly. (rpcinfo and the rpcgen client through the portmapper: test/bridge/drac-rpc.test.ts.)
+// it cleanly. (rpcinfo and the rpcgen client through the portmapper: test/bridge/drac/drac-rpc.test.ts.)
 // A bridge whose API server cannot be reached is never ready and answers only "try
 // later". Config mistakes and a taken port are named.
 // Run with `npm test -- test/bridge/main.test.ts`.
@@ -13,13 +13,14 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { DRAC_PROGRAM } from '../../src/bridge/drac-rpc.ts';
-import { decodeReply, encodeCall } from '../../src/bridge/oncrpc.ts';
-import { XdrReader, XdrWriter } from '../../src/bridge/xdr.ts';
+import { DRAC_PROGRAM } from '../../src/bridge/drac/drac-rpc.ts';
+import { decodeReply, encodeCall } from '../../src/bridge/drac/oncrpc.ts';
+import { XdrReader, XdrWriter } from '../../src/bridge/drac/xdr.ts';
 import { grantsPath } from '../../src/grants/paths.ts';
 import type { RelayGrant } from '../../src/grants/types.ts';
 import { kubeForTest, type TestKube } from '../support/kube.ts';
 import { exchange, socketmapLookup } from '../support/exchange.ts';
+import { eventually, eventuallyValue } from '../support/eventually.ts';
 
 const CLI = new URL('../../src/cli.ts', import.meta.url).pathname;
 const API_KEY = 'bridge-role-test-key-0123456789';
@@ -77,16 +78,6 @@ async function startBridge(configFile: string): Promise<BridgeProcess> {
   }
 }
 
-async function eventually<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 10_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await probe().catch(() => undefined);
-    if (v !== undefined) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
-
 const socketmap = (port: number, ip: string) => socketmapLookup(port, 'drac', ip);
 const policy = (port: number, ip: string) =>
   exchange(port, `request=smtpd_access_policy\nprotocol_state=RCPT\nclient_address=${ip}\nrecipient=x@example.org\n\n`, (t) => t.endsWith('\n\n'));
@@ -136,7 +127,8 @@ describe('kube-drac bridge (process)', () => {
       },
     });
     bridge = await startBridge(config);
-    await eventually('/readyz 200', async () => ((await fetch(`http://127.0.0.1:${bridge.metricsPort}/readyz`)).status === 200 ? true : undefined), 30_000);
+    // Until the bridge listens, its ports refuse: a probe that fails is not ready yet.
+    await eventually('/readyz 200', () => fetch(`http://127.0.0.1:${bridge.metricsPort}/readyz`).then((r) => r.status === 200, () => false), 30_000, 100);
   });
 
   after(async () => {
@@ -172,12 +164,12 @@ describe('kube-drac bridge (process)', () => {
 
     const sources: Record<string, [string, string]> = { 'v4-192.0.2.11': ['imap', 'ideal'], 'v4-192.0.2.12': ['drac', ''], 'v4-192.0.2.13': ['whoson', 'wanda'] };
     for (const [name, [source, user]] of Object.entries(sources)) {
-      const g = await eventually(name, () => grant(name));
+      const g = await eventuallyValue(name, () => grant(name).catch(() => undefined), 10_000, 100);
       assert.equal(g.spec.source, source, name);
       if (user) assert.equal(g.spec.user, user, name);
     }
     for (const ip of ['192.0.2.11', '192.0.2.12', '192.0.2.13']) {
-      await eventually(`socketmap OK for ${ip}`, async () => ((await socketmap(port('socketmap'), ip)).includes(':OK ') ? true : undefined));
+      await eventually(`socketmap OK for ${ip}`, () => socketmap(port('socketmap'), ip).then((r) => r.includes(':OK '), () => false), 10_000, 100);
       assert.match(await socketmap(port('socketmap'), ip), /^\d+:OK \d{10},$/);
       assert.equal(await policy(port('policy'), ip), 'action=OK\n\n');
       assert.match(await whoson(port('whoson'), `QUERY ${ip}`), /^\+/);
@@ -187,8 +179,8 @@ describe('kube-drac bridge (process)', () => {
 
   it('whoson LOGOUT revokes: the grant is gone and the readers refuse again', async () => {
     assert.match(await whoson(port('whoson'), 'LOGOUT 192.0.2.13'), /^\+/);
-    await eventually('grant deleted', async () => ((await grant('v4-192.0.2.13')) === undefined ? true : undefined));
-    await eventually('socketmap NOTFOUND', async () => ((await socketmap(port('socketmap'), '192.0.2.13')) === '9:NOTFOUND ,' ? true : undefined));
+    await eventually('grant deleted', () => grant('v4-192.0.2.13').then((g) => g === undefined, () => false), 10_000, 100);
+    await eventually('socketmap NOTFOUND', () => socketmap(port('socketmap'), '192.0.2.13').then((r) => r === '9:NOTFOUND ,', () => false), 10_000, 100);
     assert.equal(await policy(port('policy'), '192.0.2.13'), 'action=DUNNO\n\n');
   });
 

@@ -25,6 +25,7 @@ import type { GrantLookup, GrantMatch } from '../../src/grants/types.ts';
 import { NetworkList } from '../../src/net/networks.ts';
 import { kubeForTest, type TestKube } from '../support/kube.ts';
 import { memoryLogger } from '../smtp/support.ts';
+import { eventually } from '../support/eventually.ts';
 
 const MIN = 60_000;
 
@@ -170,14 +171,6 @@ class Client {
 
   end(): void {
     this.socket.destroy();
-  }
-}
-
-async function eventually(what: string, check: () => boolean, timeoutMs = 10_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!check()) {
-    if (Date.now() > deadline) assert.fail(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
   }
 }
 

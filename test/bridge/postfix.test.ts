@@ -1,4 +1,4 @@
-// A real Debian Postfix (a private instance from test/smtp/postfix.ts) asking our two readers
+// A real Debian Postfix (a private instance from harness/postfix.ts) asking our two readers
 // whether a client may relay, with grants on the real API server: once through
 // `check_client_access socketmap:inet:127.0.0.1:PORT:drac`, once through `check_policy_service`.
 // The SMTP client is Python's smtplib, bound to 127.0.0.5 (mynetworks holds only 127.0.0.2).
@@ -16,7 +16,7 @@ import { GrantStore } from '../../src/grants/store.ts';
 import { NetworkList } from '../../src/net/networks.ts';
 import { kubeForTest, type TestKube } from '../support/kube.ts';
 import { memoryLogger } from '../smtp/support.ts';
-import { startPostfix, type PostfixInstance } from '../smtp/postfix.ts';
+import { startPostfix, type PostfixInstance } from '../../harness/postfix.ts';
 
 const run = promisify(execFile);
 const MIN = 60_000;
@@ -35,18 +35,11 @@ try:
 except Exception:
     pass
 `;
+import { eventually } from '../support/eventually.ts';
 
 async function rcptReply(postfix: PostfixInstance): Promise<string> {
   const { stdout } = await run('/usr/bin/python3', ['-c', SMTP_CLIENT, String(postfix.port), CLIENT], { timeout: 40_000 });
   return stdout.trim();
-}
-
-async function eventually(what: string, check: () => boolean, timeoutMs = 10_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!check()) {
-    if (Date.now() > deadline) assert.fail(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
 }
 
 /** What we saw, printed at the end so a reader of the test output sees Postfix's exact words. */

@@ -21,6 +21,7 @@ import { kubeForTest, type TestKube } from '../support/kube.ts';
 import { swaks } from '../smtp/peers.ts';
 import { memoryLogger } from '../smtp/support.ts';
 import { CLASSIC_DRAC_HACK, sendmailUnavailable, shippedHack, startSendmail, type Sendmail } from './sendmail.ts';
+import { eventually } from '../support/eventually.ts';
 
 const MIN = 60_000;
 const CLIENT = '127.0.0.9';
@@ -35,14 +36,6 @@ async function rcptReply(s: Sendmail, to = 'x@remote.test'): Promise<string> {
   const i = lines.findIndex((l) => l.includes('-> RCPT TO:'));
   assert.ok(i !== -1, `no RCPT in the dialogue:\n${r.stdout}${r.stderr}`);
   return (lines[i + 1] ?? '').replace(/^<[-*~]+\s+/, '');
-}
-
-async function until(what: string, cond: () => boolean, timeoutMs = 10_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!cond()) {
-    if (Date.now() > deadline) assert.fail(`not within ${timeoutMs} ms: ${what}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
 }
 
 /** A port nothing listens on: a bridge that is down. */
@@ -117,17 +110,17 @@ describe('sendmail with the fail-closed ruleset over the socket map', { skip }, 
 
   it('grant -> 250; revoked -> 550 again', async () => {
     await store.renew(CLIENT, 'alice', 'pop3');
-    await until('the grant in the cache', () => cache.lookup(CLIENT) !== undefined);
+    await eventually('the grant in the cache', () => cache.lookup(CLIENT) !== undefined);
     assert.match(await rcptReply(sendmail!), /^250 2\.1\.5 <x@remote\.test>\.\.\. Recipient ok/);
 
     assert.equal(await store.revoke(CLIENT), true);
-    await until('the grant to leave the cache', () => cache.lookup(CLIENT) === undefined);
+    await eventually('the grant to leave the cache', () => cache.lookup(CLIENT) === undefined);
     assert.match(await rcptReply(sendmail!), /^550 5\.7\.1 .*Relaying denied/);
   });
 
   it('cache not synced (TEMP) -> 451 4.3.0 even for a granted client; local recipients still 250', async () => {
     await store.renew(CLIENT, 'alice', 'pop3');
-    await until('the grant in the cache', () => cache.lookup(CLIENT) !== undefined);
+    await eventually('the grant in the cache', () => cache.lookup(CLIENT) !== undefined);
     assert.match(await rcptReply(sendmailUnsynced!), /^451 4\.3\.0 Relay authorization temporarily unavailable/);
     assert.match(await rcptReply(sendmailUnsynced!, LOCAL_RCPT), /^250 /);
   });

@@ -17,6 +17,7 @@ import type { RelayGrant } from '../../src/grants/types.ts';
 import { NetworkList } from '../../src/net/networks.ts';
 import { kubeForTest, type TestKube } from '../support/kube.ts';
 import { memoryLogger, run } from '../smtp/support.ts';
+import { eventually } from '../support/eventually.ts';
 
 const MIN = 60_000;
 
@@ -87,16 +88,6 @@ async function udpAsk(port: number, payload: string | Buffer, waitMs = 5000): Pr
     });
   } finally {
     s.close();
-  }
-}
-
-async function eventually<T>(what: string, get: () => T | Promise<T>, ok: (v: T) => boolean, timeoutMs = 10_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await get();
-    if (ok(v)) return v;
-    if (Date.now() > deadline) assert.fail(`not within ${timeoutMs} ms: ${what} (last ${JSON.stringify(v)})`);
-    await new Promise((r) => setTimeout(r, 50));
   }
 }
 
@@ -181,10 +172,10 @@ describe('whoson listener on the real API server', () => {
       const g = await grantOf('127.0.0.71');
       assert.equal(g?.spec.source, 'whoson');
       assert.equal(g?.spec.user, 'alice@example.org');
-      await eventually('QUERY +alice', () => c.ask('QUERY 127.0.0.71'), (r) => r === '+alice@example.org');
+      await eventually('QUERY +alice', async () => (await c.ask('QUERY 127.0.0.71')) === '+alice@example.org', 10_000, 50);
       assert.equal(await c.ask('LOGOUT 127.0.0.71'), '+LOGOUT record deleted');
       assert.equal(await grantOf('127.0.0.71'), undefined);
-      await eventually('QUERY - after LOGOUT', () => c.ask('QUERY 127.0.0.71'), (r) => r === '-not logged in');
+      await eventually('QUERY - after LOGOUT', async () => (await c.ask('QUERY 127.0.0.71')) === '-not logged in', 10_000, 50);
       assert.equal(await c.ask('LOGOUT 127.0.0.71'), '+LOGOUT no such record');
       assert.equal(await c.ask('QUIT'), '+QUIT OK');
       assert.equal(await c.reply(), undefined, 'closed after QUIT');
@@ -196,7 +187,7 @@ describe('whoson listener on the real API server', () => {
   it('UDP: one datagram per request and per reply', async () => {
     assert.equal(await udpAsk(w.udpPort!, 'LOGIN 127.0.0.73 bob\r\n\r\n'), '+LOGIN OK\r\n\r\n');
     assert.equal((await grantOf('127.0.0.73'))?.spec.user, 'bob');
-    await eventually('UDP QUERY +bob', () => udpAsk(w.udpPort!, 'QUERY 127.0.0.73\r\n\r\n'), (r) => r === '+bob\r\n\r\n');
+    await eventually('UDP QUERY +bob', async () => (await udpAsk(w.udpPort!, 'QUERY 127.0.0.73\r\n\r\n')) === '+bob\r\n\r\n', 10_000, 50);
     assert.equal(await udpAsk(w.udpPort!, 'QUERY 127.0.0.74\r\n\r\n'), '-not logged in\r\n\r\n');
     assert.equal(await udpAsk(w.udpPort!, 'LOGOUT 127.0.0.73\r\n\r\n'), '+LOGOUT record deleted\r\n\r\n');
     assert.equal(await grantOf('127.0.0.73'), undefined);
@@ -239,7 +230,7 @@ print('udp', u.recvfrom(2048)[0].decode().rstrip('\\r\\n'))
       assert.equal(await c.ask('LOGIN 2001:db8:5:6::10 grace'), '+LOGIN OK');
       const g = await k.client.get<RelayGrant>(grantsPath(k.namespace, 'v6-20010db8000500060000000000000000-64'));
       assert.equal(g?.spec.address, '2001:db8:5:6::/64');
-      await eventually('QUERY +grace', () => c.ask('QUERY 2001:db8:5:6::99'), (r) => r === '+grace');
+      await eventually('QUERY +grace', async () => (await c.ask('QUERY 2001:db8:5:6::99')) === '+grace', 10_000, 50);
       assert.equal(await c.ask('QUERY 2001:db8:5:7::10'), '-not logged in');
     } finally {
       c.close();
@@ -261,7 +252,7 @@ print('udp', u.recvfrom(2048)[0].decode().rstrip('\\r\\n'))
     try {
       // The grant exists and the lookup would find it: synced=false must win.
       assert.equal(await c.ask('LOGIN 127.0.0.71 alice'), '+LOGIN OK');
-      await eventually('the grant in the cache', () => cache.lookup('127.0.0.71'), (m) => m !== undefined);
+      await eventually('the grant in the cache', () => cache.lookup('127.0.0.71') !== undefined, 10_000, 50);
       assert.match((await c.ask('QUERY 127.0.0.71')) ?? '', /^\*/);
       assert.match((await udpAsk(unsynced.udpPort!, 'QUERY 127.0.0.71\r\n\r\n')) ?? '', /^\*/);
     } finally {

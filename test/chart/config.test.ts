@@ -7,7 +7,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { parseBridgeConfig } from '../../src/bridge/config.ts';
-import { parseDracdAllow } from '../../src/bridge/dracd-allow.ts';
+import { parseDracdAllow } from '../../src/bridge/drac/dracd-allow.ts';
 import { parseConfig, type ConfigDocument } from '../../src/config/load.ts';
 import { parseOperatorConfig } from '../../src/operator/config.ts';
 import { parsePop3Config } from '../../src/pop3/config.ts';

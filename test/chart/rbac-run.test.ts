@@ -13,6 +13,7 @@ import * as yaml from 'js-yaml';
 import { kubeForTest, type TestKube } from '../support/kube.ts';
 import { freePort, killRoles, startRoleProcess, type StartedRole } from '../image/roles.ts';
 import { CHART, MINIMAL, REPO, helm } from './support.ts';
+import { eventually } from '../support/eventually.ts';
 
 interface Kubeconfig {
   clusters: Array<{ name: string; cluster: Record<string, unknown> }>;
@@ -85,14 +86,6 @@ async function converse(port: number, steps: Array<string | null>): Promise<stri
   return replies;
 }
 
-async function waitFor(what: string, check: () => Promise<boolean>): Promise<void> {
-  const deadline = Date.now() + 30_000;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 250));
-  }
-}
-
 describe("each role does its job with only its chart ServiceAccount's permissions", () => {
   before(async () => {
     tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'kube-drac-rbac-run-'));
@@ -112,11 +105,11 @@ describe("each role does its job with only its chart ServiceAccount's permission
     fs.writeFileSync(path.join(tmp, 'expired.json'), JSON.stringify(expired));
     await kube.kubectl('apply', '-f', path.join(tmp, 'expired.json'));
     const { role, metrics } = await startAs('operator', '  grace: 0s\n  sweepInterval: 1s\n  leaderElection: {leaseName: r-kube-drac-operator}\n');
-    await waitFor('the operator to lead', async () => /^kubedrac_operator_leader 1$/m.test(await (await fetch(`http://127.0.0.1:${metrics}/metrics`)).text()));
+    await eventually('the operator to lead', async () => /^kubedrac_operator_leader 1$/m.test(await (await fetch(`http://127.0.0.1:${metrics}/metrics`)).text()), 30_000, 250);
     const holder = await kube.kubectl('get', 'lease', 'r-kube-drac-operator', '-o', 'jsonpath={.spec.holderIdentity}');
     assert.notEqual(holder, '');
-    await waitFor('the expired grant to be deleted', async () => !(await kube.kubectl('get', 'relaygrants', '-o', 'name')).includes('v4-192.0.2.7'));
-    await waitFor('an Event on the Lease', async () => (await kube.kubectl('get', 'events', '-o', 'jsonpath={.items[*].involvedObject.kind}')).includes('Lease'));
+    await eventually('the expired grant to be deleted', async () => !(await kube.kubectl('get', 'relaygrants', '-o', 'name')).includes('v4-192.0.2.7'), 30_000, 250);
+    await eventually('an Event on the Lease', async () => (await kube.kubectl('get', 'events', '-o', 'jsonpath={.items[*].involvedObject.kind}')).includes('Lease'), 30_000, 250);
     assert.equal(await role.stop(), 0, role.output());
     assert.doesNotMatch(role.output(), /forbidden/i);
   });
@@ -159,9 +152,9 @@ describe("each role does its job with only its chart ServiceAccount's permission
     const ask = async (line: string) => (await converse(port, [`${line}\r\n`]))[0] ?? '';
     assert.match(await ask('LOGIN 192.0.2.77 wanda'), /^\+/, role.output());
     assert.equal(await kube.kubectl('get', 'relaygrant', 'v4-192.0.2.77', '-o', 'jsonpath={.spec.user} {.spec.source}'), 'wanda whoson');
-    await waitFor('QUERY to see the grant', async () => (await ask('QUERY 192.0.2.77')).startsWith('+'));
+    await eventually('QUERY to see the grant', async () => (await ask('QUERY 192.0.2.77')).startsWith('+'), 30_000, 250);
     assert.match(await ask('LOGOUT 192.0.2.77'), /^\+/);
-    await waitFor('the grant to be deleted', async () => !(await kube.kubectl('get', 'relaygrants', '-o', 'name')).includes('v4-192.0.2.77'));
+    await eventually('the grant to be deleted', async () => !(await kube.kubectl('get', 'relaygrants', '-o', 'name')).includes('v4-192.0.2.77'), 30_000, 250);
     assert.equal(await role.stop(), 0, role.output());
     assert.doesNotMatch(role.output(), /forbidden/i);
   });

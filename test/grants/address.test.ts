@@ -2,21 +2,8 @@ import assert from 'node:assert/strict';
 import net from 'node:net';
 import { describe, it } from 'node:test';
 import fc from 'fast-check';
-import {
-  AddressError,
-  ClientGrantNames,
-  NeverGrantedError,
-  canonicalIp,
-  covers,
-  formatIp,
-  grantAddressOfName,
-  grantKeyFor,
-  grantNameOf,
-  neverGrantedReason,
-  parseGrantAddress,
-  parseIp,
-  prefixOf,
-} from '../../src/grants/address.ts';
+import { ClientGrantNames, NeverGrantedError, grantAddressOfName, grantKeyFor, grantNameOf, parseGrantAddress } from '../../src/grants/address.ts';
+import { AddressError, canonicalIp, covers, formatIp, nonClientReason, parseIp, prefixOf } from '../../src/net/ip.ts';
 
 const ipv4 = fc.tuple(fc.nat(255), fc.nat(255), fc.nat(255), fc.nat(255)).map((b) => b.join('.'));
 const ipv6Bytes = fc.uint8Array({ minLength: 16, maxLength: 16 });
@@ -24,7 +11,7 @@ const ipv6 = ipv6Bytes
   .filter((b) => !(b.slice(0, 10).every((x) => x === 0) && b[10] === 0xff && b[11] === 0xff))
   .map((b) => formatIp({ family: 6, bytes: b, prefixLength: 128 }));
 /** Whether a client could be at `ip` (a grant may be written for it). */
-const grantable = (ip: string) => neverGrantedReason(parseIp(ip)!) === undefined;
+const grantable = (ip: string) => nonClientReason(parseIp(ip)!) === undefined;
 
 describe('canonicalIp', () => {
   it('keeps canonical IPv4 and refuses leading zeros and junk', () => {
@@ -185,7 +172,7 @@ describe('addresses that are never granted', () => {
       ['fe00::1', undefined],
       ['::1:0:0:0', undefined],
     ];
-    for (const [ip, reason] of cases) assert.equal(neverGrantedReason(parseIp(ip)!), reason, ip);
+    for (const [ip, reason] of cases) assert.equal(nonClientReason(parseIp(ip)!), reason, ip);
   });
 
   it('grantKeyFor refuses each of them, the proxy the header came through, and prefixes wider than /32', () => {

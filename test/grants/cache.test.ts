@@ -14,6 +14,7 @@ import { installCrds, ensureNamespace } from '../../src/kube/crds.ts';
 import { ControlPlane } from '../../src/local/control-plane.ts';
 import { registry } from '../../src/observability/metrics.ts';
 import { kubeForTest, testBinaries, type TestKube } from '../support/kube.ts';
+import { eventually } from '../support/eventually.ts';
 
 const MIN = 60_000;
 
@@ -24,14 +25,6 @@ function grant(name: string, address: string, expiresAtMs: number, user = 'ideal
     metadata: { name },
     spec: { address, user, source: 'manual', expiresAt: new Date(expiresAtMs).toISOString() },
   };
-}
-
-async function eventually(what: string, check: () => boolean | Promise<boolean>, timeoutMs = 10_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > deadline) assert.fail(`not within ${timeoutMs} ms: ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
 }
 
 async function metricValue(name: string): Promise<number> {

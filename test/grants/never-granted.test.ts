@@ -10,7 +10,7 @@ import { NeverGrantedError, grantNameOf, parseGrantAddress } from '../../src/gra
 import { GrantCache } from '../../src/grants/cache.ts';
 import { GrantStore } from '../../src/grants/store.ts';
 import { API_VERSION, GrantWriteError, KIND, type RelayGrant } from '../../src/grants/types.ts';
-import { getGrantFor } from '../../src/smtp/main.ts';
+import { getGrantFor } from '../../src/grants/live-get.ts';
 import { RawClient, makeWorld, startServer, type StartedServer, type World } from '../pop3/support.ts';
 import { proxyArgs, swaks } from '../smtp/peers.ts';
 import { memoryLogger, startTestSmtp, type TestSmtp } from '../smtp/support.ts';

@@ -13,6 +13,7 @@ import { GrantStore, isFreshEnough, seenExpiry } from '../../src/grants/store.ts
 import { GrantWriteError, type RelayGrant } from '../../src/grants/types.ts';
 import { registry } from '../../src/observability/metrics.ts';
 import { kubeForTest, type TestKube } from '../support/kube.ts';
+import { eventually } from '../support/eventually.ts';
 
 const MIN = 60_000;
 
@@ -44,15 +45,6 @@ describe('seenExpiry (what a skip may rely on)', () => {
   });
 });
 
-/** Wait (bounded) until `cond` holds; rejects naming `what`. */
-async function until(cond: () => boolean, what: string, timeoutMs = 10_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
-
 describe('GrantStore on the real API server', () => {
   let k: TestKube;
   let now = Date.parse('2030-01-01T00:00:00Z');
@@ -65,7 +57,7 @@ describe('GrantStore on the real API server', () => {
     k = await kubeForTest('store');
     cache = new GrantCache({ client: k.client, namespace: k.namespace });
     await cache.start();
-    await until(() => cache.watching, 'the watch');
+    await eventually('the watch', () => cache.watching);
     store = new GrantStore({ ...storeOptions(), grants: cache });
   });
   after(async () => {
@@ -159,7 +151,7 @@ describe('GrantStore on the real API server', () => {
     assert.equal(await store.renew('192.0.2.20', 'deleted', 'pop3'), 'created');
     assert.equal(await store.renew('192.0.2.20', 'deleted', 'pop3'), 'skipped');
     await k.kubectl('delete', 'rg', 'v4-192.0.2.20');
-    await until(() => cache.get('v4-192.0.2.20') === undefined, 'the deletion in the cache');
+    await eventually('the deletion in the cache', () => cache.get('v4-192.0.2.20') === undefined);
     assert.equal(await store.renew('192.0.2.20', 'deleted', 'pop3'), 'created', 'the login after the deletion writes the grant back');
     assert.ok(await get('v4-192.0.2.20'));
   });
@@ -169,7 +161,7 @@ describe('GrantStore on the real API server', () => {
     const iso = (ms: number) => new Date(ms).toISOString().replace('.000Z', 'Z');
     const sooner = iso(now + 10 * MIN);
     await k.kubectl('patch', 'rg', 'v4-192.0.2.21', '--type=merge', '-p', JSON.stringify({ spec: { expiresAt: sooner } }));
-    await until(() => cache.expiresAtMsOf('v4-192.0.2.21') === Date.parse(sooner), 'the edit in the cache');
+    await eventually('the edit in the cache', () => cache.expiresAtMsOf('v4-192.0.2.21') === Date.parse(sooner));
     assert.equal(await store.renew('192.0.2.21', 'edited', 'pop3'), 'patched');
     assert.equal((await get('v4-192.0.2.21'))?.spec.expiresAt, iso(now + 30 * MIN));
   });
@@ -180,7 +172,7 @@ describe('GrantStore on the real API server', () => {
     const other = new GrantStore({ ...storeOptions(), grants: otherCache });
     try {
       assert.equal(await other.renew('192.0.2.22', 'elsewhere', 'pop3'), 'created');
-      await until(() => cache.get('v4-192.0.2.22') !== undefined, 'the other replica\'s grant in this cache');
+      await eventually('the other replica\'s grant in this cache', () => cache.get('v4-192.0.2.22') !== undefined);
       assert.equal(await store.renew('192.0.2.22', 'here', 'pop3'), 'skipped');
     } finally {
       other.close();

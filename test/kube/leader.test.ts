@@ -6,7 +6,8 @@ import { after, before, describe, it } from 'node:test';
 import { KubeClient } from '../../src/kube/client.ts';
 import { LeaderElector, leasePath, type Lease, type LeaderElectionSettings } from '../../src/kube/leader.ts';
 import { kubeForTest, type TestKube } from '../support/kube.ts';
-import { eventually, startCuttableRelay } from '../operator/support.ts';
+import { startCuttableRelay } from '../operator/support.ts';
+import { eventually } from '../support/eventually.ts';
 
 const FAST = { leaseDurationMs: 2000, renewDeadlineMs: 1500, retryPeriodMs: 200 };
 

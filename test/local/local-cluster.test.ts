@@ -9,6 +9,7 @@ import { describe, it } from 'node:test';
 import { promisify } from 'node:util';
 import { testBinaries } from '../support/kube.ts';
 import { isAlive, testAssetsDir } from '../support/local.ts';
+import { eventually } from '../support/eventually.ts';
 
 const run = promisify(execFile);
 const CLI = new URL('../../src/cli.ts', import.meta.url).pathname;
@@ -33,14 +34,6 @@ function startCli(args: string[]): { child: ChildProcess; kubeconfig: Promise<st
   return { child, kubeconfig };
 }
 
-
-async function eventually(what: string, check: () => boolean, timeoutMs = 15_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!check()) {
-    if (Date.now() > deadline) assert.fail(`not within ${timeoutMs} ms: ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
 
 describe('kube-drac local-cluster', () => {
   it('prints KUBECONFIG once ready, serves the CRD, and stops everything on SIGINT', async () => {
@@ -67,8 +60,8 @@ describe('kube-drac local-cluster', () => {
     const dir = path.dirname(await kubeconfig);
     const pids = fs.readFileSync(path.join(dir, 'pgids'), 'utf8').trim().split(/\s+/).map(Number);
     child.kill('SIGKILL');
-    await eventually('children ended by the watchdog', () => !pids.some(isAlive));
-    await eventually('temp folder removed', () => !fs.existsSync(dir));
+    await eventually('children ended by the watchdog', () => !pids.some(isAlive), 15_000, 100);
+    await eventually('temp folder removed', () => !fs.existsSync(dir), 15_000, 100);
   });
 
   it('refuses a KUBEBUILDER_ASSETS folder without the binaries, saying so', async () => {

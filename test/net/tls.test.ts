@@ -7,6 +7,7 @@ import { after, describe, it } from 'node:test';
 import { TlsFilesError, TlsReloader } from '../../src/net/tls.ts';
 import { createLogger } from '../../src/observability/log.ts';
 import { makeCert, tempDir } from './certs.ts';
+import { eventually } from '../support/eventually.ts';
 
 const log = createLogger('test');
 
@@ -31,23 +32,6 @@ function servedCn(port: number, servername?: string): Promise<string> {
       resolve(Array.isArray(cn) ? cn.join() : (cn ?? ''));
     });
     s.on('error', reject);
-  });
-}
-
-function waitFor(cond: () => Promise<boolean>, what: string, limitMs = 10_000): Promise<void> {
-  const started = Date.now();
-  return new Promise((resolve, reject) => {
-    const tick = () => {
-      cond().then(
-        (ok) => {
-          if (ok) resolve();
-          else if (Date.now() - started > limitMs) reject(new Error(`timed out waiting for ${what}`));
-          else setTimeout(tick, 50);
-        },
-        reject,
-      );
-    };
-    tick();
   });
 }
 
@@ -84,7 +68,7 @@ describe('TlsReloader', () => {
     cleanups.push(() => reloader.close());
     const before = reloader.context;
     makeCert(dir, 'second');
-    await waitFor(() => Promise.resolve(reloader.context !== before), 'the polled reload');
+    await eventually('the polled reload', () => reloader.context !== before);
     assert.notEqual(reloader.context, before);
   });
 

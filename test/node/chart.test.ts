@@ -7,7 +7,7 @@ import fs from 'node:fs';
 import { after, before, describe, test } from 'node:test';
 import { NODE_NETWORK } from '../../src/local/node/config.ts';
 import { nodeUnsupportedReason } from '../../src/local/node/cluster.ts';
-import { NAMESPACE, RELEASE, REMOTE_DOMAIN, LOCAL_DOMAIN, STRANGER_ADDRESS, USER, CHART, run, startChartOnNode, type ChartOnNode } from './support.ts';
+import { NAMESPACE, RELEASE, REMOTE_DOMAIN, LOCAL_DOMAIN, STRANGER_ADDRESS, USER, CHART, run, startChartOnNode, type ChartOnNode } from '../../harness/node-chart.ts';
 
 const skip = nodeUnsupportedReason();
 const CLI = new URL('../../src/cli.ts', import.meta.url).pathname;

@@ -10,7 +10,8 @@ import { KubeApiError } from '../../src/kube/client.ts';
 import { registry } from '../../src/observability/metrics.ts';
 import { runOperator, type RunningOperator } from '../../src/operator/main.ts';
 import { kubeForTest, type TestKube } from '../support/kube.ts';
-import { createGrant, eventually, grantExists, sleep, testAddress } from './support.ts';
+import { createGrant, grantExists, sleep, testAddress } from './support.ts';
+import { eventually } from '../support/eventually.ts';
 
 const GRACE_MS = 1000;
 

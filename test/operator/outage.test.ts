@@ -10,7 +10,8 @@ import type { RelayGrant } from '../../src/grants/types.ts';
 import { ensureNamespace, installCrds } from '../../src/kube/crds.ts';
 import { ControlPlane } from '../../src/local/control-plane.ts';
 import { testBinaries } from '../support/kube.ts';
-import { createGrant, eventually, kill, scrape, sleep, spawnOperator, writeOperatorConfig, type OperatorProcess } from './support.ts';
+import { createGrant, kill, scrape, sleep, spawnOperator, writeOperatorConfig, type OperatorProcess } from './support.ts';
+import { eventually } from '../support/eventually.ts';
 
 describe('operator and its API server', () => {
   let plane: ControlPlane;

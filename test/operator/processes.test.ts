@@ -9,7 +9,8 @@ import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { leasePath, type Lease } from '../../src/kube/leader.ts';
 import { kubeForTest, type TestKube } from '../support/kube.ts';
-import { createGrant, eventually, grantExists, kill, scrape, spawnOperator, writeOperatorConfig, type OperatorProcess } from './support.ts';
+import { createGrant, grantExists, kill, scrape, spawnOperator, writeOperatorConfig, type OperatorProcess } from './support.ts';
+import { eventually } from '../support/eventually.ts';
 
 const LEASE_MS = 3000;
 const RETRY_MS = 250;

@@ -12,10 +12,12 @@ import { GrantCache } from '../../src/grants/cache.ts';
 import { grantsPath } from '../../src/grants/paths.ts';
 import { API_VERSION, KIND, type RelayGrant } from '../../src/grants/types.ts';
 import { parseConfig } from '../../src/config/load.ts';
-import { getGrantFor, runSmtp } from '../../src/smtp/main.ts';
+import { getGrantFor } from '../../src/grants/live-get.ts';
+import { runSmtp } from '../../src/smtp/main.ts';
 import { kubeForTest, type TestKube } from '../support/kube.ts';
 import { proxyArgs, swaks } from './peers.ts';
 import { ListGrantLookup, memoryLogger, startTestSmtp, type TestSmtp } from './support.ts';
+import { eventually } from '../support/eventually.ts';
 
 let k: TestKube;
 let cache: GrantCache;
@@ -36,15 +38,6 @@ async function kubectlApply(g: RelayGrant): Promise<void> {
   const file = path.join(tmp, `${g.metadata.name}.json`);
   fs.writeFileSync(file, JSON.stringify(g));
   await k.kubectl('apply', '-f', file);
-}
-
-/** Wait (bounded) until the cache agrees, the way a client would just retry. */
-async function until(cond: () => boolean, what: string, timeoutMs = 10_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
 }
 
 before(async () => {
@@ -69,27 +62,27 @@ void describe('relay gate on the real API server', () => {
     assert.equal(before.code, 24, before.stdout);
 
     await kubectlApply(grantManifest('127.0.0.21', new Date(Date.now() + 30 * 60_000)));
-    await until(() => cache.lookup('127.0.0.21') !== undefined, 'the grant in the cache');
+    await eventually('the grant in the cache', () => cache.lookup('127.0.0.21') !== undefined);
     const granted = await swaks({ port: t.port, to: 'x@remote.test', local: '127.0.0.21' });
     assert.equal(granted.code, 0, granted.stdout);
     assert.ok(t.messages(t.outbox).some((m) => m.includes('(authorized: pop-before-smtp grant v4-127.0.0.21)')));
 
     await k.kubectl('delete', 'rg', 'v4-127.0.0.21');
-    await until(() => cache.lookup('127.0.0.21') === undefined, 'the grant to leave the cache');
+    await eventually('the grant to leave the cache', () => cache.lookup('127.0.0.21') === undefined);
     const after = await swaks({ port: t.port, to: 'x@remote.test', local: '127.0.0.21' });
     assert.equal(after.code, 24, after.stdout);
   });
 
   void it('refuses a grant that is stored but expired', async () => {
     await kubectlApply(grantManifest('127.0.0.22', new Date(Date.now() - 60_000)));
-    await until(() => cache.size > 0, 'the expired grant to be listed');
+    await eventually('the expired grant to be listed', () => cache.size > 0);
     const r = await swaks({ port: t.port, to: 'x@remote.test', local: '127.0.0.22' });
     assert.equal(r.code, 24, r.stdout);
   });
 
   void it('an IPv6 /64 grant allows another address in the /64 and nothing outside it', async () => {
     await kubectlApply(grantManifest('2001:db8:77:1::/64', new Date(Date.now() + 30 * 60_000)));
-    await until(() => cache.lookup('2001:db8:77:1::1') !== undefined, 'the /64 grant in the cache');
+    await eventually('the /64 grant in the cache', () => cache.lookup('2001:db8:77:1::1') !== undefined);
     const inside = await swaks({ port: t.port, to: 'x@remote.test', local: '127.0.0.1', extra: proxyArgs(2, '2001:db8:77:1:abcd::42') });
     assert.equal(inside.code, 0, inside.stdout);
     const outside = await swaks({ port: t.port, to: 'x@remote.test', local: '127.0.0.1', extra: proxyArgs(2, '2001:db8:77:2::42') });

@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { swaks } from './peers.ts';
-import { startPostfix, type PostfixInstance } from './postfix.ts';
+import { startPostfix, type PostfixInstance } from '../../harness/postfix.ts';
 import { startTestSmtp, type TestSmtp } from './support.ts';
 
 let postfix: PostfixInstance;

@@ -8,7 +8,8 @@ import { ConfigReader } from '../../src/config/reader.ts';
 import type { Logger } from '../../src/observability/log.ts';
 import { parseSmtpConfig } from '../../src/smtp/config.ts';
 import { startSmtpServer, type RunningSmtpServer, type SmtpDeps } from '../../src/smtp/server.ts';
-import { canonicalIp, covers, grantNameOf, parseGrantAddress, parseIp } from '../../src/grants/address.ts';
+import { grantNameOf, parseGrantAddress } from '../../src/grants/address.ts';
+import { canonicalIp, covers, parseIp } from '../../src/net/ip.ts';
 import type { GrantLookup, GrantMatch } from '../../src/grants/types.ts';
 
 export interface TestGrant {

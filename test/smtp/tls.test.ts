@@ -69,6 +69,34 @@ void describe('TLS', () => {
   });
 });
 
+void describe('connection limits on the implicit TLS port', () => {
+  let limited: TestSmtp | undefined;
+  after(async () => {
+    await limited?.close();
+  });
+
+  void it('closes a client past the per-address limit before TLS, saying nothing in plaintext, and takes the slot back', async () => {
+    limited = await startTestSmtp({ tls: { certFile, keyFile }, implicitTlsPort: 0, maxClients: 3, maxClientsPerAddress: 1 });
+    const port = limited.server.implicitTlsPort as number;
+    const net = await import('node:net');
+    const tls = await import('node:tls');
+    const hold = tls.connect({ socket: net.connect({ host: '127.0.0.1', port, localAddress: '127.0.0.40' }), rejectUnauthorized: false });
+    await new Promise<void>((resolve) => hold.once('data', () => resolve()));
+    const refused = net.connect({ host: '127.0.0.1', port, localAddress: '127.0.0.40' });
+    let said = '';
+    refused.on('data', (chunk: Buffer) => (said += chunk.toString('latin1')));
+    await new Promise<void>((resolve) => refused.once('close', () => resolve()));
+    assert.equal(said, '', 'a refused client on the TLS port was sent plaintext');
+    hold.destroy();
+    let again = await swaks({ port, to: 'someone@example.org', local: '127.0.0.40', extra: ['--tls-on-connect', '--quit-after', 'EHLO'] });
+    for (let i = 0; i < 50 && again.code !== 0; i++) {
+      await new Promise((r) => setTimeout(r, 20));
+      again = await swaks({ port, to: 'someone@example.org', local: '127.0.0.40', extra: ['--tls-on-connect', '--quit-after', 'EHLO'] });
+    }
+    assert.equal(again.code, 0, again.stdout);
+  });
+});
+
 void describe('dual-stack listener', () => {
   let d: TestSmtp | undefined;
   after(async () => {

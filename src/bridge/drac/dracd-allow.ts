@@ -1,12 +1,10 @@
 // DRAC's `dracd.allow`: the login servers allowed to add addresses, one `netmask netaddr` line
 // each (`255.255.255.0 192.0.2.0`), `#` comments, IPv4 only, as rpc.dracd read it. Mounted from a
 // ConfigMap and reloaded on change; a file that does not parse keeps the last good version.
-import fs from 'node:fs';
-import { parseIp } from '../grants/address.ts';
-import { ConfigError } from '../config/reader.ts';
-import { FileWatch } from '../net/file-watch.ts';
-import { NetworkList } from '../net/networks.ts';
-import type { Logger } from '../observability/log.ts';
+import { parseIp } from '../../net/ip.ts';
+import { ConfigError } from '../../config/reader.ts';
+import { ReloadedFile, type MountedFileOptions } from '../../config/reloaded-file.ts';
+import { NetworkList } from '../../net/networks.ts';
 
 function ipv4Bytes(text: string): Uint8Array | undefined {
   if (text.includes(':')) return undefined;
@@ -55,84 +53,41 @@ export function parseDracdAllow(text: string, file: string): string[] {
   return cidrs;
 }
 
-export interface DracdAllowOptions {
-  file: string;
-  log: Logger;
-  /** Re-read at least this often (watch events can be missed); 0 disables polling. */
-  pollIntervalMs?: number;
-  debounceMs?: number;
-}
-
 /** The networks of a dracd.allow file, kept current with it. Construction throws when the first load fails. */
 export class DracdAllow {
-  private networks: NetworkList;
-  private text: string;
-  private readonly opts: Required<DracdAllowOptions>;
-  private readonly watch: FileWatch;
-  private closed = false;
-  /** Set while the newest file on disk is refused. */
-  lastError: string | undefined;
+  private readonly file: ReloadedFile<NetworkList>;
 
-  constructor(opts: DracdAllowOptions) {
-    this.opts = { pollIntervalMs: 30_000, debounceMs: 200, ...opts };
-    this.text = this.read();
-    this.networks = this.parse(this.text);
-    this.opts.log.info('dracd_allow_loaded', { file: this.opts.file, networks: this.networks.entries });
-    this.watch = new FileWatch({
-      files: [this.opts.file],
-      onChange: () => this.reload(),
-      pollIntervalMs: this.opts.pollIntervalMs,
-      debounceMs: this.opts.debounceMs,
-      log: this.opts.log,
+  constructor(opts: MountedFileOptions) {
+    const { file } = opts;
+    this.file = new ReloadedFile({
+      ...opts,
+      parse: (text) => NetworkList.parse(parseDracdAllow(text, file), file),
+      readError: (code) => new ConfigError(file, `cannot read the dracd.allow file: ${code}`),
       eventPrefix: 'dracd_allow',
+      summary: (networks) => ['networks', networks.entries],
     });
   }
 
-  private read(): string {
-    try {
-      return fs.readFileSync(this.opts.file, 'utf8');
-    } catch (err) {
-      throw new ConfigError(this.opts.file, `cannot read the dracd.allow file: ${(err as NodeJS.ErrnoException).code ?? String(err)}`);
-    }
-  }
-
-  private parse(text: string): NetworkList {
-    return NetworkList.parse(parseDracdAllow(text, this.opts.file), this.opts.file);
+  /** Set while the newest file on disk is refused. */
+  get lastError(): string | undefined {
+    return this.file.lastError;
   }
 
   /** Whether `ip` lies in one of the file's networks (an IPv4-mapped IPv6 peer counts as IPv4). */
   contains(ip: string): boolean {
-    return this.networks.contains(ip);
+    return this.file.current.contains(ip);
   }
 
   get entries(): readonly string[] {
-    return this.networks.entries;
+    return this.file.current.entries;
   }
 
   /** Re-read the file; returns whether a new version was taken. A broken file keeps the old networks. */
   reload(): boolean {
-    if (this.closed) return false;
-    let text: string;
-    let networks: NetworkList;
-    try {
-      text = this.read();
-      if (text === this.text && this.lastError === undefined) return false;
-      networks = this.parse(text);
-    } catch (err) {
-      const message = (err as Error).message;
-      if (message !== this.lastError) this.opts.log.error('dracd_allow_reload_refused', { error: message, keeping: this.networks.entries });
-      this.lastError = message;
-      return false;
-    }
-    this.networks = networks;
-    this.text = text;
-    this.lastError = undefined;
-    this.opts.log.info('dracd_allow_reloaded', { file: this.opts.file, networks: networks.entries });
-    return true;
+    return this.file.reload();
   }
 
   close(): void {
-    this.closed = true;
-    this.watch.close();
+    this.file.close();
   }
 }

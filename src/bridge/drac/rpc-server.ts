@@ -4,7 +4,8 @@
 import crypto from 'node:crypto';
 import dgram from 'node:dgram';
 import net from 'node:net';
-import type { Logger } from '../observability/log.ts';
+import { bindUdp, listenTcp } from '../../net/listen.ts';
+import type { Logger } from '../../observability/log.ts';
 import { encodeRecord, RecordReader } from './oncrpc.ts';
 
 export interface RpcPeer {
@@ -54,28 +55,6 @@ const REPLAY_CACHE_ENTRIES = 16_384;
 
 function unmapped(address: string | undefined): string | undefined {
   return address?.startsWith('::ffff:') && address.includes('.') ? address.slice(7) : address;
-}
-
-function listenTcp(server: net.Server, host: string, port: number): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const onError = (err: Error) => reject(err);
-    server.once('error', onError);
-    server.listen({ host, port, exclusive: true }, () => {
-      server.off('error', onError);
-      resolve((server.address() as net.AddressInfo).port);
-    });
-  });
-}
-
-function bindUdp(socket: dgram.Socket, host: string, port: number): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const onError = (err: Error) => reject(err);
-    socket.once('error', onError);
-    socket.bind({ address: host, port, exclusive: true }, () => {
-      socket.off('error', onError);
-      resolve();
-    });
-  });
 }
 
 /** Replies to recent datagrams, so a client's retransmit is answered without doing the work twice. */

@@ -3,8 +3,8 @@
 // and rpcbind versions 3 and 4 (GETADDR, GETVERSADDR, DUMP, GETTIME) for TI-RPC clients. It
 // answers only for the programs registered here (its own and the DRAC program); anything else
 // is port 0 / an empty address, and nobody may SET or UNSET from outside.
-import { parseIp, formatIp } from '../grants/address.ts';
-import type { Logger } from '../observability/log.ts';
+import { parseIp, formatIp } from '../../net/ip.ts';
+import type { Logger } from '../../observability/log.ts';
 import { ACCEPT, decodeCall, encodeAcceptError, encodeProgMismatch, encodeSuccess, type RpcCall } from './oncrpc.ts';
 import { isWildcardHost, serveRpc, type RpcPeer, type RunningRpcServer } from './rpc-server.ts';
 import { XdrReader, type XdrWriter } from './xdr.ts';
@@ -127,9 +127,17 @@ export class PortmapService {
     }
     const call = decoded.call;
     if (call.prog !== PMAP_PROGRAM) return encodeAcceptError(call.xid, ACCEPT.PROG_UNAVAIL);
-    if (call.vers === PMAP_VERSION) return this.pmap(call, peer);
-    if (call.vers >= RPCB_VERSION_LOW && call.vers <= RPCB_VERSION_HIGH) return this.rpcbind(call, peer);
-    return encodeProgMismatch(call.xid, PMAP_VERSION, RPCB_VERSION_HIGH);
+    const isPmap = call.vers === PMAP_VERSION;
+    if (!isPmap && !(call.vers >= RPCB_VERSION_LOW && call.vers <= RPCB_VERSION_HIGH)) return encodeProgMismatch(call.xid, PMAP_VERSION, RPCB_VERSION_HIGH);
+    // The same in every version.
+    switch (call.proc) {
+      case PROC.NULL:
+        return encodeSuccess(call.xid);
+      case PROC.SET:
+      case PROC.UNSET:
+        return encodeSuccess(call.xid, (w) => w.bool(false));
+    }
+    return isPmap ? this.pmap(call, peer) : this.rpcbind(call, peer);
   }
 
   private garbage(call: RpcCall, why: string): Buffer {
@@ -140,11 +148,6 @@ export class PortmapService {
   private pmap(call: RpcCall, peer: RpcPeer): Buffer {
     const r = new XdrReader(call.args);
     switch (call.proc) {
-      case PROC.NULL:
-        return encodeSuccess(call.xid);
-      case PROC.SET:
-      case PROC.UNSET:
-        return encodeSuccess(call.xid, (w) => w.bool(false));
       case PROC.GETPORT_OR_GETADDR: {
         const prog = r.uint32();
         const vers = r.uint32();
@@ -174,11 +177,6 @@ export class PortmapService {
   private rpcbind(call: RpcCall, peer: RpcPeer): Buffer {
     const r = new XdrReader(call.args);
     switch (call.proc) {
-      case PROC.NULL:
-        return encodeSuccess(call.xid);
-      case PROC.SET:
-      case PROC.UNSET:
-        return encodeSuccess(call.xid, (w) => w.bool(false));
       case PROC.GETPORT_OR_GETADDR:
       case PROC.GETVERSADDR: {
         if (call.proc === PROC.GETVERSADDR && call.vers !== RPCB_VERSION_HIGH) return encodeAcceptError(call.xid, ACCEPT.PROC_UNAVAIL);

@@ -4,12 +4,12 @@
 // 16 words. Procedure 1 (ADD) answers an addstat: ADD_SUCCESS once the grant is written,
 // ADD_PERM to a caller that is not admitted, ADD_SYSERR when the write failed, ADD_UNKOWN for an
 // address nobody can connect from (0.0.0.0, ::, multicast, broadcast, 240/4).
-import { formatIp, neverGrantedReason, parseIp, type IpPrefix } from '../grants/address.ts';
-import { GrantWriteError } from '../grants/types.ts';
-import type { NetworkList } from '../net/networks.ts';
+import { formatIp, ipOfBytes, isClientAddress, type IpPrefix } from '../../net/ip.ts';
+import { GrantWriteError } from '../../grants/types.ts';
+import type { NetworkList } from '../../net/networks.ts';
 import { DracdAllow } from './dracd-allow.ts';
-import type { BridgeContext, ListenerOptions, RunningListener } from './listener.ts';
-import { bridgeConnections, bridgeRequests, type BridgeRequestResult } from './metrics.ts';
+import type { BridgeContext, ListenerOptions, RunningListener } from '../listener.ts';
+import { bridgeConnections, bridgeRequests, type BridgeRequestResult } from '../metrics.ts';
 import { ACCEPT, decodeCall, encodeAcceptError, encodeProgMismatch, encodeSuccess, type RpcCall } from './oncrpc.ts';
 import { startPortmapper } from './portmap.ts';
 import { serveRpc, type RpcPeer, type RunningRpcServer } from './rpc-server.ts';
@@ -37,14 +37,8 @@ export function decodeAddArgs(vers: number, args: Uint8Array): IpPrefix | undefi
     for (let i = 0; i < 16; i++) bytes[i] = r.int32() & 255;
   }
   if (r.error() !== undefined || r.remaining !== 0) return undefined;
-  if (bytes.length === 4) return { family: 4, bytes, prefixLength: 32 };
-  // An IPv4-mapped IPv6 address is its IPv4 address (parseIp knows the forms).
-  return parseIp(formatIp({ family: 6, bytes, prefixLength: 128 }));
-}
-
-/** Whether a client could ever connect from this address: not unspecified, multicast, broadcast or reserved. */
-export function isClientAddress(ip: IpPrefix): boolean {
-  return neverGrantedReason(ip) === undefined;
+  // An IPv4-mapped IPv6 address is its IPv4 address.
+  return ipOfBytes(bytes);
 }
 
 interface DracServiceOptions {

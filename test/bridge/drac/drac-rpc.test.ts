@@ -12,22 +12,24 @@ import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { promisify } from 'node:util';
 import fc from 'fast-check';
-import { ConfigError } from '../../src/config/reader.ts';
-import { GrantCache } from '../../src/grants/cache.ts';
-import { grantsPath } from '../../src/grants/paths.ts';
-import { GrantStore } from '../../src/grants/store.ts';
-import type { RelayGrant } from '../../src/grants/types.ts';
-import { NetworkList } from '../../src/net/networks.ts';
-import type { LogFields, Logger } from '../../src/observability/log.ts';
-import { registry } from '../../src/observability/metrics.ts';
-import { ADDSTAT, decodeAddArgs, DRAC_PROGRAM, DracService, isClientAddress, startDracRpcListener } from '../../src/bridge/drac-rpc.ts';
-import { parseDracdAllow } from '../../src/bridge/dracd-allow.ts';
-import type { BridgeContext, RunningListener } from '../../src/bridge/listener.ts';
-import { ACCEPT, decodeCall, decodeReply, encodeCall, encodeRecord, RecordReader } from '../../src/bridge/oncrpc.ts';
-import { hostOfUniversalAddress, PMAP_PROGRAM, PortmapService, universalAddress, type ProgramRegistration } from '../../src/bridge/portmap.ts';
-import type { RpcPeer } from '../../src/bridge/rpc-server.ts';
-import { XdrReader, XdrWriter } from '../../src/bridge/xdr.ts';
-import { kubeForTest, type TestKube } from '../support/kube.ts';
+import { ConfigError } from '../../../src/config/reader.ts';
+import { GrantCache } from '../../../src/grants/cache.ts';
+import { grantsPath } from '../../../src/grants/paths.ts';
+import { GrantStore } from '../../../src/grants/store.ts';
+import type { RelayGrant } from '../../../src/grants/types.ts';
+import { NetworkList } from '../../../src/net/networks.ts';
+import type { LogFields, Logger } from '../../../src/observability/log.ts';
+import { registry } from '../../../src/observability/metrics.ts';
+import { ADDSTAT, decodeAddArgs, DRAC_PROGRAM, DracService, startDracRpcListener } from '../../../src/bridge/drac/drac-rpc.ts';
+import { isClientAddress } from '../../../src/net/ip.ts';
+import { parseDracdAllow } from '../../../src/bridge/drac/dracd-allow.ts';
+import type { BridgeContext, RunningListener } from '../../../src/bridge/listener.ts';
+import { ACCEPT, decodeCall, decodeReply, encodeCall, encodeRecord, RecordReader } from '../../../src/bridge/drac/oncrpc.ts';
+import { hostOfUniversalAddress, PMAP_PROGRAM, PortmapService, universalAddress, type ProgramRegistration } from '../../../src/bridge/drac/portmap.ts';
+import type { RpcPeer } from '../../../src/bridge/drac/rpc-server.ts';
+import { XdrReader, XdrWriter } from '../../../src/bridge/drac/xdr.ts';
+import { kubeForTest, type TestKube } from '../../support/kube.ts';
+import { eventually } from '../../support/eventually.ts';
 
 const run = promisify(execFile);
 const MIN = 60_000;
@@ -55,14 +57,6 @@ class MemoryLogger implements Logger {
   }
   has(event: string): boolean {
     return this.lines.some((l) => l.event === event);
-  }
-}
-
-async function eventually(what: string, check: () => boolean | Promise<boolean>, timeoutMs = 10_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > deadline) assert.fail(`not within ${timeoutMs} ms: ${what}`);
-    await new Promise((r) => setTimeout(r, 25));
   }
 }
 

@@ -52,14 +52,15 @@ const QUICK: Schedule = { idle: [20, 5], busySeconds: 25 };
 // ---------------------------------------------------------------------------------------------
 // The role processes.
 
-interface Role {
+export interface Role {
   name: string;
   child: ChildProcess;
   metricsPort: number;
   logFile: string;
 }
 
-async function startRole(dir: string, name: 'pop3' | 'smtp' | 'bridge', config: Record<string, unknown>): Promise<Role> {
+/** Start a role process and wait for its /readyz (`readyWithinMs`: a big cache syncs for minutes). */
+export async function startRole(dir: string, name: 'pop3' | 'smtp' | 'bridge' | 'operator', config: Record<string, unknown>, readyWithinMs = 60_000): Promise<Role> {
   const metricsPort = await freePort();
   const file = path.join(dir, `${name}.yaml`);
   fs.writeFileSync(file, JSON.stringify({ ...config, metrics: { host: '127.0.0.1', port: metricsPort } }, null, 2)); // JSON is YAML
@@ -67,7 +68,7 @@ async function startRole(dir: string, name: 'pop3' | 'smtp' | 'bridge', config: 
   const out = fs.openSync(logFile, 'a');
   const child = spawn(process.execPath, [CLI, name, '--config', file], { stdio: ['ignore', out, out] });
   fs.closeSync(out);
-  const deadline = Date.now() + 60_000;
+  const deadline = Date.now() + readyWithinMs;
   for (;;) {
     if (child.exitCode !== null) throw new Error(`${name} exited with ${child.exitCode}: ${fs.readFileSync(logFile, 'utf8').slice(-2000)}`);
     const ready = await fetch(`http://127.0.0.1:${metricsPort}/readyz`).then((r) => r.ok, () => false);
@@ -77,7 +78,7 @@ async function startRole(dir: string, name: 'pop3' | 'smtp' | 'bridge', config: 
   }
 }
 
-async function stopRole(role: Role): Promise<void> {
+export async function stopRole(role: Role): Promise<void> {
   if (role.child.exitCode !== null) return;
   const exited = new Promise((r) => role.child.once('exit', r));
   role.child.kill('SIGTERM');

@@ -7,8 +7,8 @@ import type { BenchOptions, BenchResult } from './types.ts';
 
 const ALL = ['grants', 'pop3', 'smtp', 'operator', 'bridge', 'writes', 'limits', 'credential-revocation'];
 // Known, but run only when named: `revocation` takes 30 minutes, `node` brings up a real
-// one-node cluster (root, minutes).
-const ON_REQUEST = ['revocation', 'node'];
+// one-node cluster (root, minutes), `scale` fills control planes with up to a million grants (an hour and more).
+const ON_REQUEST = ['revocation', 'node', 'scale'];
 const args = process.argv.slice(2).filter((a) => a !== '--');
 const quick = args.includes('--quick');
 const wanted = args.filter((a) => !a.startsWith('--'));

@@ -217,6 +217,11 @@ export class ControlPlane {
     this.spawn(name, bin, args, prefix);
   }
 
+  /** The process id of a running child (`etcd`, `kube-apiserver`): for RSS and CPU figures. */
+  pidOf(name: string): number | undefined {
+    return this.procs.find((p) => p.name === name && p.child.exitCode === null)?.child.pid;
+  }
+
   isRunning(name: string): boolean {
     return this.procs.some((p) => p.name === name && p.child.exitCode === null);
   }

@@ -111,6 +111,20 @@ describe('GrantStore on the real API server', () => {
     now = start;
   });
 
+  it('a renewal clears the managedFields record, and later renewals do not bring it back', async () => {
+    const managedFields = async (name: string) => ((await get(name))?.metadata as { managedFields?: unknown[] } | undefined)?.managedFields;
+    assert.equal(await store.renew('192.0.2.99', 'ideal', 'pop3'), 'created');
+    assert.ok((await managedFields('v4-192.0.2.99'))?.length, 'the API server records ownership on create');
+    now += 6 * MIN;
+    assert.equal(await store.renew('192.0.2.99', 'ideal', 'pop3'), 'patched');
+    assert.equal(await managedFields('v4-192.0.2.99'), undefined);
+    now += 6 * MIN;
+    assert.equal(await store.renew('192.0.2.99', 'other', 'pop3'), 'patched');
+    const renewed = await get('v4-192.0.2.99');
+    assert.equal(renewed?.spec.user, 'other');
+    assert.equal(await managedFields('v4-192.0.2.99'), undefined);
+  });
+
   it('aggregates IPv6 clients to their /64', async () => {
     assert.equal(await store.renew('2001:db8:1:2:aaaa:bbbb:cccc:dddd', 'v6user', 'imap'), 'created');
     const g = await get('v6-20010db8000100020000000000000000-64');

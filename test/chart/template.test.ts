@@ -339,10 +339,12 @@ describe('helm template with every option on (test/chart/values-all.yaml)', () =
       'KubeDracExpiredGrantsPiling',
       'KubeDracGcLagHigh',
       'KubeDracGrantWritesFailing',
+      'KubeDracGrantsRevokedOnCredentialChange',
       'KubeDracNoOperatorLeader',
       'KubeDracRelayDenialSpike',
       'KubeDracRelayLimitReached',
       'KubeDracRelayUsageBlind',
+      'KubeDracRevocationFailing',
       'KubeDracSmtpGrantCacheNotSynced',
       'KubeDracTwoOperatorLeaders',
     ]);

@@ -247,7 +247,9 @@ export class NodeCluster {
   /** A process that holds the node's mount namespace; every daemon joins it and its network namespace. */
   private async startHolder(): Promise<void> {
     const pidsCgroup = path.join('/sys/fs/cgroup/pids', cgroupName(this.layout));
-    const setup = ['mount -t tmpfs tmpfs /run', 'mount -t tmpfs tmpfs /var/log', 'mount -t tmpfs tmpfs /var/lib/cni', 'exec sleep infinity'].join(' && ');
+    // A fresh machine has no /var/lib/cni (nothing installed there yet): make the mount point, or
+    // the mount fails (exit 32) and the node never starts. An empty folder is all it leaves.
+    const setup = ['mkdir -p /var/lib/cni', 'mount -t tmpfs tmpfs /run', 'mount -t tmpfs tmpfs /var/log', 'mount -t tmpfs tmpfs /var/lib/cni', 'exec sleep infinity'].join(' && ');
     this.holder = spawn(
       'sh',
       ['-c', 'echo $$ > "$1/cgroup.procs" && exec nsenter --net="/run/netns/$2" unshare --mount --propagation private sh -c "$3"', 'holder', pidsCgroup, this.nodeNetns, setup],

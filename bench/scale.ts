@@ -4,7 +4,7 @@
 // - N grants written as the roles write them (GrantStore's object, 64 requests in flight), then
 //   etcd compacted and defragmented: its database size, per grant and in total; API server and
 //   etcd RSS; the real `kube-drac smtp` role's RSS and cache sync time; the real operator's RSS;
-//   a GrantCache relist after a 410;
+//   a GrantCache relist after a 410, by paged list and by watch-list (time, API server CPU, peak RSS);
 // - churn: renewals of random grants at a paced rate while 1, 4 or 16 watching processes
 //   (bench/scale-watcher.ts) time each event; the highest rate that keeps the propagation p99
 //   <= 50 ms, the API server's CPU time (from /proc) per 1,000 writes/s and per watcher, and the
@@ -354,16 +354,28 @@ async function phase(shape: Shape, size: number, quick: boolean, rows: BenchResu
     row('operator RSS, synced and scheduling', MB(rssBytes(operator.child.pid)), 'MB');
     await stopRole(operator);
 
-    // A relist after a 410: the watch resumed from a version the server no longer has.
-    {
-      const cache = new GrantCache({ client, namespace: NAMESPACE, log: createLogger('bench-scale-cache') });
+    // A full sync after a 410 (the watch resumed from a version the server no longer has), by
+    // each means: the paged list every sync used before, and the streamed list (watch-list) the
+    // GrantCache uses now. Each one's time, the API server's CPU time, and its peak RSS.
+    for (const syncBy of ['list', 'watch-list'] as const) {
+      const cache = new GrantCache({ client, namespace: NAMESPACE, syncBy, log: createLogger('bench-scale-cache') });
       await cache.start();
       while (!cache.watching) await sleep(10);
+      await sleep(5000); // let the first sync's garbage go before the measured one
       const relisted = new Promise<void>((r) => cache.once('synced', () => r()));
+      const rssBefore = rssBytes(apiPid);
+      let rssPeak = rssBefore;
+      const sampler = setInterval(() => (rssPeak = Math.max(rssPeak, rssBytes(apiPid))), 100);
+      const cpu0 = cpuSeconds(apiPid);
       const t0 = performance.now();
       cache.restartWatch('1');
       await relisted;
-      row('GrantCache relist after a 410', performance.now() - t0, 'ms', { note: `${cache.size} grants` });
+      const ms = performance.now() - t0;
+      clearInterval(sampler);
+      const how = syncBy === 'list' ? 'paged list (5,000 a page)' : 'watch-list (streamed)';
+      row(`GrantCache relist after a 410, by ${how}`, ms, 'ms', {
+        note: `${cache.size} grants; API server ${(cpuSeconds(apiPid) - cpu0).toFixed(1)} CPU s, RSS ${MB(rssBefore).toFixed(0)} -> peak ${MB(rssPeak).toFixed(0)} MB; load ${load()}`,
+      });
       await cache.stop();
     }
 

@@ -7,6 +7,13 @@
 // Float64Array and a user and an address in plain arrays (an IPv4 address is not stored: it is
 // the name after `v4-`). That is ~130 bytes a grant instead of ~200 with an object per grant
 // (its header and the boxed expiry number); GrantEntry objects are made when asked for.
+//
+// A full sync is a streaming list (watch-list, KEP 3157: `sendInitialEvents`): one watch that
+// starts with every grant as an ADDED event and a bookmark marking the end of them, then goes on
+// as a watch. The API server sends it from its watch cache object by object; a paged list instead
+// makes it build and encode every page in memory, which at a million grants swelled its heap by
+// gigabytes per list (docs/scaling.md). Servers without it (the WatchList gate off: 1.31, 1.33)
+// get the paged list.
 import { EventEmitter } from 'node:events';
 import { ClientGrantNames, grantAddressOfName, grantNameOf, parseGrantAddress } from './address.ts';
 import type { IpFamily } from '../net/ip.ts';
@@ -41,6 +48,11 @@ export interface GrantCacheOptions {
    * reader that never shows them (the operator). Default true.
    */
   indexUsers?: boolean;
+  /**
+   * How a full sync is made: 'watch-list' (default; a server that refuses it gets paged lists
+   * from then on) or 'list' (paged lists only: the bench's comparison).
+   */
+  syncBy?: 'watch-list' | 'list';
 }
 
 interface GrantList {
@@ -49,6 +61,14 @@ interface GrantList {
 }
 
 const MAX_BACKOFF_MS = 2000;
+/** The annotation of the bookmark that ends a watch-list's initial events. */
+const INITIAL_EVENTS_END = 'k8s.io/initial-events-end';
+
+/** A full sync in progress over a watch-list stream: what it has seen, since when. */
+interface StreamedSync {
+  seen: Set<string>;
+  startedMs: number;
+}
 const sleep = (ms: number, signal: AbortSignal) =>
   new Promise<void>((resolve) => {
     const t = setTimeout(resolve, ms);
@@ -88,6 +108,11 @@ export class GrantCache extends EventEmitter implements GrantLookup {
   private firstSync: { resolve: () => void; reject: (err: Error) => void } | undefined;
   private _synced = false;
   private _watching = false;
+  /** Set while a watch-list stream's initial events are arriving. */
+  private streamedSync: StreamedSync | undefined;
+  /** How the next full sync is made: a streaming list unless the server refused one. */
+  private syncBy: 'watch-list' | 'list';
+  private lastSyncBy: 'watch-list' | 'list' | undefined;
 
   constructor(opts: GrantCacheOptions) {
     super();
@@ -98,6 +123,7 @@ export class GrantCache extends EventEmitter implements GrantLookup {
     this.stallGraceMs = opts.stallGraceMs ?? 30_000;
     this.watchSeconds = opts.watchSeconds ?? [240, 300];
     this.indexUsers = opts.indexUsers ?? true;
+    this.syncBy = opts.syncBy ?? 'watch-list';
   }
 
   get synced(): boolean {
@@ -110,6 +136,11 @@ export class GrantCache extends EventEmitter implements GrantLookup {
    */
   get watching(): boolean {
     return this._watching;
+  }
+
+  /** How the last full sync was made (undefined before the first): for diagnostics and tests. */
+  get syncedBy(): 'list' | 'watch-list' | undefined {
+    return this.lastSyncBy;
   }
 
   get size(): number {
@@ -200,32 +231,50 @@ export class GrantCache extends EventEmitter implements GrantLookup {
         this.resumeFrom = undefined;
       }
       try {
-        if (this.resourceVersion === undefined) await this.relist(signal);
+        if (this.resourceVersion === undefined && this.syncBy === 'list') await this.relist(signal);
         this.watchAbort = new AbortController();
         const [minSeconds, maxSeconds] = this.watchSeconds;
         const timeoutSeconds = minSeconds + Math.floor(Math.random() * (maxSeconds - minSeconds));
-        await this.client.watch<RelayGrant>(
-          grantsPath(this.namespace),
-          { resourceVersion: this.resourceVersion, allowWatchBookmarks: true, timeoutSeconds },
-          (event) => this.onEvent(event),
-          {
-            signal: AbortSignal.any([signal, this.watchAbort.signal]),
-            // The server ends every watch at timeoutSeconds, but may send nothing before (a bookmark
-            // only once the resource's resourceVersion moved): silence is only a stall after that.
-            idleTimeoutMs: timeoutSeconds * 1000 + this.stallGraceMs,
-            onOpen: () => (this._watching = true),
-          },
-        );
+        const query =
+          this.resourceVersion === undefined
+            ? // No resourceVersion with NotOlderThan: a consistent read, as fresh as a list.
+              { sendInitialEvents: true, resourceVersionMatch: 'NotOlderThan', allowWatchBookmarks: true, timeoutSeconds }
+            : { resourceVersion: this.resourceVersion, allowWatchBookmarks: true, timeoutSeconds };
+        if (this.resourceVersion === undefined) this.streamedSync = { seen: new Set(), startedMs: Date.now() };
+        await this.client.watch<RelayGrant>(grantsPath(this.namespace), query, (event) => this.onEvent(event), {
+          signal: AbortSignal.any([signal, this.watchAbort.signal]),
+          // The server ends every watch at timeoutSeconds, but may send nothing before (a bookmark
+          // only once the resource's resourceVersion moved): silence is only a stall after that.
+          idleTimeoutMs: timeoutSeconds * 1000 + this.stallGraceMs,
+          // Not while the initial events arrive: the index is not whole until their bookmark.
+          onOpen: () => (this._watching = this.streamedSync === undefined),
+        });
         this._watching = false;
         failures = 0;
+        if (this.streamedSync) {
+          // The server ended the stream before the last initial event (its timeout came first):
+          // a paged list, which has no such deadline, makes this sync.
+          this.streamedSync = undefined;
+          this.syncBy = 'list';
+          this.log.warn('grant_watch_list_incomplete', { timeoutSeconds });
+        }
         if (!signal.aborted) grantWatchRestarts.inc({ reason: 'ended' });
       } catch (err) {
         this._watching = false;
+        const streamed = this.streamedSync !== undefined;
+        this.streamedSync = undefined;
         if (signal.aborted) break;
         if (this.watchAbort.signal.aborted) continue; // restartWatch()
         if (err instanceof KubeApiError && (err.status === 410 || err.reason === 'Expired' || err.reason === 'Gone')) {
           grantWatchRestarts.inc({ reason: 'expired' });
           this.resourceVersion = undefined;
+          continue;
+        }
+        if (streamed && err instanceof KubeApiError && (err.status === 400 || err.status === 422)) {
+          // The WatchList feature gate is off on this server (422 Invalid: "sendInitialEvents is
+          // forbidden"): paged lists from now on.
+          this.syncBy = 'list';
+          this.log.info('grant_watch_list_unsupported', { error: err.message });
           continue;
         }
         const stalled = err instanceof KubeApiError && err.reason === 'Timeout';
@@ -271,14 +320,23 @@ export class GrantCache extends EventEmitter implements GrantLookup {
       cont = page.metadata.continue || undefined;
       resourceVersion = page.metadata.resourceVersion;
     } while (cont);
+    this.completeSync(seen, resourceVersion, started, 'list');
+  }
+
+  /**
+   * The end of a full sync, by either means: grants not seen in it were deleted while we were away
+   * (a `delete` event each), and the watch goes on from the version the sync showed.
+   */
+  private completeSync(seen: Set<string>, resourceVersion: string, startedMs: number, by: 'list' | 'watch-list'): void {
     for (const name of [...this.index.keys()]) if (!seen.has(name)) this.remove(name);
     this.resourceVersion = resourceVersion;
+    this.lastSyncBy = by;
     grantRelists.inc();
     grantCacheEntries.set(this.index.size);
     const firstTime = !this._synced;
     this._synced = true;
     grantCacheSynced.set(1);
-    this.log.info(firstTime ? 'grant_cache_synced' : 'grant_cache_relisted', { grants: this.index.size, ms: Date.now() - started });
+    this.log.info(firstTime ? 'grant_cache_synced' : 'grant_cache_relisted', { grants: this.index.size, ms: Date.now() - startedMs, by });
     this.emit('synced');
     if (firstTime) {
       this.firstSync?.resolve();
@@ -286,7 +344,36 @@ export class GrantCache extends EventEmitter implements GrantLookup {
     }
   }
 
+  /** An event of the initial stream of a watch-list: the objects at one version, in no order, then its bookmark. */
+  private onInitialEvent(event: WatchEvent<RelayGrant>, sync: StreamedSync): void {
+    const obj = event.object;
+    switch (event.type) {
+      case 'ADDED':
+      case 'MODIFIED': {
+        // Not a propagation to time: the object may have been written long ago.
+        const name = this.upsert(obj);
+        if (name) sync.seen.add(name);
+        break;
+      }
+      case 'DELETED':
+        this.remove(obj.metadata.name);
+        sync.seen.delete(obj.metadata.name);
+        break;
+      case 'BOOKMARK':
+        if (obj.metadata.annotations?.[INITIAL_EVENTS_END] !== 'true') break;
+        this.streamedSync = undefined;
+        // Each initial object carries its own (older) version; only the bookmark's says where the
+        // stream stands, so a watch resumed after this misses nothing.
+        this.completeSync(sync.seen, obj.metadata.resourceVersion as string, sync.startedMs, 'watch-list');
+        this._watching = true;
+        break;
+      case 'ERROR':
+        throw watchEventError(obj);
+    }
+  }
+
   private onEvent(event: WatchEvent<RelayGrant>): void {
+    if (this.streamedSync) return this.onInitialEvent(event, this.streamedSync);
     const obj = event.object;
     switch (event.type) {
       case 'ADDED':

@@ -27,6 +27,8 @@ export interface ControlPlaneOptions {
    * the node's namespaces, and further token users (the node's components).
    */
   node?: NodeServing;
+  /** Further kube-apiserver flags (tests: a server with a feature gate off, as older releases ship). */
+  apiServerFlags?: string[];
 }
 
 export interface NodeServing {
@@ -168,6 +170,7 @@ export class ControlPlane {
             '--disable-admission-plugins=ServiceAccount',
             '--endpoint-reconciler-type=none',
           ]),
+      ...(this.opts.apiServerFlags ?? []),
       '--v=0',
     ]);
     await this.waitReady();

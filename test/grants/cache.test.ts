@@ -6,6 +6,7 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { grantKeyFor } from '../../src/grants/address.ts';
 import { GrantCache } from '../../src/grants/cache.ts';
 import { grantsPath } from '../../src/grants/paths.ts';
 import { GrantStore } from '../../src/grants/store.ts';
@@ -54,6 +55,7 @@ describe('GrantCache on the shared API server', () => {
 
   it('is synced after the first list and holds what existed', () => {
     assert.equal(cache.synced, true);
+    assert.equal(cache.syncedBy, 'watch-list', 'a 1.37 API server streams the initial list');
     assert.equal(cache.lookup('198.51.100.1')?.user, 'ideal');
     assert.equal(cache.lookup('::ffff:198.51.100.1')?.name, 'v4-198.51.100.1');
     assert.equal(cache.lookup('198.51.100.2'), undefined);
@@ -134,6 +136,7 @@ describe('GrantCache on the shared API server', () => {
     cache.restartWatch('1');
     await eventually('relist after 410', async () => (await metricValue('kubedrac_grant_cache_relists_total')) > relistsBefore);
     assert.ok(cache.lookup('198.51.100.1'), 'the index survives a relist');
+    assert.equal(cache.syncedBy, 'watch-list');
     await k.client.create(grantsPath(k.namespace), grant('v4-198.51.100.21', '198.51.100.21', Date.now() + 10 * MIN));
     await eventually('watching again after the relist', () => cache.lookup('198.51.100.21') !== undefined);
   });
@@ -293,9 +296,84 @@ describe('GrantCache and GrantStore across an API server and etcd restart', () =
     assert.equal(((await res.json()) as { deleted?: string }).deleted, '1');
     await plane.start();
     await eventually('missed deletion repaired by a relist', () => cache.lookup('203.0.113.2') === undefined, 30_000);
+    assert.equal(cache.syncedBy, 'watch-list', 'the repair came from the streamed list');
     assert.ok((await metricValue('kubedrac_grant_cache_relists_total')) > relists);
     await cache.stop();
     store.close();
     client.close();
+  });
+});
+
+describe('GrantCache full syncs: a streamed list (watch-list) and paged lists give the same index', () => {
+  let k: TestKube;
+  const names: string[] = [];
+  before(async () => {
+    k = await kubeForTest('cache-sync');
+    const t = Date.now() + 30 * MIN;
+    // More than two pages of the paged list below, and IPv6 prefixes among them.
+    const keys = [
+      ...Array.from({ length: 120 }, (_, i) => grantKeyFor(`192.0.2.${i}`, 64)),
+      ...Array.from({ length: 30 }, (_, i) => grantKeyFor(`2001:db8:${i.toString(16)}::1`, 64)),
+    ];
+    await Promise.all(keys.map(({ name, address }, i) => {
+      names.push(name);
+      return k.client.create(grantsPath(k.namespace), grant(name, address, t + i, `user${i}`));
+    }));
+  });
+  after(() => k.cleanup());
+
+  it('holds the same grants, users and expiries either way, and both follow later events', async () => {
+    const streamed = new GrantCache({ client: k.client, namespace: k.namespace });
+    const paged = new GrantCache({ client: k.client, namespace: k.namespace, syncBy: 'list', listPageSize: 50 });
+    try {
+      await Promise.all([streamed.start(), paged.start()]);
+      assert.equal(streamed.syncedBy, 'watch-list');
+      assert.equal(paged.syncedBy, 'list');
+      assert.equal(streamed.size, names.length);
+      assert.deepEqual(new Map(streamed.entries()), new Map(paged.entries()));
+      // Watching from the bookmark's version: nothing written after the initial events is missed.
+      await k.client.delete(grantsPath(k.namespace, 'v4-192.0.2.7'));
+      await k.client.create(grantsPath(k.namespace), grant('v4-192.0.2.200', '192.0.2.200', Date.now() + MIN));
+      for (const c of [streamed, paged]) {
+        await eventually('the delete and the create', () => c.get('v4-192.0.2.7') === undefined && c.lookup('192.0.2.200') !== undefined);
+        assert.ok(c.watching);
+      }
+      assert.deepEqual(new Map(streamed.entries()), new Map(paged.entries()));
+    } finally {
+      await Promise.all([streamed.stop(), paged.stop()]);
+    }
+  });
+});
+
+describe('GrantCache on an API server without watch-list (the WatchList gate off, as 1.31 and 1.33 ship)', () => {
+  let plane: ControlPlane;
+  before(async () => {
+    plane = new ControlPlane({ binaries: testBinaries(), apiServerFlags: ['--feature-gates=WatchList=false'] });
+    await plane.start();
+    const c = plane.client();
+    await installCrds(c);
+    await ensureNamespace(c, 'mail');
+    await c.create(grantsPath('mail'), grant('v4-198.51.100.9', '198.51.100.9', Date.now() + 30 * MIN));
+    c.close();
+  });
+  after(() => plane.stop());
+
+  it('falls back to paged lists, for the first sync and after a 410', async () => {
+    const client = plane.client();
+    const cache = new GrantCache({ client, namespace: 'mail' });
+    try {
+      await cache.start();
+      assert.equal(cache.syncedBy, 'list');
+      assert.equal(cache.lookup('198.51.100.9')?.user, 'ideal');
+      const relists = await metricValue('kubedrac_grant_cache_relists_total');
+      cache.restartWatch('1');
+      await eventually('relist after 410', async () => (await metricValue('kubedrac_grant_cache_relists_total')) > relists);
+      assert.equal(cache.syncedBy, 'list');
+      await client.create(grantsPath('mail'), grant('v4-198.51.100.10', '198.51.100.10', Date.now() + MIN));
+      await eventually('watching after the fallback', () => cache.lookup('198.51.100.10') !== undefined);
+    } finally {
+      await cache.stop();
+      client.close();
+    }
   });
 });

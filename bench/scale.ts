@@ -294,6 +294,18 @@ function churnNote(r: ChurnResult): string {
   return `achieved ${r.achieved.toFixed(0)}/s${r.failed ? `, ${r.failed} failed` : ''}, p50 ${r.p50.toFixed(1)} ms, ${r.events} events; API server ${r.apiCores.toFixed(2)} cores, etcd ${r.etcdCores.toFixed(2)}, bench ${r.benchCores.toFixed(2)}, watchers ${r.watcherCores.toFixed(2)}; load ${load()}`;
 }
 
+/** Waits until `pid` uses less than `cores` over 5 s (at most `maxMs`): how long, and its CPU time meanwhile. */
+async function untilIdle(pid: number | undefined, cores = 0.25, maxMs = 300_000): Promise<{ ms: number; cpuSeconds: number; cores: number }> {
+  const started = performance.now();
+  const cpuAtStart = cpuSeconds(pid);
+  for (;;) {
+    const before = cpuSeconds(pid);
+    await sleep(5000);
+    const used = (cpuSeconds(pid) - before) / 5;
+    if (used < cores || performance.now() - started > maxMs) return { ms: performance.now() - started, cpuSeconds: cpuSeconds(pid) - cpuAtStart, cores: used };
+  }
+}
+
 const meetsTarget = (r: ChurnResult) => r.p99 <= TARGET_P99_MS && r.achieved >= 0.95 * r.rate && r.failed === 0;
 
 // ---------------------------------------------------------------------------------------------
@@ -378,6 +390,11 @@ async function phase(shape: Shape, size: number, quick: boolean, rows: BenchResu
       });
       await cache.stop();
     }
+
+    // The lists above leave the API server busy for a while (a 1M run showed 1.5 cores for over a
+    // minute after them, whatever the write rate); churn on such a server measures the lists.
+    const settled = await untilIdle(apiPid);
+    row('API server busy after the lists (until < 0.25 cores)', settled.ms, 'ms', { note: `${settled.cpuSeconds.toFixed(0)} CPU s meanwhile; ${settled.cores.toFixed(2)} cores at the end; load ${load()}` });
 
     // Churn: the ramp with one watcher, then the fan-out.
     const seconds = quick ? 5 : 10;

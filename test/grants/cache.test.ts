@@ -11,10 +11,9 @@ import { GrantCache } from '../../src/grants/cache.ts';
 import { grantsPath } from '../../src/grants/paths.ts';
 import { GrantStore } from '../../src/grants/store.ts';
 import { KubeClient } from '../../src/kube/client.ts';
-import { installCrds, ensureNamespace } from '../../src/kube/crds.ts';
-import { ControlPlane } from '../../src/local/control-plane.ts';
+import type { ControlPlane } from '../../src/local/control-plane.ts';
 import { registry } from '../../src/observability/metrics.ts';
-import { kubeForTest, testBinaries, type TestKube } from '../support/kube.ts';
+import { kubeForTest, ownControlPlane, type TestKube } from '../support/kube.ts';
 import { eventually } from '../support/eventually.ts';
 
 const MIN = 60_000;
@@ -256,12 +255,7 @@ describe('watch stalls (issue 13 item 2): a quiet watch is not a dead one, a dea
 describe('GrantCache and GrantStore across an API server and etcd restart', () => {
   let plane: ControlPlane;
   before(async () => {
-    plane = new ControlPlane({ binaries: testBinaries() });
-    await plane.start();
-    const c = plane.client();
-    await installCrds(c);
-    await ensureNamespace(c, 'mail');
-    c.close();
+    plane = await ownControlPlane('mail', { crds: true });
   });
   after(() => plane.stop());
 
@@ -348,11 +342,8 @@ describe('GrantCache full syncs: a streamed list (watch-list) and paged lists gi
 describe('GrantCache on an API server without watch-list (the WatchList gate off, as 1.31 and 1.33 ship)', () => {
   let plane: ControlPlane;
   before(async () => {
-    plane = new ControlPlane({ binaries: testBinaries(), apiServerFlags: ['--feature-gates=WatchList=false'] });
-    await plane.start();
+    plane = await ownControlPlane('mail', { crds: true, apiServerFlags: ['--feature-gates=WatchList=false'] });
     const c = plane.client();
-    await installCrds(c);
-    await ensureNamespace(c, 'mail');
     await c.create(grantsPath('mail'), grant('v4-198.51.100.9', '198.51.100.9', Date.now() + 30 * MIN));
     c.close();
   });

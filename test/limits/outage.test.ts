@@ -5,15 +5,15 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { ConfigReader } from '../../src/config/reader.ts';
 import { KubeClient } from '../../src/kube/client.ts';
-import { ensureNamespace, installCrds } from '../../src/kube/crds.ts';
+import { installCrds } from '../../src/kube/crds.ts';
 import { parseLimitsConfig } from '../../src/limits/config.ts';
 import { startRelayLimits, type RunningRelayLimits } from '../../src/limits/start.ts';
 import { usagePath, type RelayUsage } from '../../src/limits/types.ts';
 import { sumUsage } from '../../src/limits/usage.ts';
-import { ControlPlane } from '../../src/local/control-plane.ts';
+import type { ControlPlane } from '../../src/local/control-plane.ts';
 import { registry } from '../../src/observability/metrics.ts';
 import { eventually } from '../support/eventually.ts';
-import { testBinaries } from '../support/kube.ts';
+import { ownControlPlane } from '../support/kube.ts';
 import { swaks } from '../smtp/peers.ts';
 import { ListGrantLookup, memoryLogger, startTestSmtp, type TestSmtp } from '../smtp/support.ts';
 
@@ -54,11 +54,7 @@ async function publishFailures(): Promise<number> {
 }
 
 before(async () => {
-  plane = new ControlPlane({ binaries: testBinaries() });
-  await plane.start();
-  const c = plane.client();
-  await ensureNamespace(c, 'mail');
-  c.close();
+  plane = await ownControlPlane('mail');
 });
 after(async () => {
   for (const r of replicas) {

@@ -7,9 +7,9 @@ import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { grantsPath } from '../../src/grants/paths.ts';
 import type { RelayGrant } from '../../src/grants/types.ts';
-import { ensureNamespace, installCrds } from '../../src/kube/crds.ts';
-import { ControlPlane } from '../../src/local/control-plane.ts';
-import { testBinaries } from '../support/kube.ts';
+import { installCrds } from '../../src/kube/crds.ts';
+import type { ControlPlane } from '../../src/local/control-plane.ts';
+import { ownControlPlane } from '../support/kube.ts';
 import { createGrant, kill, scrape, sleep, spawnOperator, writeOperatorConfig, type OperatorProcess } from './support.ts';
 import { eventually } from '../support/eventually.ts';
 
@@ -20,11 +20,7 @@ describe('operator and its API server', () => {
   const procs: OperatorProcess[] = [];
 
   before(async () => {
-    plane = new ControlPlane({ binaries: testBinaries() });
-    await plane.start();
-    const c = plane.client();
-    await ensureNamespace(c, 'mail');
-    c.close();
+    plane = await ownControlPlane('mail');
     dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kube-drac-op-outage-'));
     config = writeOperatorConfig(dir, 'op', { namespace: 'mail', kubeconfig: plane.kubeconfigPath, identity: 'op-outage' });
   });

@@ -4,8 +4,9 @@ import crypto from 'node:crypto';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { KubeClient } from '../../src/kube/client.ts';
-import { ensureNamespace } from '../../src/kube/crds.ts';
+import { ensureNamespace, installCrds } from '../../src/kube/crds.ts';
 import type { Binaries } from '../../src/local/binaries.ts';
+import { ControlPlane } from '../../src/local/control-plane.ts';
 
 const run = promisify(execFile);
 
@@ -51,4 +52,22 @@ export async function kubeForTest(name: string): Promise<TestKube> {
       return Promise.resolve();
     },
   };
+}
+
+/**
+ * A control plane of the test's own (etcd and kube-apiserver from the test binaries), started,
+ * with `namespace` and, if asked, the CRDs: for tests that stop, kill or reconfigure the API
+ * server, which the shared one must never see.
+ */
+export async function ownControlPlane(namespace: string, opts: { crds?: boolean; apiServerFlags?: string[] } = {}): Promise<ControlPlane> {
+  const plane = new ControlPlane({ binaries: testBinaries(), apiServerFlags: opts.apiServerFlags });
+  await plane.start();
+  const client = plane.client();
+  try {
+    if (opts.crds) await installCrds(client);
+    await ensureNamespace(client, namespace);
+  } finally {
+    client.close();
+  }
+  return plane;
 }

@@ -7,6 +7,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { describe, it } from 'node:test';
 import { promisify } from 'node:util';
+import { eventuallyValue } from '../support/eventually.ts';
 import { testBinaries } from '../support/kube.ts';
 import { isAlive, testAssetsDir } from '../support/local.ts';
 import { socketmapLookup } from '../support/exchange.ts';
@@ -73,7 +74,13 @@ describe('npm start (the all-in-one) and the README walkthrough', () => {
     assert.match(pop, /\+OK/);
 
     // 3. kubectl get relaygrants shows 127.0.0.1 and its expiry.
-    const { stdout: rg } = await run(testBinaries().kubectl, ['--kubeconfig', kubeconfig, '-n', 'kube-drac', 'get', 'relaygrants']);
+    // The login waits up to loginWaitForGrant for the write; on a loaded machine (CI runs the
+    // control-plane tests beside this one) the write can land just after it, so give it 5 s.
+    const grantRow = /^v4-127\.0\.0\.1\s/m;
+    const rg = await eventuallyValue('the grant in kubectl get', async () => {
+      const { stdout } = await run(testBinaries().kubectl, ['--kubeconfig', kubeconfig, '-n', 'kube-drac', 'get', 'relaygrants']);
+      return grantRow.test(stdout) ? stdout : undefined;
+    }, 5000, 250);
     assert.match(rg, /^v4-127\.0\.0\.1\s+127\.0\.0\.1\s+demo\s+pop3\s+\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ\s+\d+s$/m);
 
     // The bridge's socket map (what a Postfix or sendmail of your own asks) sees the grant too.
